@@ -1,0 +1,1 @@
+"""Processing: OpenCascade analysis of CAD files and the crash-tolerant process pool that runs it."""
