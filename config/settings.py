@@ -1,0 +1,117 @@
+"""Enginel settings: defaults < config/enginel.toml < ENGINEL_* environment < command-line flags."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+CONFIG_DIR = Path(__file__).resolve().parent
+DEFAULT_TOML = CONFIG_DIR / "enginel.toml"
+
+
+class Settings(BaseSettings):
+    """Every option of the server; the README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_prefix="ENGINEL_", extra="forbid", validate_default=True)
+
+    # --- network
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all interfaces).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
+    public_url: str | None = Field(
+        None, description="External base URL (https://enginel.example.com) used in absolute links; "
+                          "derived from each request's Host when unset.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of reverse proxies whose X-Forwarded-For is believed.")
+    reuse_port: bool = Field(False, description="Bind with SO_REUSEPORT so several processes share one port.")
+
+    # --- storage
+    data_dir: Path = Field(Path("data"), description="Directory for the embedded database and stored files.")
+    mongodb_uri: str | None = Field(
+        None, description="MongoDB URI (replica set or sharded cluster). Unset: start the embedded "
+                          "SecantusDB server under <data-dir>/db.")
+    mongodb_database: str = Field("enginel", pattern=r"^[A-Za-z0-9_-]{1,63}$",
+                                  description="Database name inside MongoDB.")
+    embedded_db_command: str = Field("secantusd-py", description="Executable of the embedded database server.")
+    embedded_db_start_timeout: float = Field(30.0, gt=0, description="Seconds to wait for the embedded database.")
+    redis_url: str | None = Field(
+        None, description="Redis URL (redis://host:6379/0) shared by all server processes for realtime "
+                          "fan-out, rate limits and presence. Unset: in-process implementations.")
+
+    # --- limits
+    max_json_body_bytes: int = Field(1_048_576, gt=0, description="Largest JSON request body accepted (413 above).")
+    max_upload_bytes: int = Field(2 * 1024 ** 3, gt=0, description="Largest CAD file accepted (FILE_TOO_LARGE above).")
+
+    # --- processing
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0,
+                         description="Analysis worker processes in this server process (0 disables analysis here).")
+
+    # --- identity
+    bootstrap_admin: str | None = Field(
+        None, description="username:password of a platform admin created when no user exists yet.")
+
+    # --- operations
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Seconds running work may take to finish on shutdown.")
+
+    @field_validator("bootstrap_admin")
+    @classmethod
+    def _admin_has_password(cls, value: str | None) -> str | None:
+        if value is not None and (":" not in value or not value.split(":", 1)[0] or not value.split(":", 1)[1]):
+            raise ValueError("must be username:password")
+        return value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("ENGINEL_CONFIG_FILE", DEFAULT_TOML))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+
+    @property
+    def db_dir(self) -> Path:
+        return self.data_dir / "db"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """One flag per setting, with the setting's own help text, so --help can never fall behind."""
+    parser = argparse.ArgumentParser(
+        prog="server.py", description="Enginel CAD design-review server.",
+        epilog="Every flag can also be set as ENGINEL_<NAME> in the environment or in config/enginel.toml "
+               "(path overridable with ENGINEL_CONFIG_FILE). Precedence: flag > environment > file > default.")
+    for name, field in Settings.model_fields.items():
+        default = field.default if field.default_factory is None else "(computed)"
+        help_text = f"{field.description} [env ENGINEL_{name.upper()}; default: {default}]"
+        annotation = field.annotation
+        if annotation is bool:
+            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif annotation == list[str]:
+            parser.add_argument(_flag(name), dest=name, action="append", default=argparse.SUPPRESS,
+                                metavar="VALUE", help=help_text + " (repeatable)")
+        else:
+            parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                                help=help_text)
+    return parser
+
+
+def load_settings(argv: list[str] | None = None, **overrides: Any) -> Settings:
+    """Settings from every source; argv flags and keyword overrides win over the environment and file."""
+    flags = vars(build_arg_parser().parse_args(argv if argv is not None else []))
+    return Settings(**{**flags, **overrides})

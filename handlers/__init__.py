@@ -1,0 +1,1 @@
+"""HTTP and WebSocket handlers: thin adapters over models/ and realtime/."""

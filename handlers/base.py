@@ -1,0 +1,283 @@
+"""BaseHandler -> APIHandler: the error envelope, request ids, bounded JSON bodies and the auth opt-out marker."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import tornado.web
+from pydantic import BaseModel, ValidationError
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from config import Settings
+from models.errors import (APIError, NotFound, PayloadTooLarge, ValidationFailed,
+                           field_errors_from)
+
+log = logging.getLogger("enginel.http")
+M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+HTTP_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_STATUS_CODES = {400: "VALIDATION_ERROR", 401: "AUTHENTICATION_FAILED", 403: "PERMISSION_DENIED",
+                 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "CONFLICT",
+                 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 422: "VALIDATION_ERROR",
+                 429: "RATE_LIMIT_EXCEEDED", 503: "SERVICE_UNAVAILABLE"}
+
+
+@dataclass
+class Services:
+    """Everything a handler may reach, built by server.py after any fork; no module-level service globals."""
+
+    settings: Settings
+    mongo: AsyncMongoClient[dict[str, Any]]
+    db: AsyncDatabase[dict[str, Any]]
+    redis: Any = None               # redis.asyncio.Redis when configured
+    pool: Any = None                # processing pool when this process runs analysis workers
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def public(method: F) -> F:
+    """Mark a handler method as reachable without authentication; the opt-out is explicit."""
+    method.__enginel_auth__ = "public"  # type: ignore[attr-defined]
+    return method
+
+
+def authenticated(method: F) -> F:
+    """Mark a handler method as requiring an authenticated caller."""
+    method.__enginel_auth__ = "authenticated"  # type: ignore[attr-defined]
+    return method
+
+
+def unmarked_methods(routes: list[Any]) -> list[str]:
+    """Handler methods that are neither @public nor @authenticated; start-up refuses to serve them."""
+    missing = []
+    for route in routes:
+        handler = route[1] if isinstance(route, tuple) else route.target
+        for name in HTTP_METHODS:
+            method = getattr(handler, name, None)
+            if method is None or name == "options" or method is getattr(tornado.web.RequestHandler, name):
+                continue
+            if getattr(method, "__enginel_auth__", None) is None:
+                missing.append(f"{handler.__module__}.{handler.__name__}.{name}")
+    return missing
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Request ids, client address through trusted proxies, typed access to services."""
+
+    _request_id: str | None = None
+
+    @property
+    def services(self) -> Services:
+        return self.application.settings["services"]  # type: ignore[no-any-return]
+
+    @property
+    def config(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        return self.services.db
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            inbound = self.request.headers.get("X-Request-ID", "")
+            self._request_id = inbound if _REQUEST_ID.match(inbound) else uuid.uuid4().hex
+        return self._request_id
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Request-ID", self.request_id)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.clear_header("Server")
+
+    @property
+    def client_ip(self) -> str:
+        """The caller's address; X-Forwarded-For is believed only when the peer is a configured proxy."""
+        remote = self.request.remote_ip or ""
+        trusted = self.config.trusted_proxies
+        if not trusted or not _in_networks(remote, trusted):
+            return remote
+        hops = [h.strip() for h in self.request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        for hop in reversed(hops):   # rightmost address that is not one of our proxies
+            if not _in_networks(hop, trusted):
+                return hop
+        return remote
+
+    def base_url(self) -> str:
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/")
+        return f"{self.request.protocol}://{self.request.host}"
+
+    def absolute_url(self, path: str) -> str:
+        return self.base_url() + path
+
+
+def _in_networks(address: str, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for net in networks:
+        try:
+            if ip in ipaddress.ip_network(net, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+@tornado.web.stream_request_body
+class APIHandler(BaseHandler):
+    """JSON API handler: every error leaves as the envelope; bodies are bounded before they are read."""
+
+    _body: bytearray
+    _body_overflow: bool
+
+    def initialize(self, **kwargs: Any) -> None:
+        self._body = bytearray()
+        self._body_overflow = False
+
+    @property
+    def body_limit(self) -> int:
+        return self.config.max_json_body_bytes
+
+    async def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            if not length.isdigit():
+                raise ValidationFailed("Invalid Content-Length header.")
+            if int(length) > self.body_limit:
+                raise PayloadTooLarge(f"The request body is {int(length)} bytes; the limit is {self.body_limit}.")
+        # A chunked body has no declared length: stop reading well past the limit instead of forever.
+        self.request.connection.set_max_body_size(self.body_limit + 65536)  # type: ignore[union-attr]
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_overflow:
+            return
+        if len(self._body) + len(chunk) > self.body_limit:
+            self._body_overflow = True
+            self._body = bytearray()
+            return
+        self._body.extend(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if self._body_overflow:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {self.body_limit} bytes.")
+        return bytes(self._body)
+
+    def parse_body(self, model: type[M]) -> M:
+        """The body validated against `model` (unknown fields refused); errors become 400 with field_errors."""
+        raw = self.body
+        ctype = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+        if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+            raise APIError("Send the body as application/json.", status=415, code="UNSUPPORTED_MEDIA_TYPE",
+                           title="Unsupported media type")
+        if not raw.strip():
+            raw = b"{}"
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            if errors and errors[0]["type"] == "json_invalid":
+                raise ValidationFailed(f"The request body is not valid JSON: {errors[0]['msg']}",
+                                       title="Malformed JSON") from None
+            if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
+                raise ValidationFailed("The request body must be a JSON object.", title="Malformed JSON") from None
+            raise ValidationFailed("The request body is not valid.",
+                                   field_errors=field_errors_from(exc)) from None
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(dumps(value))
+
+    def no_content(self) -> None:
+        self.set_status(204)
+        self.finish()
+
+    def _allowed_methods(self) -> list[str]:
+        return [m.upper() for m in HTTP_METHODS
+                if m != "options" and getattr(type(self), m) is not getattr(tornado.web.RequestHandler, m)]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, APIError):
+            body = exc.body()
+            status_code = exc.status
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, tornado.web.HTTPError) or exc is None:
+            reason = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
+            detail = (exc.log_message % exc.args if exc is not None and exc.log_message and exc.args
+                      else (exc.log_message if exc is not None and exc.log_message else reason))
+            if status_code == 405:
+                detail = f"{self.request.method} is not allowed here."
+                self.set_header("Allow", ", ".join(self._allowed_methods()))
+            code = _STATUS_CODES.get(status_code, "INTERNAL_ERROR" if status_code >= 500 else "ERROR")
+            body = {"error": reason, "detail": detail, "code": code, "field_errors": {}}
+        else:
+            status_code = 500
+            body = {"error": "Internal server error",
+                    "detail": f"An unexpected error occurred. Quote request id {self.request_id} when reporting it.",
+                    "code": "INTERNAL_ERROR", "field_errors": {}}
+        body.setdefault("request_id", self.request_id)
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(dumps(body))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, (APIError, tornado.web.HTTPError)):
+            log.info("%s %s -> %s (%s) [request %s]", self.request.method, self.request.uri,
+                     getattr(value, "status", getattr(value, "status_code", "?")),
+                     getattr(value, "code", ""), self.request_id)
+            return
+        log.error("unhandled error in %s %s [request %s]", self.request.method, self.request.uri,
+                  self.request_id, exc_info=(typ, value, tb))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        # Errors raised after headers were flushed (mid-stream) can only close the connection.
+        if self._headers_written:
+            if not self._finished:
+                self.finish()
+            return
+        super().send_error(status_code, **kwargs)
+
+
+class NotFoundHandler(APIHandler):
+    """Unknown paths: the envelope, not Tornado's HTML page."""
+
+    async def prepare(self) -> None:
+        raise NotFound(f"No endpoint at {self.request.path}.")

@@ -1,0 +1,37 @@
+"""Health endpoints: liveness for load balancers and a detailed check of every dependency."""
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.base import APIHandler, public
+from models.database import utcnow
+from models.health import check_database, check_redis
+
+
+class HealthHandler(APIHandler):
+    @public
+    async def get(self) -> None:
+        self.write_json({"status": "ok", "service": "enginel"})
+
+
+class DetailedHealthHandler(APIHandler):
+    @public
+    async def get(self) -> None:
+        services = self.services
+        checks: dict[str, Any] = {"database": await check_database(services.db)}
+        if services.redis is not None:
+            checks["redis"] = await check_redis(services.redis)
+        if services.pool is not None:
+            stats = services.pool.stats()
+            checks["workers"] = "ok" if stats["alive"] > 0 else "no live analysis workers"
+        else:
+            checks["workers"] = "disabled"
+        healthy = all(value in ("ok", "disabled") for value in checks.values())
+        self.write_json({"status": "healthy" if healthy else "degraded", "checks": checks,
+                         "timestamp": utcnow()}, status=200 if healthy else 503)
+
+
+routes = [
+    (r"/api/health/", HealthHandler),
+    (r"/api/health/detailed/", DetailedHealthHandler),
+]

@@ -1,0 +1,1 @@
+"""Domain: schemas, repositories, access policy and state machines."""

@@ -1,0 +1,1 @@
+"""Realtime: broker, channels, presence, history and the WebSocket protocol."""

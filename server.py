@@ -1,0 +1,135 @@
+"""Entry point: reads settings, starts embedded services, builds the Application, serves, shuts down in order."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from config import Settings, load_settings
+from handlers import health
+from handlers.base import NotFoundHandler, Services, unmarked_methods
+from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
+from processing.pool import ProcessPool
+
+log = logging.getLogger("enginel")
+
+
+def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+    """Every handler module ends with its route table; this joins them."""
+    return [*health.routes]
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    table = routes()
+    missing = unmarked_methods(table)
+    if missing:
+        # DESIGN 8.3: a method that forgot to say whether it needs authentication must not be served.
+        raise RuntimeError("handler methods without @public or @authenticated: " + ", ".join(missing))
+    return tornado.web.Application(
+        table, services=services, default_handler_class=NotFoundHandler,
+        compress_response=True, xsrf_cookies=False, websocket_ping_interval=20, websocket_ping_timeout=30)
+
+
+class Runtime:
+    """Owns the process's services: starts them in dependency order and stops them in reverse."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedMongo | None = None
+        self.services: Services | None = None
+
+    async def start(self) -> Services:
+        settings = self.settings
+        uri = settings.mongodb_uri
+        if uri is None:
+            self.embedded = EmbeddedMongo(settings.db_dir, settings.embedded_db_command,
+                                          settings.embedded_db_start_timeout)
+            uri = await self.embedded.start()
+        mongo = connect(uri)
+        db = mongo[settings.mongodb_database]
+        try:
+            await ensure_indexes(db)
+            await ensure_instance(db)
+            redis = None
+            if settings.redis_url:
+                import redis.asyncio as aioredis
+                redis = aioredis.from_url(settings.redis_url)
+                await redis.ping()
+        except BaseException:
+            await mongo.close()
+            if self.embedded:
+                self.embedded.stop()
+            raise
+        self.services = Services(settings=settings, mongo=mongo, db=db, redis=redis)
+        if settings.workers > 0:
+            # OpenCascade is imported once per worker at start, not inside the first job's timeout.
+            self.services.pool = ProcessPool(settings.workers, preload=("processing.cad",))
+            await self.services.pool.start()
+        return self.services
+
+    async def stop(self) -> None:
+        services, self.services = self.services, None
+        if services is not None:
+            if services.pool is not None:
+                await services.pool.close()
+            if services.redis is not None:
+                await services.redis.aclose()
+            await services.mongo.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+
+
+async def serve(settings: Settings) -> None:
+    runtime = Runtime(settings)
+    services = await runtime.start()
+    try:
+        app = make_app(services)
+        server = tornado.httpserver.HTTPServer(
+            app, xheaders=False, idle_connection_timeout=120, body_timeout=300,
+            # Handlers bound their own bodies (JSON limit, declared upload size); this is the outer wall.
+            max_body_size=settings.max_upload_bytes + 1024 * 1024)
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port)
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        log.info("Enginel serving on http://%s:%s/", host, port)
+
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("shutting down")
+        server.stop()   # stop accepting
+        try:
+            await asyncio.wait_for(server.close_all_connections(), settings.shutdown_grace_seconds)
+        except asyncio.TimeoutError:
+            log.warning("connections still open after %ss; closing anyway", settings.shutdown_grace_seconds)
+    finally:
+        await runtime.stop()
+        log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__: list[Any] = ["Runtime", "make_app", "main", "routes", "serve"]

@@ -1,0 +1,107 @@
+"""Shared fixtures: one real SecantusDB and one real redis-server per session, a fresh database per test."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import Settings
+from models.database import EmbeddedMongo, free_port
+from server import Runtime, make_app
+from tests.helpers import Api
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "cad-samples"
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    embedded = EmbeddedMongo(":memory:")
+    # Blocking, not asyncio.run(): that would unset the event loop pytest-tornado's io_loop installed.
+    uri = embedded.start_blocking()
+    yield uri
+    embedded.stop()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.exit("redis-server is not installed: run `make test`, which installs it, "
+                    "or `apt-get install redis-server`", returncode=3)
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp), "--loglevel", "warning"],
+                            stdout=subprocess.DEVNULL)
+    _wait_for_port(port, proc)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a module or test to change the server's settings."""
+    return {}
+
+
+@pytest.fixture
+def settings(mongo_uri: str, tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = dict(mongodb_uri=mongo_uri, mongodb_database="t" + uuid.uuid4().hex[:16],
+                                  data_dir=tmp_path / "data", workers=0, redis_url=None, log_level="WARNING")
+    values.update(settings_overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def services(io_loop: Any, settings: Settings) -> Iterator[Any]:
+    runtime = Runtime(settings)
+    svc = io_loop.run_sync(runtime.start, timeout=60)
+    yield svc
+
+    async def teardown() -> None:
+        await svc.mongo.drop_database(settings.mongodb_database)
+        await runtime.stop()
+    io_loop.run_sync(teardown, timeout=60)
+
+
+@pytest.fixture
+def app(services: Any) -> Any:
+    return make_app(services)
+
+
+@pytest.fixture
+def api(http_server: Any, http_client: Any, base_url: str) -> Api:
+    return Api(http_client, base_url)
+
+
+@pytest.fixture
+def db(services: Any) -> Any:
+    return services.db
