@@ -9,12 +9,17 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
+import redis.asyncio as aioredis
 import tornado.web
 
 from config import Settings, load_settings
-from handlers import health
+from handlers import auth, health, organizations, users
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
+from models.identity import Identity, IdentityConfig
+from models.organizations import Organizations
+from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from models.users import Users
 from processing.pool import ProcessPool
 
 log = logging.getLogger("enginel")
@@ -22,7 +27,7 @@ log = logging.getLogger("enginel")
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every handler module ends with its route table; this joins them."""
-    return [*health.routes]
+    return [*health.routes, *auth.routes, *users.routes, *organizations.routes]
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -32,7 +37,7 @@ def make_app(services: Services) -> tornado.web.Application:
         # DESIGN 8.3: a method that forgot to say whether it needs authentication must not be served.
         raise RuntimeError("handler methods without @public or @authenticated: " + ", ".join(missing))
     return tornado.web.Application(
-        table, services=services, default_handler_class=NotFoundHandler,
+        table, services=services, default_handler_class=NotFoundHandler, cookie_secret=services.secret,
         compress_response=True, xsrf_cookies=False, websocket_ping_interval=20, websocket_ping_timeout=30)
 
 
@@ -55,10 +60,9 @@ class Runtime:
         db = mongo[settings.mongodb_database]
         try:
             await ensure_indexes(db)
-            await ensure_instance(db)
+            instance = await ensure_instance(db)
             redis = None
             if settings.redis_url:
-                import redis.asyncio as aioredis
                 redis = aioredis.from_url(settings.redis_url)
                 await redis.ping()
         except BaseException:
@@ -66,7 +70,17 @@ class Runtime:
             if self.embedded:
                 self.embedded.stop()
             raise
-        self.services = Services(settings=settings, mongo=mongo, db=db, redis=redis)
+        identity = Identity(db, IdentityConfig(
+            access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl,
+            max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
+            argon2_time_cost=settings.argon2_time_cost, argon2_memory_kib=settings.argon2_memory_kib))
+        orgs = Organizations(db, self_service=settings.self_service_organizations)
+        self.services = Services(
+            settings=settings, mongo=mongo, db=db, redis=redis, secret=instance["secret"], identity=identity,
+            orgs=orgs, users=Users(db, identity, orgs),
+            limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter())
+        if settings.bootstrap_admin and await identity.bootstrap_admin(settings.bootstrap_admin):
+            log.info("created platform admin %r", settings.bootstrap_admin.split(":", 1)[0])
         if settings.workers > 0:
             # OpenCascade is imported once per worker at start, not inside the first job's timeout.
             self.services.pool = ProcessPool(settings.workers, preload=("processing.cad",))

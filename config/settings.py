@@ -54,6 +54,23 @@ class Settings(BaseSettings):
     # --- identity
     bootstrap_admin: str | None = Field(
         None, description="username:password of a platform admin created when no user exists yet.")
+    access_token_ttl: int = Field(86400, ge=60, description="Seconds an access token lives.")
+    refresh_token_ttl: int = Field(30 * 86400, ge=300, description="Seconds a refresh token lives.")
+    login_max_failures: int = Field(5, ge=1, description="Failed logins in a row that lock an account.")
+    login_lockout_seconds: int = Field(900, ge=1, description="Seconds a locked account stays locked.")
+    login_attempts_per_minute: int = Field(
+        20, ge=1, description="Login attempts allowed per client address per minute (429 above).")
+    argon2_time_cost: int = Field(3, ge=1, description="argon2id time cost for password hashes.")
+    argon2_memory_kib: int = Field(65536, ge=8, description="argon2id memory cost in KiB for password hashes.")
+    self_service_organizations: bool = Field(
+        False, description="Let any signed-in user create an organization (they become its OWNER).")
+    cookie_secure: bool = Field(
+        True, description="Mark the session cookie Secure (HTTPS only); turn off only for plain-HTTP development.")
+
+    # --- rate limits (per user or API key; per client address when anonymous)
+    rate_limit_per_hour: int = Field(1000, ge=1, description="Requests per caller per hour.")
+    rate_limit_per_minute: int = Field(100, ge=1, description="Requests per caller per minute (burst).")
+    uploads_per_hour: int = Field(50, ge=1, description="CAD uploads per caller per hour.")
 
     # --- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")

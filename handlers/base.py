@@ -1,6 +1,7 @@
 """BaseHandler -> APIHandler: the error envelope, request ids, bounded JSON bodies and the auth opt-out marker."""
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
@@ -19,14 +20,24 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from config import Settings
-from models.errors import (APIError, NotFound, PayloadTooLarge, ValidationFailed,
-                           field_errors_from)
+from models import audit
+from models.errors import (APIError, AuthenticationFailed, NotFound, PayloadTooLarge, PermissionDenied,
+                           ValidationFailed, field_errors_from)
+from models.identity import Identity
+from models.organizations import Organizations
+from models.policy import Principal
+from models.ratelimit import RateLimiter, Window
+from models.users import Users
 
 log = logging.getLogger("enginel.http")
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 HTTP_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_COOKIE = "enginel_session"
+XSRF_COOKIE = "enginel_xsrf"
+XSRF_HEADER = "X-XSRF-Token"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _STATUS_CODES = {400: "VALIDATION_ERROR", 401: "AUTHENTICATION_FAILED", 403: "PERMISSION_DENIED",
                  404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "CONFLICT",
@@ -41,6 +52,11 @@ class Services:
     settings: Settings
     mongo: AsyncMongoClient[dict[str, Any]]
     db: AsyncDatabase[dict[str, Any]]
+    secret: str                     # deployment-wide: signs cookies and upload URLs
+    identity: Identity
+    orgs: Organizations
+    users: Users
+    limiter: RateLimiter
     redis: Any = None               # redis.asyncio.Redis when configured
     pool: Any = None                # processing pool when this process runs analysis workers
     extra: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +189,9 @@ class APIHandler(BaseHandler):
     def body_limit(self) -> int:
         return self.config.max_json_body_bytes
 
+    principal: Principal | None = None
+    rate_limited: bool = True      # health probes opt out
+
     async def prepare(self) -> None:
         length = self.request.headers.get("Content-Length")
         if length is not None:
@@ -182,6 +201,65 @@ class APIHandler(BaseHandler):
                 raise PayloadTooLarge(f"The request body is {int(length)} bytes; the limit is {self.body_limit}.")
         # A chunked body has no declared length: stop reading well past the limit instead of forever.
         self.request.connection.set_max_body_size(self.body_limit + 65536)  # type: ignore[union-attr]
+        name = (self.request.method or "").lower()
+        method = getattr(type(self), name, None)
+        implemented = method is not None and method is not getattr(tornado.web.RequestHandler, name, None)
+        # An unimplemented method is a 405 for everyone; only implemented ones can need credentials.
+        needs_auth = implemented and getattr(method, "__enginel_auth__", "authenticated") != "public"
+        if needs_auth:
+            self.principal = await self._authenticate()
+        if self.rate_limited:
+            await self._rate_limit()
+
+    async def _authenticate(self) -> Principal:
+        """Token or ApiKey header, else the session cookie (which alone needs the XSRF header to write)."""
+        identity = self.services.identity
+        header = self.request.headers.get("Authorization", "")
+        if header:
+            scheme, _, credential = header.partition(" ")
+            credential = credential.strip()
+            if scheme.lower() in ("token", "bearer") and credential:
+                principal = await identity.authenticate_token(credential)
+            elif scheme.lower() == "apikey" and credential:
+                principal = await identity.authenticate_api_key(credential)
+            else:
+                raise AuthenticationFailed("Unsupported Authorization header; use Token, Bearer or ApiKey.")
+        else:
+            cookie = self.get_secure_cookie(SESSION_COOKIE, max_age_days=31)
+            if not cookie:
+                raise AuthenticationFailed("Authentication credentials were not provided.")
+            principal = await identity.authenticate_token(cookie.decode())
+            principal.via = "cookie"
+            if self.request.method not in SAFE_METHODS:
+                sent = self.request.headers.get(XSRF_HEADER, "")
+                expected = self.get_cookie(XSRF_COOKIE, "")
+                if not sent or not expected or not hmac.compare_digest(sent, expected):
+                    raise PermissionDenied("Missing or wrong XSRF token for a cookie-authenticated request.",
+                                           code="XSRF_FAILED")
+        if principal.via == "api_key" and self.request.method not in SAFE_METHODS and "write" not in principal.scopes:
+            raise PermissionDenied("This API key is read-only.")
+        return principal
+
+    async def _rate_limit(self) -> None:
+        cfg = self.config
+        key = (f"key:{self.principal.api_key_id}" if self.principal and self.principal.api_key_id
+               else f"user:{self.principal.id}" if self.principal else f"ip:{self.client_ip}")
+        decision = await self.services.limiter.hit(
+            key, (Window(cfg.rate_limit_per_hour, 3600), Window(cfg.rate_limit_per_minute, 60)))
+        for name, value in decision.headers().items():
+            self.set_header(name, value)
+        decision.raise_if_denied("Request")
+
+    @property
+    def actor(self) -> audit.Actor:
+        p = self.principal
+        return audit.Actor(p.id if p else None, p.username if p else None, self.client_ip,
+                           self.request.headers.get("User-Agent"))
+
+    def require_principal(self) -> Principal:
+        if self.principal is None:
+            raise AuthenticationFailed("Authentication credentials were not provided.")
+        return self.principal
 
     def data_received(self, chunk: bytes) -> None:
         if self._body_overflow:
@@ -231,6 +309,12 @@ class APIHandler(BaseHandler):
     def _allowed_methods(self) -> list[str]:
         return [m.upper() for m in HTTP_METHODS
                 if m != "options" and getattr(type(self), m) is not getattr(tornado.web.RequestHandler, m)]
+
+    def clear(self) -> None:
+        kept = {k: v for k, v in getattr(self, "_headers", {}).items() if k.startswith("X-Ratelimit")}
+        super().clear()
+        for name, value in kept.items():
+            self.set_header(name, value)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

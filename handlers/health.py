@@ -9,12 +9,16 @@ from models.health import check_database, check_redis
 
 
 class HealthHandler(APIHandler):
+    rate_limited = False   # load balancers probe often and anonymously
+
     @public
     async def get(self) -> None:
         self.write_json({"status": "ok", "service": "enginel"})
 
 
 class DetailedHealthHandler(APIHandler):
+    rate_limited = False
+
     @public
     async def get(self) -> None:
         services = self.services

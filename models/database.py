@@ -5,6 +5,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -156,7 +157,9 @@ async def ensure_instance(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     doc = await db.meta.find_one_and_update(
         {"_id": "instance"},
-        {"$setOnInsert": {"instance_id": str(uuid.uuid4()), "created_at": now}, "$set": {"last_started_at": now}},
+        # The secret signs cookies and upload URLs; every process of the deployment reads the same one.
+        {"$setOnInsert": {"instance_id": str(uuid.uuid4()), "created_at": now, "secret": secrets.token_hex(32)},
+         "$set": {"last_started_at": now}},
         upsert=True, return_document=ReturnDocument.AFTER)
     assert doc is not None
     return doc

@@ -228,21 +228,26 @@ def page_links(base_url: str, args: Mapping[str, Sequence[bytes | str]], page: i
 
 
 async def run_list(collection: Any, base_filter: dict[str, Any], query: ListQuery,
-                   render: Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]],
+                   render_page: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
                    base_url: str, args: Mapping[str, Sequence[bytes | str]]) -> dict[str, Any]:
     """Run a validated query inside `base_filter` (the caller's visibility) and build the page envelope.
 
     The access filter is combined with $and so a client filter can only narrow what the policy allows.
+    A page is rendered as a whole so related data is fetched once per page, not once per item.
     """
     combined = {"$and": [base_filter, query.filter]} if base_filter and query.filter else (
         base_filter or query.filter)
     count = await collection.count_documents(combined)
     cursor = collection.find(combined).sort(query.sort).skip(query.skip).limit(query.page_size)
-    results = []
-    async for doc in cursor:
-        rendered = render(doc)
-        if hasattr(rendered, "__await__"):
-            rendered = await rendered  # type: ignore[misc]
-        results.append(project(rendered, query.fields))  # type: ignore[arg-type]
+    docs = [doc async for doc in cursor]
+    results = [project(item, query.fields) for item in await render_page(docs)]
     nxt, prev = page_links(base_url, args, query.page, query.page_size, count)
     return {"count": count, "next": nxt, "previous": prev, "results": results}
+
+
+def each(render: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[list[dict[str, Any]]],
+                                                                         Awaitable[list[dict[str, Any]]]]:
+    """Adapt a one-document renderer to run_list's page renderer."""
+    async def render_page(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [render(d) for d in docs]
+    return render_page

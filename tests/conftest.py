@@ -15,7 +15,7 @@ import pytest
 from config import Settings
 from models.database import EmbeddedMongo, free_port
 from server import Runtime, make_app
-from tests.helpers import Api
+from tests.helpers import Api, World
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "cad-samples"
@@ -75,6 +75,7 @@ def settings_overrides() -> dict[str, Any]:
 @pytest.fixture
 def settings(mongo_uri: str, tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
     values: dict[str, Any] = dict(mongodb_uri=mongo_uri, mongodb_database="t" + uuid.uuid4().hex[:16],
+                                  argon2_time_cost=1, argon2_memory_kib=64, cookie_secure=False,
                                   data_dir=tmp_path / "data", workers=0, redis_url=None, log_level="WARNING")
     values.update(settings_overrides)
     return Settings(**values)
@@ -105,3 +106,8 @@ def api(http_server: Any, http_client: Any, base_url: str) -> Api:
 @pytest.fixture
 def db(services: Any) -> Any:
     return services.db
+
+
+@pytest.fixture
+def world(services: Any, api: Api) -> World:
+    return World(services, api)

@@ -70,3 +70,59 @@ def assert_envelope(resp: Response, status: int, code: str) -> dict[str, Any]:
     assert body["code"] == code, body
     assert resp.headers.get("Content-Type", "").startswith("application/json")
     return body
+
+
+PASSWORD = "correct-horse-battery"
+
+
+@dataclass(eq=False)
+class Caller:
+    """A user with a live session token and a client that sends it."""
+
+    user: dict[str, Any]
+    token: str
+    api: Api
+
+    @property
+    def id(self) -> int:
+        return int(self.user["_id"])
+
+
+class World:
+    """Builds users and organizations straight through the models, then talks to the server over HTTP."""
+
+    def __init__(self, services: Any, api: Api) -> None:
+        self.services = services
+        self.api = api
+        self._staff: Any = None
+
+    async def user(self, username: str, *, password: str = PASSWORD, **attrs: Any) -> Caller:
+        user = await self.services.identity.create_user(username=username, password=password,
+                                                        email=attrs.pop("email", f"{username}@example.com"),
+                                                        **attrs)
+        tokens = await self.services.identity.open_session(user, device="pytest", ip="127.0.0.1")
+        return Caller(user, tokens["access_token"], self.api.as_token(tokens["access_token"]))
+
+    async def staff_principal(self) -> Any:
+        if self._staff is None:
+            admin = await self.services.identity.create_user(username="platform-admin", password=PASSWORD,
+                                                             is_staff=True, is_us_person=True,
+                                                             security_clearance_level="TOP_SECRET")
+            self._staff = await self.services.identity.principal_for(admin["_id"])
+        return self._staff
+
+    async def org(self, slug: str, *, members: dict[Caller, str] | None = None, is_us: bool = False,
+                  **attrs: Any) -> dict[str, Any]:
+        from models import audit
+        from models.organizations import MemberIn, OrganizationIn
+        from models.policy import Role
+        staff = await self.staff_principal()
+        org = await self.services.orgs.create(staff, OrganizationIn(name=slug.title(), slug=slug,
+                                                                    is_us_organization=is_us, **attrs),
+                                              audit.Actor.system())
+        for caller, role in (members or {}).items():
+            await self.services.orgs.add_member(staff, org["_id"], MemberIn(user_id=caller.id, role=Role(role)),
+                                                audit.Actor.system())
+        # The staff creator is its first OWNER; leave it so tests see only the members they asked for.
+        await self.services.db.memberships.delete_one({"organization_id": org["_id"], "user_id": staff.id})
+        return org

@@ -12,7 +12,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 
 from handlers.base import APIHandler, authenticated, public, unmarked_methods
-from models.listing import Filter, Kind, ListSpec, parse_list_query, run_list
+from models.listing import Filter, Kind, ListSpec, each, parse_list_query, run_list
 from models.schema import Input
 from server import make_app, routes
 from tests.helpers import assert_envelope
@@ -39,7 +39,7 @@ class WidgetsHandler(APIHandler):
     async def get(self) -> None:
         query = parse_list_query(WIDGET_SPEC, self.request.query_arguments)
         page = await run_list(self.db.widgets, {"hidden": {"$ne": True}}, query,
-                              lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]},
+                              each(lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]}),
                               self.absolute_url(self.request.path), self.request.query_arguments)
         self.write_json(page)
 

@@ -1,0 +1,94 @@
+"""Organization endpoints: CRUD, members, roles."""
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.base import APIHandler, authenticated
+from models.listing import parse_list_query, run_list
+from models.organizations import (ORG_LIST, MemberIn, MemberPatch, OrganizationIn, OrganizationPatch,
+                                  list_filter)
+
+UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+
+
+class OrganizationsHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        principal = self.require_principal()
+        query = parse_list_query(ORG_LIST, self.request.query_arguments)
+        page = await run_list(self.db.organizations, list_filter(principal), query,
+                              self.services.orgs.render_many, self.absolute_url(self.request.path),
+                              self.request.query_arguments)
+        self.write_json(page)
+
+    @authenticated
+    async def post(self) -> None:
+        body = self.parse_body(OrganizationIn)
+        doc = await self.services.orgs.create(self.require_principal(), body, self.actor)
+        self.write_json((await self.services.orgs.render_many([doc]))[0], status=201)
+
+
+class OrganizationHandler(APIHandler):
+    async def _render(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return (await self.services.orgs.render_many([doc]))[0]
+
+    @authenticated
+    async def get(self, org_id: str) -> None:
+        doc = await self.services.orgs.get_visible(self.require_principal(), org_id)
+        self.write_json(await self._render(doc))
+
+    @authenticated
+    async def patch(self, org_id: str) -> None:
+        body = self.parse_body(OrganizationPatch)
+        doc = await self.services.orgs.update(self.require_principal(), org_id,
+                                              body.model_dump(exclude_unset=True, mode="json"), self.actor)
+        self.write_json(await self._render(doc))
+
+    @authenticated
+    async def put(self, org_id: str) -> None:
+        body = self.parse_body(OrganizationIn)
+        doc = await self.services.orgs.update(self.require_principal(), org_id, body.model_dump(mode="json"),
+                                              self.actor)
+        self.write_json(await self._render(doc))
+
+    @authenticated
+    async def delete(self, org_id: str) -> None:
+        await self.services.orgs.delete(self.require_principal(), org_id, self.actor)
+        self.no_content()
+
+
+class MembersHandler(APIHandler):
+    @authenticated
+    async def get(self, org_id: str) -> None:
+        self.write_json(await self.services.orgs.members(self.require_principal(), org_id))
+
+
+class AddMemberHandler(APIHandler):
+    @authenticated
+    async def post(self, org_id: str) -> None:
+        body = self.parse_body(MemberIn)
+        member = await self.services.orgs.add_member(self.require_principal(), org_id, body, self.actor)
+        self.write_json(member, status=201)
+
+
+class MemberHandler(APIHandler):
+    @authenticated
+    async def patch(self, org_id: str, user_id: str) -> None:
+        body = self.parse_body(MemberPatch)
+        member = await self.services.orgs.change_role(self.require_principal(), org_id, int(user_id), body,
+                                                      self.actor)
+        self.write_json(member)
+
+    @authenticated
+    async def delete(self, org_id: str, user_id: str) -> None:
+        await self.services.orgs.remove_member(self.require_principal(), org_id, int(user_id), self.actor)
+        self.no_content()
+
+
+routes = [
+    (r"/api/organizations/", OrganizationsHandler),
+    (rf"/api/organizations/{UUID}/", OrganizationHandler),
+    (rf"/api/organizations/{UUID}/members/", MembersHandler),
+    (rf"/api/organizations/{UUID}/add_member/", AddMemberHandler),
+    (rf"/api/organizations/{UUID}/members/([0-9]{{1,12}})/", MemberHandler),
+]

@@ -1,0 +1,91 @@
+"""The tamper-evident audit trail: append-only entries chained by SHA-256, and its verification."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import DESCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+from models.database import register_indexes, utcnow
+
+COLLECTION = "audit_log"
+GENESIS = "0" * 64
+MAX_APPEND_RETRIES = 50
+
+register_indexes(COLLECTION, [
+    IndexModel([("organization_id", 1), ("timestamp", DESCENDING)]),
+    IndexModel([("resource_type", 1), ("resource_id", 1)]),
+    IndexModel([("actor_id", 1), ("timestamp", DESCENDING)]),
+    IndexModel([("action", 1)]),
+])
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted and from where, as recorded in each entry."""
+
+    user_id: int | None
+    username: str | None
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+    @classmethod
+    def system(cls) -> "Actor":
+        return cls(None, "system")
+
+
+def _canonical(entry: dict[str, Any]) -> bytes:
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        return str(value)
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=default).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(entry)).hexdigest()
+
+
+async def record(db: Any, actor: Actor, action: str, resource_type: str, resource_id: Any, *,
+                 organization_id: str | None = None, changes: dict[str, Any] | None = None,
+                 classification: str | None = None) -> dict[str, Any]:
+    """Append one entry. Its integer id is the chain position, so the unique _id index serialises
+    concurrent writers: whoever loses the race re-reads the head and tries the next position."""
+    now = utcnow()
+    timestamp = now.replace(microsecond=now.microsecond // 1000 * 1000)   # what MongoDB keeps
+    for _ in range(MAX_APPEND_RETRIES):
+        head = await db[COLLECTION].find_one({}, sort=[("_id", DESCENDING)], projection={"hash": 1})
+        entry: dict[str, Any] = {
+            "_id": (head["_id"] + 1) if head else 1,
+            "prev_hash": head["hash"] if head else GENESIS,
+            "timestamp": timestamp,
+            "actor_id": actor.user_id, "actor_username": actor.username,
+            "ip_address": actor.ip_address, "user_agent": (actor.user_agent or "")[:512] or None,
+            "action": action, "resource_type": resource_type, "resource_id": str(resource_id),
+            "organization_id": organization_id, "classification": classification,
+            "changes": changes or {},
+        }
+        entry["hash"] = entry_hash(entry)
+        try:
+            await db[COLLECTION].insert_one(entry)
+            return entry
+        except DuplicateKeyError:
+            continue
+    raise RuntimeError("could not append to the audit trail under contention")
+
+
+async def verify_chain(db: Any) -> tuple[bool, int | None]:
+    """Walk the whole chain; returns (intact, id of the first bad entry)."""
+    prev = GENESIS
+    expected_id = 1
+    async for entry in db[COLLECTION].find({}, sort=[("_id", 1)]):
+        if entry["_id"] != expected_id or entry["prev_hash"] != prev or entry_hash(entry) != entry["hash"]:
+            return False, int(entry["_id"])
+        prev = entry["hash"]
+        expected_id += 1
+    return True, None
