@@ -13,12 +13,17 @@ import redis.asyncio as aioredis
 import tornado.web
 
 from config import Settings, load_settings
-from handlers import auth, health, organizations, users
+from handlers import auth, designs, health, organizations, users
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
+from models.designs import Designs
+from models.events import NullPublisher, Publisher
 from models.identity import Identity, IdentityConfig
 from models.organizations import Organizations
 from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from models.series import Series
+from models.storage import make_storage
+from models import units
 from models.users import Users
 from processing.pool import ProcessPool
 
@@ -27,7 +32,7 @@ log = logging.getLogger("enginel")
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every handler module ends with its route table; this joins them."""
-    return [*health.routes, *auth.routes, *users.routes, *organizations.routes]
+    return [*health.routes, *auth.routes, *users.routes, *organizations.routes, *designs.routes]
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -75,10 +80,19 @@ class Runtime:
             max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
             argon2_time_cost=settings.argon2_time_cost, argon2_memory_kib=settings.argon2_memory_kib))
         orgs = Organizations(db, self_service=settings.self_service_organizations)
+        storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
+        publisher: Publisher = NullPublisher()
+        series = Series(db)
         self.services = Services(
             settings=settings, mongo=mongo, db=db, redis=redis, secret=instance["secret"], identity=identity,
             orgs=orgs, users=Users(db, identity, orgs),
-            limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter())
+            limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
+            storage=storage, series=series, publisher=publisher,
+            designs=Designs(db, storage, publisher, secret=instance["secret"],
+                            max_upload_bytes=settings.max_upload_bytes, series=series))
+        # Leftovers of uploads a crashed process abandoned, and pint's registry (0.7 s) off the first request.
+        await storage.purge_incomplete()
+        await asyncio.to_thread(units.registry)
         if settings.bootstrap_admin and await identity.bootstrap_admin(settings.bootstrap_admin):
             log.info("created platform admin %r", settings.bootstrap_admin.split(":", 1)[0])
         if settings.workers > 0:

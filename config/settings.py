@@ -43,9 +43,16 @@ class Settings(BaseSettings):
         None, description="Redis URL (redis://host:6379/0) shared by all server processes for realtime "
                           "fan-out, rate limits and presence. Unset: in-process implementations.")
 
+    storage_backend: Literal["filesystem", "gridfs"] = Field(
+        "filesystem", description="Where CAD files live: filesystem (<data-dir>/files) or gridfs (in MongoDB, "
+                                  "for several nodes without a shared disk).")
+
     # --- limits
     max_json_body_bytes: int = Field(1_048_576, gt=0, description="Largest JSON request body accepted (413 above).")
     max_upload_bytes: int = Field(2 * 1024 ** 3, gt=0, description="Largest CAD file accepted (FILE_TOO_LARGE above).")
+    max_multipart_bytes: int = Field(
+        64 * 1024 ** 2, gt=0, description="Largest one-request multipart upload; bigger files use the streaming "
+                                          "upload URL.")
 
     # --- processing
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0,

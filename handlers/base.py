@@ -23,10 +23,14 @@ from config import Settings
 from models import audit
 from models.errors import (APIError, AuthenticationFailed, NotFound, PayloadTooLarge, PermissionDenied,
                            ValidationFailed, field_errors_from)
+from models.designs import Designs
+from models.events import Publisher
 from models.identity import Identity
 from models.organizations import Organizations
 from models.policy import Principal
 from models.ratelimit import RateLimiter, Window
+from models.series import Series
+from models.storage import Storage
 from models.users import Users
 
 log = logging.getLogger("enginel.http")
@@ -57,6 +61,10 @@ class Services:
     orgs: Organizations
     users: Users
     limiter: RateLimiter
+    storage: Storage
+    series: Series
+    designs: Designs
+    publisher: Publisher
     redis: Any = None               # redis.asyncio.Redis when configured
     pool: Any = None                # processing pool when this process runs analysis workers
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,374 @@
+"""Design series and design asset endpoints: lists, signed streaming uploads, downloads, metadata, units."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+import tornado.httputil
+import tornado.ioloop
+from pydantic import Field, ValidationError
+
+from handlers.base import APIHandler, authenticated, public
+from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
+from models.designs import (CONTENT_TYPES, DESIGN_LIST, MATERIALS, DesignIn, DesignPatch, FinalizeIn,
+                            MultipartDesignIn, UploadUrlIn)
+from models.errors import APIError, ValidationFailed, field_errors_from
+from models.listing import parse_list_query, run_list
+from models.materials import BUILTIN_MATERIALS, normalize_name
+from models.policy import require
+from models.ratelimit import Window
+from models.schema import Input
+from models.series import SERIES_LIST, SeriesIn, SeriesPatch
+from models.storage import FileTooLarge, StorageWriter
+from models.units import convert
+
+UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class DesignsBase(APIHandler):
+    async def render(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return (await self.services.designs.render_many([doc]))[0]
+
+    async def upload_budget(self) -> None:
+        principal = self.require_principal()
+        decision = await self.services.limiter.hit(f"upload:{principal.id}",
+                                                   (Window(self.config.uploads_per_hour, 3600),))
+        decision.raise_if_denied("Upload")
+
+
+# ---------------------------------------------------------------- series
+
+class SeriesListHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        principal = self.require_principal()
+        series = self.services.series
+        query = parse_list_query(SERIES_LIST, self.request.query_arguments)
+        page = await run_list(self.db.series, series.visible_filter(principal), query,
+                              lambda docs: series.render_many(docs, principal), self.absolute_url(self.request.path),
+                              self.request.query_arguments)
+        self.write_json(page)
+
+    @authenticated
+    async def post(self) -> None:
+        principal = self.require_principal()
+        doc = await self.services.series.create(principal, self.parse_body(SeriesIn), self.actor)
+        self.write_json((await self.services.series.render_many([doc], principal))[0], status=201)
+
+
+class SeriesHandler(APIHandler):
+    @authenticated
+    async def get(self, series_id: str) -> None:
+        principal = self.require_principal()
+        doc = await self.services.series.get_visible(principal, series_id)
+        self.write_json((await self.services.series.render_many([doc], principal))[0])
+
+    async def _update(self, series_id: str, patch: dict[str, Any]) -> None:
+        principal = self.require_principal()
+        doc = await self.services.series.update(principal, series_id, patch, self.actor)
+        self.write_json((await self.services.series.render_many([doc], principal))[0])
+
+    @authenticated
+    async def patch(self, series_id: str) -> None:
+        await self._update(series_id, self.parse_body(SeriesPatch).model_dump(exclude_unset=True))
+
+    @authenticated
+    async def put(self, series_id: str) -> None:
+        body = self.parse_body(SeriesIn)
+        await self._update(series_id, body.model_dump(exclude={"organization"}))
+
+    @authenticated
+    async def delete(self, series_id: str) -> None:
+        principal = self.require_principal()
+        force = self.get_query_argument("force", "false").lower() == "true"
+        ids = await self.services.series.delete(principal, series_id, force, self.actor)
+        for design_id in ids:
+            doc = await self.db.designs.find_one({"_id": design_id})
+            if doc is not None:
+                await self.services.designs.remove(doc)
+        self.no_content()
+
+
+class SeriesDesignsHandler(APIHandler):
+    @authenticated
+    async def get(self, series_id: str) -> None:
+        principal = self.require_principal()
+        await self.services.series.get_visible(principal, series_id)
+        designs = self.services.designs
+        cursor = self.db.designs.find({"$and": [{"series_id": series_id}, designs.visible_filter(principal)]},
+                                      sort=[("version_number", 1)], limit=1000)
+        self.write_json(await designs.render_many([d async for d in cursor]))
+
+
+# ---------------------------------------------------------------- designs
+
+class DesignsHandler(DesignsBase):
+    @property
+    def body_limit(self) -> int:
+        ctype = self.request.headers.get("Content-Type", "")
+        return self.config.max_multipart_bytes if ctype.startswith("multipart/") else self.config.max_json_body_bytes
+
+    @authenticated
+    async def get(self) -> None:
+        principal = self.require_principal()
+        designs = self.services.designs
+        query = parse_list_query(DESIGN_LIST, self.request.query_arguments)
+        page = await run_list(self.db.designs, designs.visible_filter(principal), query, designs.render_many,
+                              self.absolute_url(self.request.path), self.request.query_arguments)
+        self.write_json(page)
+
+    @authenticated
+    async def post(self) -> None:
+        principal = self.require_principal()
+        if self.request.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            await self.upload_budget()
+            await self._multipart()
+            return
+        doc = await self.services.designs.create(principal, self.parse_body(DesignIn), self.actor)
+        self.write_json(await self.render(doc), status=201)
+
+    async def _multipart(self) -> None:
+        fields: dict[str, list[bytes]] = {}
+        files: dict[str, list[tornado.httputil.HTTPFile]] = {}
+        tornado.httputil.parse_body_arguments(self.request.headers["Content-Type"], self.body, fields, files)
+        parts = files.get("file", [])
+        if len(parts) != 1:
+            raise ValidationFailed("Send exactly one file part named 'file'.", field_errors={"file": ["Required."]})
+        unknown = sorted(set(fields) - set(MultipartDesignIn.model_fields))
+        if unknown:
+            raise ValidationFailed("Unknown form field.", field_errors={k: ["Unknown field."] for k in unknown})
+        try:
+            data = MultipartDesignIn.model_validate_json(json.dumps(
+                {k: v[0].decode("utf-8", "replace") for k, v in fields.items()}))
+        except ValidationError as exc:
+            raise ValidationFailed("The form is not valid.", field_errors=field_errors_from(exc)) from None
+        filename = sanitize_filename(parts[0].filename or "")
+        fmt = format_for_filename(filename)
+        content = parts[0].body
+        sniffer = FormatSniffer(fmt)
+        sniffer.feed(content)
+        sniffer.finish(len(content))
+        writer = await self.services.storage.writer(max_size=self.config.max_upload_bytes)
+        async with writer:
+            await writer.write(content)
+            stored = await writer.commit()
+        result = await self.services.designs.create_direct(self.require_principal(), data, filename, stored, fmt,
+                                                           self.actor)
+        self.write_json(await self.render(result), status=201)
+
+
+class UploadUrlHandler(DesignsBase):
+    @authenticated
+    async def post(self) -> None:
+        body = self.parse_body(UploadUrlIn)
+        await self.upload_budget()
+        self.write_json(await self.services.designs.create_upload(self.require_principal(), body, self.base_url()),
+                        status=201)
+
+
+class UploadHandler(APIHandler):
+    """PUT <upload_url>: the signed URL is the credential; the body streams to storage, never into memory."""
+
+    _upload: dict[str, Any] | None = None
+    _writer: StorageWriter | None = None
+    _sniffer: FormatSniffer | None = None
+    _error: APIError | None = None
+    _received = 0
+
+    @property
+    def body_limit(self) -> int:
+        return self.config.max_upload_bytes
+
+    async def prepare(self) -> None:
+        if self.request.method != "PUT":
+            await super().prepare()
+            return
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.body_limit:
+            raise FileTooLarge(f"The file is {length} bytes; the limit is {self.body_limit}.")
+        await super().prepare()
+        upload_id = self.path_args[0]
+        self._upload = await self.services.designs.begin_receive(
+            upload_id, self.get_query_argument("expires", ""), self.get_query_argument("signature", ""),
+            int(length) if length and length.isdigit() else None)
+        self._writer = await self.services.storage.writer(max_size=self._upload["declared_size"])
+        self._sniffer = FormatSniffer(self._upload["format"])
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._writer is None or self._error is not None:
+            return
+        self._received += len(chunk)
+        try:
+            if self._upload is not None and self._received > self._upload["declared_size"]:
+                raise FileTooLarge(f"The body is longer than the {self._upload['declared_size']} bytes declared.")
+            assert self._sniffer is not None
+            self._sniffer.feed(chunk)
+            await self._writer.write(chunk)
+        except APIError as exc:
+            # Remember and stop storing; the answer goes out once the client has finished sending.
+            self._error = exc
+            await self._discard()
+
+    async def _discard(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.abort()
+        if self._upload is not None:
+            await self.services.designs.fail_receive(self._upload)
+
+    def on_connection_close(self) -> None:
+        if self._writer is not None:   # the client went away mid-body: leave nothing behind
+            tornado.ioloop.IOLoop.current().add_callback(self._discard)
+
+    @public
+    async def put(self, upload_id: str) -> None:
+        if self._error is not None:
+            raise self._error
+        assert self._upload is not None and self._writer is not None and self._sniffer is not None
+        try:
+            if self._received != self._upload["declared_size"]:
+                raise ValidationFailed(f"Received {self._received} bytes but {self._upload['declared_size']} "
+                                       "were declared.", field_errors={"file_size": ["Does not match the body."]})
+            self._sniffer.finish(self._received)
+            stored = await self._writer.commit()
+            self._writer = None
+        except BaseException:
+            await self._discard()
+            raise
+        self.write_json(await self.services.designs.finish_receive(self._upload, stored))
+
+
+class DesignHandler(DesignsBase):
+    @authenticated
+    async def get(self, design_id: str) -> None:
+        doc = await self.services.designs.get_visible(self.require_principal(), design_id)
+        self.set_header("ETag", f'"{doc["version"]}"')
+        self.write_json(await self.render(doc))
+
+    @authenticated
+    async def patch(self, design_id: str) -> None:
+        body = self.parse_body(DesignPatch)
+        doc = await self.services.designs.update(self.require_principal(), design_id, body, self.actor,
+                                                 self.request.headers.get("If-Match"))
+        self.set_header("ETag", f'"{doc["version"]}"')
+        self.write_json(await self.render(doc))
+
+    @authenticated
+    async def delete(self, design_id: str) -> None:
+        await self.services.designs.delete(self.require_principal(), design_id, self.actor)
+        self.no_content()
+
+
+class FinalizeHandler(DesignsBase):
+    @authenticated
+    async def post(self, design_id: str) -> None:
+        body = self.parse_body(FinalizeIn)
+        self.write_json(await self.services.designs.finalize(self.require_principal(), design_id, body.file_hash,
+                                                             self.actor))
+
+
+class DownloadHandler(DesignsBase):
+    @authenticated
+    async def get(self, design_id: str) -> None:
+        range_header = self.request.headers.get("Range")
+        doc = await self.services.designs.download(self.require_principal(), design_id, self.actor, range_header)
+        size = doc["file_size_bytes"]
+        start, end = 0, size
+        match = _RANGE.match(range_header or "")
+        if range_header and match and (match.group(1) or match.group(2)):
+            first, last = match.group(1), match.group(2)
+            if first:
+                start, end = int(first), (min(int(last) + 1, size) if last else size)
+            else:
+                start, end = max(0, size - int(last)), size
+            if start >= size or start >= end:
+                raise APIError("The requested range is outside the file.", status=416,
+                               code="RANGE_NOT_SATISFIABLE", title="Range not satisfiable",
+                               headers={"Content-Range": f"bytes */{size}"})
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        filename = doc["filename"]
+        ascii_name = re.sub(r'[^A-Za-z0-9._-]', "_", filename)
+        self.set_header("Content-Type", CONTENT_TYPES.get(doc["file_format"], "application/octet-stream"))
+        self.set_header("Content-Disposition",
+                        f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}")
+        self.set_header("Content-Length", str(end - start))
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("ETag", f'"{doc["content_sha256"]}"')
+        self.set_header("Cache-Control", "private, no-store")
+        async for chunk in self.services.storage.read(doc["content_sha256"], start, end):
+            self.write(chunk)
+            await self.flush()
+        self.finish()
+
+    def compute_etag(self) -> str | None:
+        return None   # set explicitly from the content hash; never hash a streamed body
+
+
+class MetadataHandler(DesignsBase):
+    @authenticated
+    async def get(self, design_id: str) -> None:
+        self.write_json(await self.services.designs.metadata(self.require_principal(), design_id))
+
+
+class ConvertUnitsHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        raw = self.get_query_argument("value", "")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValidationFailed("value must be a number.", field_errors={"value": ["Must be a number."]}) from None
+        self.write_json(convert(value, self.get_query_argument("from_unit", ""), self.get_query_argument("to_unit", "")))
+
+
+class MaterialIn(Input):
+    organization: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    name: str = Field(min_length=1, max_length=200)
+    density_kg_m3: float = Field(gt=0, lt=30_000)
+    category: str = Field("custom", max_length=100)
+
+
+class MaterialsHandler(APIHandler):
+    @authenticated
+    async def get(self) -> None:
+        principal = self.require_principal()
+        own = [m async for m in self.db[MATERIALS].find(
+            {} if principal.is_staff else {"organization_id": {"$in": sorted(principal.memberships)}},
+            sort=[("name", 1)], limit=1000)]
+        results = [{**m.as_dict(), "organization": None, "builtin": True} for m in BUILTIN_MATERIALS]
+        results += [{"name": m["name"], "density_kg_m3": m["density_kg_m3"], "category": m["category"],
+                     "organization": m["organization_id"], "builtin": False} for m in own]
+        self.write_json({"count": len(results), "results": results})
+
+    @authenticated
+    async def post(self) -> None:
+        principal = self.require_principal()
+        body = self.parse_body(MaterialIn)
+        await self.services.orgs.get_visible(principal, body.organization)
+        require(principal, "material.manage", body.organization)
+        doc = {"organization_id": body.organization, "name": body.name, "name_key": normalize_name(body.name),
+               "density_kg_m3": body.density_kg_m3, "category": body.category}
+        await self.db[MATERIALS].update_one({"organization_id": body.organization, "name_key": doc["name_key"]},
+                                            {"$set": doc}, upsert=True)
+        self.write_json({"name": body.name, "density_kg_m3": body.density_kg_m3, "category": body.category,
+                         "organization": body.organization, "builtin": False}, status=201)
+
+
+routes = [
+    (r"/api/series/", SeriesListHandler),
+    (rf"/api/series/{UUID}/", SeriesHandler),
+    (rf"/api/series/{UUID}/designs/", SeriesDesignsHandler),
+    (r"/api/designs/", DesignsHandler),
+    (r"/api/designs/upload-url/", UploadUrlHandler),
+    (r"/api/designs/convert-units/", ConvertUnitsHandler),
+    (rf"/api/uploads/{UUID}/", UploadHandler),
+    (rf"/api/designs/{UUID}/", DesignHandler),
+    (rf"/api/designs/{UUID}/finalize_upload/", FinalizeHandler),
+    (rf"/api/designs/{UUID}/download/", DownloadHandler),
+    (rf"/api/designs/{UUID}/metadata/", MetadataHandler),
+    (r"/api/materials/", MaterialsHandler),
+]
