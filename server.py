@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import tornado.web
 
 from config import Settings, load_settings
+from handlers import audit as audit_handlers
 from handlers import auth, designs, health, organizations, users
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
@@ -32,7 +33,8 @@ log = logging.getLogger("enginel")
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every handler module ends with its route table; this joins them."""
-    return [*health.routes, *auth.routes, *users.routes, *organizations.routes, *designs.routes]
+    return [*health.routes, *auth.routes, *users.routes, *organizations.routes, *designs.routes,
+            *audit_handlers.routes]
 
 
 def make_app(services: Services) -> tornado.web.Application:

@@ -11,6 +11,7 @@ from pymongo import DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from models.database import register_indexes, utcnow
+from models.listing import Filter, Kind, ListSpec
 
 COLLECTION = "audit_log"
 GENESIS = "0" * 64
@@ -89,3 +90,40 @@ async def verify_chain(db: Any) -> tuple[bool, int | None]:
         prev = entry["hash"]
         expected_id += 1
     return True, None
+
+
+AUDIT_FIELDS: frozenset[str] = frozenset({"id", "actor_id", "actor_username", "action", "action_display", "resource_type",
+                          "resource_id", "organization", "ip_address", "user_agent", "changes", "timestamp",
+                          "classification", "prev_hash", "hash"})
+
+
+def visible_filter(principal: Any) -> dict[str, Any]:
+    """Staff see the whole trail; ADMIN/OWNER see their organizations' entries; everyone sees their own.
+    Entries about classified resources follow the same classification rule as the resources."""
+    from models.policy import can, classification_filter
+    cleared = {"$or": [{"classification": None}, classification_filter(principal)]}
+    if principal.is_staff and "admin" in principal.scopes:
+        return cleared
+    orgs = sorted(org for org in principal.memberships if can(principal, "audit.read", org))
+    return {"$and": [{"$or": [{"organization_id": {"$in": orgs}}, {"actor_id": principal.id}]}, cleared]}
+
+
+def render(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"id": entry["_id"], "actor_id": entry.get("actor_id"), "actor_username": entry.get("actor_username"),
+            "action": entry["action"], "action_display": entry["action"].replace("_", " ").capitalize(),
+            "resource_type": entry["resource_type"], "resource_id": entry["resource_id"],
+            "organization": entry.get("organization_id"), "ip_address": entry.get("ip_address"),
+            "user_agent": entry.get("user_agent"), "changes": entry.get("changes", {}),
+            "timestamp": entry["timestamp"], "classification": entry.get("classification"),
+            "prev_hash": entry["prev_hash"], "hash": entry["hash"]}
+
+
+AUDIT_LIST = ListSpec(
+    filters={"actor_id": Filter(Kind.INT, "actor_id"), "action": Filter(Kind.STR, "action"),
+             "resource_type": Filter(Kind.STR, "resource_type"), "resource_id": Filter(Kind.STR, "resource_id"),
+             "organization": Filter(Kind.UUID, "organization_id"),
+             "timestamp": Filter(Kind.DATETIME, "timestamp", ranges=True)},
+    search=("action", "resource_type", "resource_id", "actor_username"),
+    ordering={"timestamp": "_id", "id": "_id"},
+    default_ordering="-id",
+    fields=AUDIT_FIELDS)
