@@ -158,7 +158,8 @@ async def main() -> None:
         size = mib * 2 ** 20
         result = await run_size(size, args.backend)
         ceiling = disk_baseline(size)
-        print(f"{mib:>6} MiB: upload {result['upload_mib_s']:.0f} MiB/s, download {result['download_mib_s']:.0f} MiB/s, "
+        print(f"{mib:>6} MiB: upload {result['upload_mib_s']:.0f} MiB/s, "
+              f"download {result['download_mib_s']:.0f} MiB/s, "
               f"local hash+write ceiling {ceiling:.0f} MiB/s (upload/ceiling {result['upload_mib_s'] / ceiling:.2f}); "
               f"server RSS before upload {result['baseline_rss_mib']:.0f} MiB, peak {result['peak_rss_mib']:.0f} MiB")
 

@@ -111,7 +111,8 @@ class ApiKeysHandler(APIHandler):
         body = self.parse_body(ApiKeyIn)
         unknown = sorted(set(body.scopes) - set(API_KEY_SCOPES))
         if unknown:
-            raise ValidationFailed("Unknown scope.", field_errors={"scopes": [f"Unknown scope '{s}'." for s in unknown]})
+            raise ValidationFailed("Unknown scope.",
+                                   field_errors={"scopes": [f"Unknown scope '{s}'." for s in unknown]})
         doc, key = await self.services.identity.create_api_key(principal.user, body.name, body.scopes,
                                                                body.expires_at)
         await audit.record(self.db, self.actor, "CREATE", "ApiKey", doc["_id"],
@@ -139,4 +140,3 @@ routes = [
     (r"/api/auth/api-keys/", ApiKeysHandler),
     (r"/api/auth/api-keys/([0-9a-f-]{36})/", ApiKeyHandler),
 ]
-

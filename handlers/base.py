@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -123,7 +123,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def services(self) -> Services:
-        return self.application.settings["services"]  # type: ignore[no-any-return]
+        return self.application.settings["services"]
 
     @property
     def config(self) -> Settings:
@@ -269,14 +269,14 @@ class APIHandler(BaseHandler):
             raise AuthenticationFailed("Authentication credentials were not provided.")
         return self.principal
 
-    def data_received(self, chunk: bytes) -> None:
-        if self._body_overflow:
-            return
-        if len(self._body) + len(chunk) > self.body_limit:
-            self._body_overflow = True
-            self._body = bytearray()
-            return
-        self._body.extend(chunk)
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if not self._body_overflow:
+            if len(self._body) + len(chunk) > self.body_limit:
+                self._body_overflow = True
+                self._body = bytearray()
+            else:
+                self._body.extend(chunk)
+        return None
 
     @property
     def body(self) -> bytes:

@@ -29,7 +29,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class DesignsBase(APIHandler):
-    async def render(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def render_design(self, doc: dict[str, Any]) -> dict[str, Any]:
         return (await self.services.designs.render_many([doc]))[0]
 
     async def upload_budget(self) -> None:
@@ -128,7 +128,7 @@ class DesignsHandler(DesignsBase):
             await self._multipart()
             return
         doc = await self.services.designs.create(principal, self.parse_body(DesignIn), self.actor)
-        self.write_json(await self.render(doc), status=201)
+        self.write_json(await self.render_design(doc), status=201)
 
     async def _multipart(self) -> None:
         fields: dict[str, list[bytes]] = {}
@@ -157,7 +157,7 @@ class DesignsHandler(DesignsBase):
             stored = await writer.commit()
         result = await self.services.designs.create_direct(self.require_principal(), data, filename, stored, fmt,
                                                            self.actor)
-        self.write_json(await self.render(result), status=201)
+        self.write_json(await self.render_design(result), status=201)
 
 
 class UploadUrlHandler(DesignsBase):
@@ -246,7 +246,7 @@ class DesignHandler(DesignsBase):
     async def get(self, design_id: str) -> None:
         doc = await self.services.designs.get_visible(self.require_principal(), design_id)
         self.set_header("ETag", f'"{doc["version"]}"')
-        self.write_json(await self.render(doc))
+        self.write_json(await self.render_design(doc))
 
     @authenticated
     async def patch(self, design_id: str) -> None:
@@ -254,7 +254,7 @@ class DesignHandler(DesignsBase):
         doc = await self.services.designs.update(self.require_principal(), design_id, body, self.actor,
                                                  self.request.headers.get("If-Match"))
         self.set_header("ETag", f'"{doc["version"]}"')
-        self.write_json(await self.render(doc))
+        self.write_json(await self.render_design(doc))
 
     @authenticated
     async def delete(self, design_id: str) -> None:
@@ -322,7 +322,8 @@ class ConvertUnitsHandler(APIHandler):
             value = float(raw)
         except ValueError:
             raise ValidationFailed("value must be a number.", field_errors={"value": ["Must be a number."]}) from None
-        self.write_json(convert(value, self.get_query_argument("from_unit", ""), self.get_query_argument("to_unit", "")))
+        self.write_json(convert(value, self.get_query_argument("from_unit", ""),
+                                self.get_query_argument("to_unit", "")))
 
 
 class MaterialIn(Input):

@@ -92,9 +92,9 @@ async def verify_chain(db: Any) -> tuple[bool, int | None]:
     return True, None
 
 
-AUDIT_FIELDS: frozenset[str] = frozenset({"id", "actor_id", "actor_username", "action", "action_display", "resource_type",
-                          "resource_id", "organization", "ip_address", "user_agent", "changes", "timestamp",
-                          "classification", "prev_hash", "hash"})
+AUDIT_FIELDS: frozenset[str] = frozenset({
+    "id", "actor_id", "actor_username", "action", "action_display", "resource_type", "resource_id", "organization",
+    "ip_address", "user_agent", "changes", "timestamp", "classification", "prev_hash", "hash"})
 
 
 def visible_filter(principal: Any) -> dict[str, Any]:

@@ -174,9 +174,10 @@ class Designs:
         now = utcnow()
         expires_at = now + UPLOAD_TTL
         expires = int(expires_at.timestamp())
-        upload = {"_id": str(uuid.uuid4()), "user_id": principal.id, "filename": filename, "format": fmt,
-                  "declared_size": data.file_size, "content_type": data.content_type, "status": "PENDING",
-                  "created_at": now, "expires_at": expires_at, "sha256": None, "size": None}
+        upload: dict[str, Any] = {
+            "_id": str(uuid.uuid4()), "user_id": principal.id, "filename": filename, "format": fmt,
+            "declared_size": data.file_size, "content_type": data.content_type, "status": "PENDING",
+            "created_at": now, "expires_at": expires_at, "sha256": None, "size": None}
         await self.db[UPLOADS].insert_one(upload)
         sig = _sign(self.secret, upload["_id"], expires)
         return {"upload_url": f"{base_url}/api/uploads/{upload['_id']}/?expires={expires}&signature={sig}",
@@ -325,7 +326,8 @@ class Designs:
             "geometry": {} if not analysed else {
                 "bounding_box": doc.get("bounding_box"), "volume_cubic_mm": doc.get("volume_cubic_mm"),
                 "surface_area_sq_mm": doc.get("surface_area_sq_mm"), "center_of_mass": doc.get("center_of_mass"),
-                "inertia_tensor": geometry.get("inertia_tensor"), "principal_moments": geometry.get("principal_moments"),
+                "inertia_tensor": geometry.get("inertia_tensor"),
+                "principal_moments": geometry.get("principal_moments"),
                 "topology": analysis.get("topology"), "length_unit": analysis.get("length_unit"),
                 "source_length_unit": analysis.get("source_length_unit")},
             "material": {"name": doc.get("material") or None, "density_kg_m3": doc.get("density_kg_m3"),
@@ -381,12 +383,14 @@ class Designs:
         if "classification" in changes:
             await self.db[JOBS].update_many({"design_id": design_id},
                                             {"$set": {"classification": changes["classification"]["new"]}})
+            await self.db["bom_nodes"].update_many({"design_id": design_id},
+                                                   {"$set": {"classification": changes["classification"]["new"]}})
         action = "DOWNGRADE_CLASSIFICATION" if "classification" in changes and _rank(
             changes["classification"]["new"]) < _rank(changes["classification"]["old"]) else "UPDATE"
         await audit.record(self.db, actor, action, "DesignAsset", design_id, organization_id=org_id,
                            classification=updated["classification"], changes=changes)
         await self._announce(updated, "design.updated", {"changes": list(changes)})
-        return updated  # type: ignore[no-any-return]
+        return updated
 
     async def delete(self, principal: Principal, design_id: str, actor: audit.Actor) -> None:
         doc = await self.get_visible(principal, design_id)
@@ -436,7 +440,7 @@ class Designs:
             return_document=ReturnDocument.AFTER)
         if updated is not None:
             await self._announce(updated, "design.status", {"status": updated["status"]})
-        return updated  # type: ignore[no-any-return]
+        return updated
 
     async def mark_failed(self, design_id: str, message: str) -> None:
         updated = await self.db[DESIGNS].find_one_and_update(
@@ -501,4 +505,3 @@ def render_design(doc: dict[str, Any], series_name: str | None, username: str | 
         "uploaded_by": doc["uploaded_by"], "uploaded_by_username": username,
         "created_at": doc["created_at"], "updated_at": doc["updated_at"], "version": doc["version"],
     }
-

@@ -62,8 +62,8 @@ BUILTIN_MATERIALS: tuple[Material, ...] = (
     Material("Nylon 6/6", 1140, "thermoplastic", ("Nylon 66", "Nylon 6,6", "PA66", "PA 6.6", "polyamide 66")),
     Material("PEEK", 1300, "thermoplastic", ("polyether ether ketone", "polyetheretherketone")),
     Material("Polycarbonate", 1200, "thermoplastic", ("PC",)),
-    Material("Acetal (POM)", 1420, "thermoplastic", ("POM", "Delrin", "acetal", "polyoxymethylene",
-                                                      "acetal homopolymer")),
+    Material("Acetal (POM)", 1420, "thermoplastic",
+             ("POM", "Delrin", "acetal", "polyoxymethylene", "acetal homopolymer")),
 )
 
 

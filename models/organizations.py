@@ -145,7 +145,7 @@ class Organizations:
                            field_errors={"slug": ["Already taken."]}) from None
         await audit.record(self.db, actor, "UPDATE", "Organization", org_id, organization_id=org_id,
                            changes=changes)
-        return updated  # type: ignore[no-any-return]
+        return updated
 
     async def delete(self, principal: Principal, org_id: str, actor: audit.Actor) -> None:
         doc = await self.get_visible(principal, org_id)

@@ -105,10 +105,11 @@ class Series:
         except DuplicateKeyError:
             raise _duplicate() from None
         if "part_number" in patch:   # designs carry the part number for search and filters
-            await self.db[DESIGNS].update_many({"series_id": series_id}, {"$set": {"part_number": patch["part_number"]}})
+            await self.db[DESIGNS].update_many({"series_id": series_id},
+                                               {"$set": {"part_number": patch["part_number"]}})
         await audit.record(self.db, actor, "UPDATE", "DesignSeries", series_id,
                            organization_id=doc["organization_id"], changes=changes)
-        return updated  # type: ignore[no-any-return]
+        return updated
 
     async def delete(self, principal: Principal, series_id: str, force: bool, actor: audit.Actor) -> list[str]:
         """Delete a series; with designs it needs ADMIN/OWNER and force, and every design must be visible

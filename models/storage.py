@@ -551,7 +551,7 @@ class GridFSStorage(Storage):
         try:
             try:
                 pending = bytearray()
-                async with contextlib.aclosing(self.read(digest)) as pieces:
+                async with contextlib.aclosing(self.read(digest)) as pieces:  # type: ignore[type-var]
                     async for piece in pieces:
                         pending += piece
                         if len(pending) >= WRITE_BUFFER:

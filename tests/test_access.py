@@ -139,8 +139,8 @@ class TestSelfService:
     @pytest.mark.gen_test
     async def test_any_user_creates_and_owns_but_cannot_attest_us_status(self, world: World) -> None:
         user = await world.user("founder")
-        refused = await user.api.post("/api/organizations/", {"name": "Us", "slug": "us-co",
-                                                               "is_us_organization": True})
+        refused = await user.api.post("/api/organizations/",
+                                      {"name": "Us", "slug": "us-co", "is_us_organization": True})
         assert_envelope(refused, 403, "PERMISSION_DENIED")
         created = await user.api.post("/api/organizations/", {"name": "Mine", "slug": "mine"})
         assert created.status == 201
@@ -254,8 +254,8 @@ async def test_api_key_never_exceeds_its_owner(world: World, api: Any) -> None:
                            headers={"Authorization": f"ApiKey {key['key']}"})
     assert_envelope(resp, 403, "PERMISSION_DENIED")
     # And an OWNER's key without the admin scope cannot do admin work.
-    owner_key = (await people["OWNER"].api.post("/api/auth/api-keys/",
-                                                 {"name": "rw", "scopes": ["read", "write"]})).json
+    owner_api = people["OWNER"].api
+    owner_key = (await owner_api.post("/api/auth/api-keys/", {"name": "rw", "scopes": ["read", "write"]})).json
     resp = await api.patch(f"/api/organizations/{org['_id']}/", {"description": "x"},
                            headers={"Authorization": f"ApiKey {owner_key['key']}"})
     assert_envelope(resp, 403, "PERMISSION_DENIED")

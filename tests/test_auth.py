@@ -138,8 +138,8 @@ async def test_refresh_rotates_and_reuse_revokes_the_chain(world: World, api: Ap
 async def test_tokens_are_stored_only_as_hashes(world: World, api: Api, db: Any) -> None:
     await world.user("frank")
     tokens = (await login(api, "frank")).json
-    key = (await api.as_token(tokens["access_token"]).post("/api/auth/api-keys/",
-                                                          {"name": "ci", "scopes": ["read"]})).json["key"]
+    owner = api.as_token(tokens["access_token"])
+    key = (await owner.post("/api/auth/api-keys/", {"name": "ci", "scopes": ["read"]})).json["key"]
     dump = str([d async for d in db.auth_sessions.find()]) + str([d async for d in db.api_keys.find()])
     for secret in (tokens["access_token"], tokens["refresh_token"], key, key.split("_", 2)[2]):
         assert secret not in dump

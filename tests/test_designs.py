@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPRequest
 
 from models.database import utcnow
 from tests.helpers import Api, Caller, World, assert_envelope
