@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     # --- processing
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0,
                          description="Analysis worker processes in this server process (0 disables analysis here).")
+    job_timeout_seconds: float = Field(
+        600.0, gt=0, description="Seconds one analysis attempt may run before its worker is killed (then retried).")
+    job_max_retries: int = Field(
+        2, ge=0, description="Retries of a job whose worker crashed, timed out or whose server vanished, "
+                             "before it fails with GEOMETRY_EXTRACTION_FAILED.")
+    job_lease_seconds: float = Field(
+        30.0, ge=1, description="Lease a server process holds on a running job (renewed every third of it); "
+                                "a job whose lease expires is claimed again by any process.")
+    job_poll_interval: float = Field(
+        0.5, gt=0, le=60, description="Seconds an idle job runner waits before looking for pending jobs again.")
 
     # --- identity
     bootstrap_admin: str | None = Field(
@@ -81,7 +91,8 @@ class Settings(BaseSettings):
 
     # --- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
-    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Seconds running work may take to finish on shutdown.")
+    shutdown_grace_seconds: float = Field(10.0, ge=0,
+                                          description="Seconds running work may take to finish on shutdown.")
 
     @field_validator("bootstrap_admin")
     @classmethod
