@@ -15,18 +15,25 @@ import tornado.web
 from config import Settings, load_settings
 from handlers import audit as audit_handlers
 from handlers import auth, designs, health, organizations, users
+from handlers import bom as bom_handlers
+from handlers import jobs as job_handlers
+from handlers import markups as markup_handlers
+from handlers import reviews as review_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
 from models.designs import Designs
 from models.events import NullPublisher, Publisher
 from models.identity import Identity, IdentityConfig
+from models.markups import Markups
 from models.organizations import Organizations
 from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from models.reviews import Reviews
 from models.series import Series
 from models.storage import make_storage
 from models import units
 from models.users import Users
 from processing.pool import ProcessPool
+from processing.runner import JobRunner
 
 log = logging.getLogger("enginel")
 
@@ -34,7 +41,8 @@ log = logging.getLogger("enginel")
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every handler module ends with its route table; this joins them."""
     return [*health.routes, *auth.routes, *users.routes, *organizations.routes, *designs.routes,
-            *audit_handlers.routes]
+            *audit_handlers.routes, *review_handlers.routes, *markup_handlers.routes, *job_handlers.routes,
+            *bom_handlers.routes]
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -92,6 +100,8 @@ class Runtime:
             storage=storage, series=series, publisher=publisher,
             designs=Designs(db, storage, publisher, secret=instance["secret"],
                             max_upload_bytes=settings.max_upload_bytes, series=series))
+        self.services.reviews = Reviews(db, publisher, self.services.designs, identity.passwords)
+        self.services.markups = Markups(db, publisher, self.services.reviews)
         # Leftovers of uploads a crashed process abandoned, and pint's registry (0.7 s) off the first request.
         await storage.purge_incomplete()
         await asyncio.to_thread(units.registry)
@@ -101,11 +111,18 @@ class Runtime:
             # OpenCascade is imported once per worker at start, not inside the first job's timeout.
             self.services.pool = ProcessPool(settings.workers, preload=("processing.cad",))
             await self.services.pool.start()
+            self.services.runner = JobRunner(
+                db, self.services.pool, storage, self.services.designs, timeout=settings.job_timeout_seconds,
+                max_retries=settings.job_max_retries, lease_seconds=settings.job_lease_seconds,
+                poll_interval=settings.job_poll_interval)
+            await self.services.runner.start()
         return self.services
 
     async def stop(self) -> None:
         services, self.services = self.services, None
         if services is not None:
+            if services.runner is not None:
+                await services.runner.stop()   # requeues running jobs while the pool still runs
             if services.pool is not None:
                 await services.pool.close()
             if services.redis is not None:

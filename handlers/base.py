@@ -67,6 +67,9 @@ class Services:
     publisher: Publisher
     redis: Any = None               # redis.asyncio.Redis when configured
     pool: Any = None                # processing pool when this process runs analysis workers
+    runner: Any = None              # processing.runner.JobRunner when this process runs analysis workers
+    reviews: Any = None             # models.reviews.Reviews
+    markups: Any = None             # models.markups.Markups
     extra: dict[str, Any] = field(default_factory=dict)
 
 

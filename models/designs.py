@@ -385,6 +385,10 @@ class Designs:
                                             {"$set": {"classification": changes["classification"]["new"]}})
             await self.db["bom_nodes"].update_many({"design_id": design_id},
                                                    {"$set": {"classification": changes["classification"]["new"]}})
+            # Reviews and markups carry their design's classification so their lists filter in the query.
+            for dependant in ("reviews", "markups"):
+                await self.db[dependant].update_many({"design_id": design_id},
+                                                     {"$set": {"classification": changes["classification"]["new"]}})
         action = "DOWNGRADE_CLASSIFICATION" if "classification" in changes and _rank(
             changes["classification"]["new"]) < _rank(changes["classification"]["old"]) else "UPDATE"
         await audit.record(self.db, actor, action, "DesignAsset", design_id, organization_id=org_id,
@@ -409,6 +413,8 @@ class Designs:
         await self.db[JOBS].update_many({"design_id": doc["_id"], "status": {"$in": ["PENDING", "PROCESSING"]}},
                                         {"$set": {"cancel_requested": True}})
         await self.db["bom_nodes"].delete_many({"design_id": doc["_id"]})
+        await self.db["reviews"].delete_many({"design_id": doc["_id"]})
+        await self.db["markups"].delete_many({"design_id": doc["_id"]})
         sha = doc.get("content_sha256")
         if sha and not await self.db[DESIGNS].count_documents({"content_sha256": sha}, limit=1) and not \
                 await self.db[UPLOADS].count_documents({"sha256": sha, "status": "RECEIVED"}, limit=1):
