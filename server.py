@@ -5,6 +5,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import tornado.httpserver
@@ -14,17 +15,20 @@ import tornado.web
 
 from config import Settings, load_settings
 from handlers import audit as audit_handlers
-from handlers import auth, designs, health, organizations, users
+from handlers import auth, designs, health, organizations, users, websocket
 from handlers import bom as bom_handlers
 from handlers import jobs as job_handlers
 from handlers import markups as markup_handlers
 from handlers import reviews as review_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
+from models.channels import ChannelPolicy, event_visible
 from models.designs import Designs
-from models.events import NullPublisher, Publisher
+from models.errors import APIError, ServiceUnavailable
 from models.identity import Identity, IdentityConfig
-from models.markups import Markups
+from models.jobs import Jobs
+from models.markups import Markups, socket_commands
+from models.policy import Principal
 from models.organizations import Organizations
 from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from models.reviews import Reviews
@@ -34,6 +38,8 @@ from models import units
 from models.users import Users
 from processing.pool import ProcessPool
 from processing.runner import JobRunner
+from realtime import Broker, BrokerConfig, Credential, Gateway, InProcessBroker, RealtimeConfig
+from realtime.redis_broker import RedisBroker
 
 log = logging.getLogger("enginel")
 
@@ -42,7 +48,53 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every handler module ends with its route table; this joins them."""
     return [*health.routes, *auth.routes, *users.routes, *organizations.routes, *designs.routes,
             *audit_handlers.routes, *review_handlers.routes, *markup_handlers.routes, *job_handlers.routes,
-            *bom_handlers.routes]
+            *bom_handlers.routes, *websocket.routes]
+
+
+def make_gateway(settings: Settings, identity: Identity, services: Callable[[], Services | None]) -> Gateway:
+    """The realtime gateway over the in-process or Redis broker, authenticating and authorizing with the same
+    identity and policy code as REST."""
+    broker_config = BrokerConfig(history_size=settings.realtime_history_size,
+                                 history_ttl=settings.realtime_history_ttl,
+                                 presence_ttl=settings.realtime_presence_ttl,
+                                 max_event_bytes=settings.realtime_max_event_bytes)
+    broker: Broker = (RedisBroker(settings.redis_url, prefix=settings.realtime_redis_prefix, config=broker_config)
+                      if settings.redis_url else InProcessBroker(broker_config))
+
+    async def authenticate(credential: Credential) -> Principal:
+        if credential.kind == "api_key":
+            return await identity.authenticate_api_key(credential.secret)
+        principal = await identity.authenticate_token(credential.secret)
+        if credential.kind == "session":
+            principal.via = "cookie"
+        return principal
+
+    async def authorize(principal: Principal, channel: str) -> None:
+        svc = services()
+        if svc is None:
+            raise ServiceUnavailable("The server is shutting down.")
+        await svc.channels.authorize(principal, channel)
+
+    async def refresh(principal: Principal) -> Principal | None:
+        # Same session or key, current attributes: a revoked session or disabled user ends the connection.
+        try:
+            fresh = await identity.refresh_principal(principal)
+        except APIError:
+            return None
+        return fresh
+
+    return Gateway(broker, authenticate=authenticate, authorize=authorize, refresh_principal=refresh,
+                   event_visible=event_visible, config=RealtimeConfig(
+                       allowed_origins=tuple(settings.realtime_allowed_origins),
+                       auth_timeout=settings.realtime_auth_timeout,
+                       max_message_bytes=settings.realtime_max_message_bytes,
+                       max_subscriptions=settings.realtime_max_subscriptions,
+                       commands_per_second=settings.realtime_commands_per_second,
+                       command_burst=settings.realtime_command_burst,
+                       max_pending_bytes=settings.realtime_max_pending_bytes,
+                       ping_interval=settings.realtime_ping_interval,
+                       ping_timeout=min(settings.realtime_ping_timeout, settings.realtime_ping_interval or
+                                        settings.realtime_ping_timeout)))
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -53,7 +105,7 @@ def make_app(services: Services) -> tornado.web.Application:
         raise RuntimeError("handler methods without @public or @authenticated: " + ", ".join(missing))
     return tornado.web.Application(
         table, services=services, default_handler_class=NotFoundHandler, cookie_secret=services.secret,
-        compress_response=True, xsrf_cookies=False, websocket_ping_interval=20, websocket_ping_timeout=30)
+        compress_response=True, xsrf_cookies=False)
 
 
 class Runtime:
@@ -89,19 +141,25 @@ class Runtime:
             access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl,
             max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
             argon2_time_cost=settings.argon2_time_cost, argon2_memory_kib=settings.argon2_memory_kib))
-        orgs = Organizations(db, self_service=settings.self_service_organizations)
         storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
-        publisher: Publisher = NullPublisher()
         series = Series(db)
+        # The gateway is the models' publisher; its policy callables reach the repositories built below.
+        gateway = make_gateway(settings, identity, lambda: self.services)
+        orgs = Organizations(db, self_service=settings.self_service_organizations, publisher=gateway)
+        designs = Designs(db, storage, gateway, secret=instance["secret"],
+                          max_upload_bytes=settings.max_upload_bytes, series=series)
+        reviews = Reviews(db, gateway, designs, identity.passwords)
+        markups = Markups(db, gateway, reviews)
         self.services = Services(
             settings=settings, mongo=mongo, db=db, redis=redis, secret=instance["secret"], identity=identity,
-            orgs=orgs, users=Users(db, identity, orgs),
+            orgs=orgs, users=Users(db, identity, orgs, publisher=gateway),
             limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
-            storage=storage, series=series, publisher=publisher,
-            designs=Designs(db, storage, publisher, secret=instance["secret"],
-                            max_upload_bytes=settings.max_upload_bytes, series=series))
-        self.services.reviews = Reviews(db, publisher, self.services.designs, identity.passwords)
-        self.services.markups = Markups(db, publisher, self.services.reviews)
+            storage=storage, series=series, publisher=gateway, designs=designs, reviews=reviews,
+            markups=markups, realtime=gateway,
+            channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=Jobs(db, designs), orgs=orgs))
+        for name, command in socket_commands(reviews, markups).items():
+            gateway.add_command(name, command)
+        await gateway.start()
         # Leftovers of uploads a crashed process abandoned, and pint's registry (0.7 s) off the first request.
         await storage.purge_incomplete()
         await asyncio.to_thread(units.registry)
@@ -121,10 +179,12 @@ class Runtime:
     async def stop(self) -> None:
         services, self.services = self.services, None
         if services is not None:
+            services.realtime.close_all()        # "going away" (1001): clients reconnect elsewhere with since
             if services.runner is not None:
                 await services.runner.stop()   # requeues running jobs while the pool still runs
             if services.pool is not None:
                 await services.pool.close()
+            await services.realtime.stop()
             if services.redis is not None:
                 await services.redis.aclose()
             await services.mongo.close()
@@ -155,6 +215,7 @@ async def serve(settings: Settings) -> None:
         await stopping.wait()
         log.info("shutting down")
         server.stop()   # stop accepting
+        services.realtime.close_all()   # sockets leave with 1001 "going away" instead of holding the grace period
         try:
             await asyncio.wait_for(server.close_all_connections(), settings.shutdown_grace_seconds)
         except asyncio.TimeoutError:

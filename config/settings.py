@@ -89,6 +89,30 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(100, ge=1, description="Requests per caller per minute (burst).")
     uploads_per_hour: int = Field(50, ge=1, description="CAD uploads per caller per hour.")
 
+    # --- realtime (/ws/)
+    realtime_allowed_origins: list[str] = Field(
+        default_factory=list, description="Browser origins, besides the server's own, allowed to open /ws/ "
+                                          "(\"*\" allows any).")
+    realtime_auth_timeout: float = Field(5.0, gt=0, description="Seconds a socket without a credential has to "
+                                                                 "send its auth message.")
+    realtime_max_message_bytes: int = Field(65536, ge=1024, description="Largest inbound WebSocket message.")
+    realtime_max_subscriptions: int = Field(100, ge=1, description="Channels one connection may subscribe to.")
+    realtime_commands_per_second: float = Field(20.0, gt=0, description="Sustained messages per connection.")
+    realtime_command_burst: int = Field(40, ge=1, description="Messages a connection may send above that rate "
+                                                              "in a burst.")
+    realtime_max_pending_bytes: int = Field(4 * 1024 * 1024, ge=65536,
+                                            description="Outbound bytes a connection may fall behind before it is "
+                                                        "closed as a slow consumer (4008).")
+    realtime_ping_interval: float = Field(20.0, ge=0, description="Seconds between keepalive pings (0: none).")
+    realtime_ping_timeout: float = Field(20.0, gt=0, description="Seconds a pong may take; at most the interval.")
+    realtime_history_size: int = Field(2000, ge=1, description="Events kept per channel for recovery with since.")
+    realtime_history_ttl: float = Field(600.0, gt=0, description="Seconds an event stays recoverable.")
+    realtime_presence_ttl: float = Field(60.0, gt=0, description="Seconds a presence entry lives without a "
+                                                                 "heartbeat (a crashed process's users leave).")
+    realtime_max_event_bytes: int = Field(1_048_576, ge=1024, description="Largest event a publish accepts.")
+    realtime_redis_prefix: str = Field("enginel:rt", pattern=r"^[A-Za-z0-9:_-]{1,64}$",
+                                       description="Prefix of the realtime keys and channels in Redis.")
+
     # --- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
     shutdown_grace_seconds: float = Field(10.0, ge=0,

@@ -70,6 +70,8 @@ class Services:
     runner: Any = None              # processing.runner.JobRunner when this process runs analysis workers
     reviews: Any = None             # models.reviews.Reviews
     markups: Any = None             # models.markups.Markups
+    realtime: Any = None            # realtime.Gateway: this process's sockets, and the models' publisher
+    channels: Any = None            # models.channels.ChannelPolicy
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -4,27 +4,27 @@ from __future__ import annotations
 from typing import Any
 
 import tornado.websocket
-from tornado.iostream import IOStream
 
 from handlers.base import public
 from realtime.codec import Codec, select_protocol
 from realtime.gateway import Gateway
 from realtime.session import Session, credential_from
+from realtime.transport import StreamTransport
 
 
 class RealtimeSocketHandler(tornado.websocket.WebSocketHandler):
-    """Implements realtime.session.Transport: frames built once per event are written straight to the stream."""
+    """Upgrades, negotiates, and hands the stream to realtime: frames built once per event go straight to it."""
 
     session: Session | None = None
-    _stream: IOStream | None = None
+    transport: StreamTransport | None = None
     _codec: Codec | None = None
     _origin_allowed = True
 
     @property
     def gateway(self) -> Gateway:
         services = self.application.settings["services"]
-        gateway = getattr(services, "realtime", None) or services.extra["realtime"]
-        return gateway  # type: ignore[no-any-return]
+        gateway: Gateway = getattr(services, "realtime", None) or services.extra["realtime"]
+        return gateway
 
     @public
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -58,16 +58,23 @@ class RealtimeSocketHandler(tornado.websocket.WebSocketHandler):
         return self.gateway.config.ping_timeout
 
     async def open(self, *args: str, **kwargs: str) -> None:
-        assert self.ws_connection is not None
-        self._stream = self.ws_connection.stream
+        assert self.ws_connection is not None and self.ws_connection.stream is not None
         self.set_nodelay(True)      # small interactive frames: Nagle would add delayed-ACK stalls
         gateway = self.gateway
-        credential = credential_from(self.request.headers.get("Authorization"),
-                                     self.get_cookie(gateway.config.session_cookie))
-        self.session = gateway.open_session(self, self._codec, credential=credential,
+        self.transport = StreamTransport(self.ws_connection.stream, self.close, gateway.flusher)
+        credential = credential_from(self.request.headers.get("Authorization"), self._session_cookie())
+        self.session = gateway.open_session(self.transport, self._codec, credential=credential,
                                             origin_allowed=self._origin_allowed,
                                             remote=self.request.remote_ip or "")
         await self.session.open()
+
+    def _session_cookie(self) -> str | None:
+        name = self.gateway.config.session_cookie
+        if self.application.settings.get("cookie_secret"):
+            # The same signed cookie the REST handlers accept; a forged or stale one reads as absent.
+            value = self.get_secure_cookie(name, max_age_days=31)
+            return value.decode() if value else None
+        return self.get_cookie(name)
 
     def on_message(self, message: str | bytes) -> Any:
         if self.session is not None:
@@ -75,22 +82,10 @@ class RealtimeSocketHandler(tornado.websocket.WebSocketHandler):
         return None
 
     def on_close(self) -> None:
+        if self.transport is not None:
+            self.transport.closed = True
         if self.session is not None:
             self.session.transport_closed()
-
-    # --- realtime.session.Transport
-    def write_frame(self, frame: bytes) -> int:
-        if self.ws_connection is None:
-            raise tornado.websocket.WebSocketClosedError()
-        stream = self._stream
-        assert stream is not None
-        stream.write(frame)
-        # IOStream keeps no public counter of unsent bytes; its write buffer's length is exactly that.
-        return len(stream._write_buffer)
-
-    async def drain(self) -> None:
-        assert self._stream is not None
-        await self._stream.write(b"")
 
 
 routes = [

@@ -16,7 +16,7 @@ from models import audit
 from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
 from models.database import register_indexes, utcnow
 from models.errors import Conflict, NotFound, PermissionDenied, Unprocessable, ValidationFailed
-from models.events import Publisher, announce
+from models.events import Publisher, access_changed, announce
 from models.jobs import JOBS, JobType, create_job
 from models.listing import Filter, Kind, ListSpec
 from models.materials import find_builtin, mass_kg, normalize_name
@@ -394,6 +394,9 @@ class Designs:
         await audit.record(self.db, actor, action, "DesignAsset", design_id, organization_id=org_id,
                            classification=updated["classification"], changes=changes)
         await self._announce(updated, "design.updated", {"changes": list(changes)})
+        if "classification" in changes:
+            # Live subscriptions to this design, its reviews and jobs are checked again under the new label.
+            await access_changed(self.publisher, None, "classification_changed")
         return updated
 
     async def delete(self, principal: Principal, design_id: str, actor: audit.Actor) -> None:
@@ -479,7 +482,8 @@ class Designs:
 
     async def _announce(self, doc: dict[str, Any], event: str, extra: dict[str, Any] | None = None) -> None:
         data = {"design_id": doc["_id"], "series_id": doc["series_id"], "version_number": doc["version_number"],
-                "status": doc["status"], "classification": doc["classification"], **(extra or {})}
+                "status": doc["status"], "classification": doc["classification"],
+                "organization_id": doc["organization_id"], **(extra or {})}
         await announce(self.publisher, [f"design:{doc['_id']}", f"org:{doc['organization_id']}"], event, data)
 
 

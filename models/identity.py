@@ -315,6 +315,23 @@ class Identity:
         principal.api_key_id = doc["_id"]
         return principal
 
+    async def refresh_principal(self, old: Principal) -> Principal:
+        """The same caller with current attributes, provided their session or key is still valid; used to
+        re-check long-lived connections after an access change."""
+        now = utcnow()
+        if old.session_id is not None:
+            session = await self.db[SESSIONS].find_one({"_id": old.session_id})
+            if session is None or session.get("revoked_at") is not None or session["access_expires_at"] <= now:
+                raise TokenExpired("The session has ended.")
+        if old.api_key_id is not None:
+            key = await self.db[API_KEYS].find_one({"_id": old.api_key_id})
+            if key is None or key.get("revoked_at") is not None or (
+                    key.get("expires_at") is not None and key["expires_at"] <= now):
+                raise AuthenticationFailed("The API key was revoked or expired.")
+        fresh = await self.principal_for(old.id, via=old.via)
+        fresh.scopes, fresh.session_id, fresh.api_key_id = old.scopes, old.session_id, old.api_key_id
+        return fresh
+
     async def principal_for(self, user_id: int, via: str = "token") -> Principal:
         user = await self.db[USERS].find_one({"_id": user_id}, projection={"password_hash": 0})
         if user is None or not user.get("is_active", True):

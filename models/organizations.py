@@ -11,6 +11,7 @@ from pymongo.errors import DuplicateKeyError
 
 from models import audit
 from models.database import next_id, register_indexes, utcnow
+from models.events import NullPublisher, Publisher, access_changed
 from models.errors import Conflict, LimitExceeded, NotFound, PermissionDenied, ValidationFailed
 from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS
 from models.listing import Filter, Kind, ListSpec
@@ -92,9 +93,10 @@ def list_filter(principal: Principal) -> dict[str, Any]:
 class Organizations:
     """Repository and rules for organizations and their members."""
 
-    def __init__(self, db: Any, self_service: bool = False) -> None:
+    def __init__(self, db: Any, self_service: bool = False, publisher: Publisher | None = None) -> None:
         self.db = db
         self.self_service = self_service
+        self.publisher: Publisher = publisher or NullPublisher()
 
     async def get_visible(self, principal: Principal, org_id: str) -> dict[str, Any]:
         doc = await self.db[ORGANIZATIONS].find_one({"_id": org_id})
@@ -156,6 +158,7 @@ class Organizations:
         await self.db[ORGANIZATIONS].delete_one({"_id": org_id})
         await audit.record(self.db, actor, "DELETE", "Organization", org_id, organization_id=org_id,
                            changes={"name": doc["name"], "slug": doc["slug"]})
+        await access_changed(self.publisher, None, "organization_deleted")
 
     # ------------------------------------------------------------------ members
 
@@ -224,6 +227,7 @@ class Organizations:
         await self._recheck_owner(org_id, member)
         await audit.record(self.db, actor, "CHANGE_ROLE", "Organization", org_id, organization_id=org_id,
                            changes={"user_id": user_id, "role": {"old": member["role"], "new": data.role.value}})
+        await access_changed(self.publisher, user_id, "role_changed")
         user = await self.db[USERS].find_one({"_id": user_id}, projection={"username": 1, "email": 1}) or {}
         return render_member(result, user)
 
@@ -235,6 +239,7 @@ class Organizations:
         await self._recheck_owner(org_id, member)
         await audit.record(self.db, actor, "REMOVE_MEMBER", "Organization", org_id, organization_id=org_id,
                            changes={"user_id": user_id, "role": member["role"]})
+        await access_changed(self.publisher, user_id, "removed_from_organization")
 
     async def _recheck_owner(self, org_id: str, before: dict[str, Any]) -> None:
         # Two owners demoting each other at once could both pass the count check; undo ours if so.

@@ -741,13 +741,12 @@ class Reviews:
 
 
 def channels(design_id: str, org_id: str, classification: str, *, review_id: str | None) -> list[str]:
-    """Where a status change is announced. The org:<id> feed is authorised by membership alone and the broker
-    does not filter events by classification, so only UNCLASSIFIED work goes to it; review:<id> and
-    design:<id> subscriptions are checked against the classification when they are made."""
+    """Where a status change is announced. review:<id> and design:<id> subscriptions are checked against the
+    classification when they are made; on the shared org:<id> feed the gateway delivers each event only to
+    subscribers cleared for the classification the event carries."""
     out = [f"review:{review_id}"] if review_id else []
     out.append(f"design:{design_id}")
-    if classification == Classification.UNCLASSIFIED.value:
-        out.append(f"org:{org_id}")
+    out.append(f"org:{org_id}")
     return out
 
 

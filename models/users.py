@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import Field
 
 from models import audit
+from models.events import NullPublisher, Publisher, access_changed, user_disabled
 from models.errors import LimitExceeded, NotFound, PermissionDenied, ValidationFailed
 from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS, Identity
 from models.listing import Filter, Kind, ListSpec
@@ -61,10 +62,11 @@ class UserCreate(Input):
 
 
 class Users:
-    def __init__(self, db: Any, identity: Identity, orgs: Organizations) -> None:
+    def __init__(self, db: Any, identity: Identity, orgs: Organizations, publisher: Publisher | None = None) -> None:
         self.db = db
         self.identity = identity
         self.orgs = orgs
+        self.publisher: Publisher = publisher or NullPublisher()
 
     async def visible_filter(self, principal: Principal) -> dict[str, Any]:
         """Users who share an organization with the caller (the caller included); staff see everyone."""
@@ -129,6 +131,10 @@ class Users:
             await self.db[USERS].update_one({"_id": user["_id"]}, {"$set": values})
             action = "UPDATE_PRIVILEGES" if any(k in PRIVILEGED for k in changes) else "UPDATE"
             await audit.record(self.db, actor, action, "User", user["_id"], changes=changes)
+            if changes.get("is_active", {}).get("new") is False:
+                await user_disabled(self.publisher, user["_id"], "account disabled")
+            elif action == "UPDATE_PRIVILEGES":
+                await access_changed(self.publisher, user["_id"], "clearance_changed")
         return await self.db[USERS].find_one({"_id": user["_id"]}) or user
 
     async def create(self, principal: Principal, data: UserCreate, actor: audit.Actor) -> dict[str, Any]:

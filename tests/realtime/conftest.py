@@ -1,0 +1,151 @@
+"""Live realtime servers for socket tests: real Tornado, sockets and Redis; only identity and policy are stand-ins."""
+from __future__ import annotations
+
+import uuid
+from types import SimpleNamespace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import tornado.netutil
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from handlers import websocket
+from models.errors import ITARViolation, NotFound, PermissionDenied, ValidationFailed
+from realtime import BrokerConfig, Credential, Gateway, InProcessBroker, RealtimeConfig
+from realtime.broker import Broker
+from realtime.redis_broker import RedisBroker
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+
+
+ALICE = User(1, "alice")
+BOB = User(2, "bob")
+CAROL = User(3, "carol")
+CREDENTIALS = {("token", "alice-token"): ALICE, ("token", "bob-token"): BOB, ("token", "carol-token"): CAROL,
+               ("bearer", "alice-bearer"): ALICE, ("api_key", "bob-key"): BOB,
+               ("session", "carol-session"): CAROL}
+
+
+@dataclass
+class Policy:
+    """The stand-in access policy: a deny-list tests edit mid-session, and fixed hidden channels."""
+
+    denied: set[tuple[int, str]] = field(default_factory=set)
+    active: set[int] = field(default_factory=lambda: {ALICE.id, BOB.id, CAROL.id})
+
+    async def authenticate(self, credential: Credential) -> User | None:
+        user = CREDENTIALS.get((credential.kind, credential.secret))
+        return user if user is not None and user.id in self.active else None
+
+    async def authorize(self, principal: User, channel: str) -> None:
+        if channel == "review:itar":
+            raise ITARViolation("This review is export-controlled.")
+        if channel == "design:elsewhere":
+            raise NotFound("No such design.")
+        if channel == f"user:{principal.id}" or not channel.startswith("user:"):
+            if (principal.id, channel) not in self.denied:
+                return
+        raise PermissionDenied(f"{principal.username} may not follow {channel}.")
+
+    async def refresh(self, principal: User) -> User | None:
+        return principal if principal.id in self.active else None
+
+
+@dataclass
+class Node:
+    """One live server: its gateway, port and ws:// URL."""
+
+    gateway: Gateway
+    port: int
+    server: HTTPServer
+    policy: Policy
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    async def publish(self, channel: str, event: str, data: dict[str, Any]) -> tuple[str, int]:
+        return await self.gateway.publish(channel, event, data)
+
+
+def make_commands(policy: Policy, gateway_ref: list[Gateway]) -> dict[str, Any]:
+    async def echo(principal: User, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"user": principal.id, "payload": payload}
+
+    async def invalid(principal: User, payload: dict[str, Any]) -> dict[str, Any]:
+        raise ValidationFailed("The markup is not valid.", field_errors={"anchor": ["This field is required."]})
+
+    async def crash(principal: User, payload: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    async def publish(principal: User, payload: dict[str, Any]) -> dict[str, Any]:
+        # Like markup.create: a write whose effect every subscriber sees as an event.
+        epoch, offset = await gateway_ref[0].publish(payload["channel"], "markup.created",
+                                                     {"by": principal.id, **payload.get("data", {})})
+        return {"epoch": epoch, "offset": offset}
+
+    return {"test.echo": echo, "test.invalid": invalid, "test.crash": crash, "markup.create": publish}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """One Redis key space per test: the redis-server is shared by the session."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def make_broker(redis_url: str, key_prefix: str) -> Callable[..., Broker]:
+    def factory(kind: str, **config: Any) -> Broker:
+        broker_config = BrokerConfig(**config)
+        if kind == "redis":
+            return RedisBroker(redis_url, prefix=key_prefix, config=broker_config)
+        return InProcessBroker(broker_config)
+    return factory
+
+
+@pytest.fixture
+def make_node(io_loop: Any, make_broker: Callable[..., Broker]) -> Iterator[Callable[..., Any]]:
+    """`await make_node(kind, broker=..., **realtime_config)`: a started server on a free port."""
+    nodes: list[Node] = []
+
+    async def factory(kind: str = "memory", *, broker: Broker | None = None, policy: Policy | None = None,
+                      history_size: int = 2000, history_ttl: float = 600.0, presence_ttl: float = 60.0,
+                      cookie_secret: str | None = None, **config: Any) -> Node:
+        policy = policy or Policy()
+        broker = broker or make_broker(kind, history_size=history_size, history_ttl=history_ttl,
+                                       presence_ttl=presence_ttl)
+        ref: list[Gateway] = []
+        gateway = Gateway(broker, authenticate=policy.authenticate, authorize=policy.authorize,
+                          commands=make_commands(policy, ref), refresh_principal=policy.refresh,
+                          config=RealtimeConfig(**config))
+        ref.append(gateway)
+        await gateway.start()
+        # Only what the handler reads (services.extra["realtime"]); the real Services needs a database.
+        services = SimpleNamespace(extra={"realtime": gateway})
+        app = tornado.web.Application(websocket.routes, services=services, cookie_secret=cookie_secret)
+        server = HTTPServer(app)
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        node = Node(gateway, sockets[0].getsockname()[1], server, policy)
+        nodes.append(node)
+        return node
+
+    yield factory
+
+    async def stop() -> None:
+        for node in nodes:
+            node.server.stop()
+            await node.gateway.stop()
+    io_loop.run_sync(stop, timeout=30)
