@@ -32,6 +32,11 @@ class DesignsBase(APIHandler):
     async def render_design(self, doc: dict[str, Any]) -> dict[str, Any]:
         return (await self.services.designs.render_many([doc]))[0]
 
+    def wake_runner(self) -> None:
+        # A new job starts now on this process rather than at the runner's next poll.
+        if self.services.runner is not None:
+            self.services.runner.wake()
+
     async def upload_budget(self) -> None:
         principal = self.require_principal()
         decision = await self.services.limiter.hit(f"upload:{principal.id}",
@@ -157,6 +162,7 @@ class DesignsHandler(DesignsBase):
             stored = await writer.commit()
         result = await self.services.designs.create_direct(self.require_principal(), data, filename, stored, fmt,
                                                            self.actor)
+        self.wake_runner()
         self.write_json(await self.render_design(result), status=201)
 
 
@@ -266,8 +272,10 @@ class FinalizeHandler(DesignsBase):
     @authenticated
     async def post(self, design_id: str) -> None:
         body = self.parse_body(FinalizeIn)
-        self.write_json(await self.services.designs.finalize(self.require_principal(), design_id, body.file_hash,
-                                                             self.actor))
+        result = await self.services.designs.finalize(self.require_principal(), design_id, body.file_hash,
+                                                      self.actor)
+        self.wake_runner()
+        self.write_json(result)
 
 
 class DownloadHandler(DesignsBase):

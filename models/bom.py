@@ -16,7 +16,7 @@ from models.errors import Conflict, NotFound, ValidationFailed
 from models.events import announce
 from models.listing import Filter, Kind, ListSpec
 from models.materials import mass_kg
-from models.policy import Principal, classification_filter, combine, require, visible_orgs_filter
+from models.policy import Principal, documents_filter, require
 from models.schema import Input
 
 BOM_NODES = "bom_nodes"
@@ -108,7 +108,7 @@ class BomNodes:
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
         """Organization and classification are copied onto each node, so lists filter without a join."""
-        return combine(visible_orgs_filter(principal), classification_filter(principal))
+        return documents_filter(principal)
 
     async def get_visible(self, principal: Principal, node_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
         node = await self.nodes.find_one({"_id": node_id})

@@ -15,13 +15,13 @@ from pymongo import IndexModel, ReturnDocument
 from models import audit
 from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
 from models.database import register_indexes, utcnow
-from models.errors import Conflict, NotFound, PermissionDenied, Unprocessable, ValidationFailed
+from models.errors import Conflict, PermissionDenied, Unprocessable, ValidationFailed
 from models.events import Publisher, access_changed, announce
 from models.jobs import JOBS, JobType, create_job
 from models.listing import Filter, Kind, ListSpec
 from models.materials import find_builtin, mass_kg, normalize_name
-from models.policy import (LEVEL, Classification, Clearance, Principal, can, check_classification,
-                           classification_filter, combine, require, visible_orgs_filter)
+from models.policy import (LEVEL, Classification, Clearance, Principal, can, check_classification, check_document,
+                           documents_filter, require)
 from models.schema import Input
 from models.series import DESIGNS, Series
 from models.storage import FileTooLarge, Storage, StoredFile, parse_file_hash
@@ -143,24 +143,16 @@ class Designs:
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
         """Tenancy and classification in the query, so pages and counts never include a hidden design."""
-        return combine(visible_orgs_filter(principal), classification_filter(principal))
+        return documents_filter(principal)
 
     async def get_visible(self, principal: Principal, design_id: str) -> dict[str, Any]:
-        """Another organization's design is 404; one's own organization's design above one's clearance is
-        403 with ITAR_VIOLATION or PERMISSION_DENIED, as DESIGN.md section 4 says."""
-        doc = await self.db[DESIGNS].find_one({"_id": design_id})
-        if doc is None or not can(principal, "design.read", doc["organization_id"]):
-            raise NotFound("Design not found.")
-        org = await self.db["organizations"].find_one({"_id": doc["organization_id"]},
-                                                      projection={"is_us_organization": 1}) or {}
-        check_classification(principal, doc["classification"], bool(org.get("is_us_organization")))
-        return doc
+        return check_document(principal, await self.db[DESIGNS].find_one({"_id": design_id}), "design.read",
+                              "Design")
 
     async def _check_can_classify(self, principal: Principal, org_id: str, classification: str) -> None:
         # Nobody files a design they themselves could not open: that would hide it from its own author.
-        org = await self.db["organizations"].find_one({"_id": org_id}, projection={"is_us_organization": 1}) or {}
         try:
-            check_classification(principal, classification, bool(org.get("is_us_organization")))
+            check_classification(principal, classification, org_id in principal.us_orgs)
         except PermissionDenied as exc:
             raise type(exc)(f"You cannot classify a design as {classification}: {exc.detail}") from None
 

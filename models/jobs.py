@@ -11,11 +11,10 @@ from pymongo import IndexModel, ReturnDocument
 
 from models import audit
 from models.database import register_indexes, utcnow
-from models.errors import Conflict, NotFound
+from models.errors import Conflict
 from models.events import Publisher, announce
 from models.listing import Filter, Kind, ListSpec
-from models.policy import Principal, can, check_classification, classification_filter, combine, require, \
-    visible_orgs_filter
+from models.policy import Principal, check_document, combine, documents_filter, require
 
 JOBS = "analysis_jobs"
 MAX_MESSAGE_CHARS = 2000
@@ -290,17 +289,11 @@ class Jobs:
         self.designs = designs
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
-        return combine(visible_orgs_filter(principal), classification_filter(principal))
+        return documents_filter(principal)
 
     async def get_visible(self, principal: Principal, job_id: str) -> dict[str, Any]:
         """As for designs: another organization's job is 404, one above the caller's clearance 403."""
-        doc = await self.db[JOBS].find_one({"_id": job_id})
-        if doc is None or not can(principal, "job.read", doc["organization_id"]):
-            raise NotFound("Analysis job not found.")
-        org = await self.db["organizations"].find_one({"_id": doc["organization_id"]},
-                                                      projection={"is_us_organization": 1}) or {}
-        check_classification(principal, doc["classification"], bool(org.get("is_us_organization")))
-        return doc
+        return check_document(principal, await self.db[JOBS].find_one({"_id": job_id}), "job.read", "Analysis job")
 
     async def active(self, principal: Principal) -> dict[str, Any]:
         query = combine({"status": JobStatus.PROCESSING.value}, self.visible_filter(principal))

@@ -15,7 +15,7 @@ from models.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from models.events import Publisher, announce
 from models.identity import USERS
 from models.listing import Filter, Kind, ListSpec, parse_list_query, run_list
-from models.policy import Principal, can, check_classification, classification_filter, combine, visible_orgs_filter
+from models.policy import Principal, check_document, documents_filter
 from models.reviews import (MARKUPS, UUID_PATTERN, RequiredText, ReviewVoteCommand, Reviews, Text, parse_payload,
                             refuse_nulls, require_write)
 from models.schema import Input
@@ -186,16 +186,11 @@ class Markups:
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
         """A markup carries its design's organization and classification: hidden ones are never counted."""
-        return combine(visible_orgs_filter(principal), classification_filter(principal))
+        return documents_filter(principal)
 
     async def get_visible(self, principal: Principal, markup_id: int) -> dict[str, Any]:
         doc = await self.db[MARKUPS].find_one({"_id": markup_id}) if isinstance(markup_id, int) else None
-        if doc is None or not can(principal, "markup.read", doc["organization_id"]):
-            raise NotFound("Markup not found.")
-        org = await self.db["organizations"].find_one({"_id": doc["organization_id"]},
-                                                      projection={"is_us_organization": 1}) or {}
-        check_classification(principal, doc["classification"], bool(org.get("is_us_organization")))
-        return doc
+        return check_document(principal, doc, "markup.read", "Markup")
 
     async def _session(self, principal: Principal, doc: Mapping[str, Any], what: str) -> dict[str, Any]:
         """The markup's review session, which must be open, and the caller must take part in it."""

@@ -149,6 +149,21 @@ def classification_filter(principal: Principal, field_name: str = "classificatio
     return allowed
 
 
+def documents_filter(principal: Principal) -> dict[str, Any]:
+    """Tenancy and classification as one query filter, for every kind of document that carries its
+    organization and classification (designs, jobs, BOM nodes, reviews, markups)."""
+    return combine(visible_orgs_filter(principal), classification_filter(principal))
+
+
+def check_document(principal: Principal, doc: dict[str, Any] | None, action: str, what: str) -> dict[str, Any]:
+    """The same rule for one such document: missing or another organization's is 404; one's own
+    organization's above one's clearance is 403 (ITAR_VIOLATION or PERMISSION_DENIED)."""
+    if doc is None or not can(principal, action, doc["organization_id"]):
+        raise NotFound(f"{what} not found.")
+    check_classification(principal, doc["classification"], doc["organization_id"] in principal.us_orgs)
+    return doc
+
+
 def visible_orgs_filter(principal: Principal, org_field: str = "organization_id") -> dict[str, Any]:
     """Tenancy as a filter: members see their organizations' data; platform staff see all."""
     if principal.is_staff:

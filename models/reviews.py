@@ -15,13 +15,13 @@ from pymongo.errors import DuplicateKeyError
 from models import audit
 from models.database import register_indexes, utcnow
 from models.designs import DesignStatus
-from models.errors import (Conflict, NotFound, PermissionDenied, RateLimited, ValidationFailed,
+from models.errors import (Conflict, PermissionDenied, RateLimited, ValidationFailed,
                            field_errors_from)
 from models.events import Publisher, announce
 from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS, Passwords
 from models.listing import Filter, Kind, ListSpec, parse_list_query, run_list
-from models.policy import (Classification, Clearance, Principal, can, check_classification, classification_allows,
-                           classification_filter, combine, require, visible_orgs_filter)
+from models.policy import (Classification, Clearance, Principal, can, check_document, classification_allows,
+                           combine, documents_filter, require)
 from models.schema import Input
 from models.series import DESIGNS
 
@@ -311,17 +311,14 @@ class Reviews:
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
         """A review carries its design's organization and classification, so lists and counts filter in the query."""
-        return combine(visible_orgs_filter(principal), classification_filter(principal))
+        return documents_filter(principal)
 
     async def get_visible(self, principal: Principal, review_id: str) -> dict[str, Any]:
         """Creator, reviewers and ADMIN/OWNER read a session, and so does every other member who can see the
         design: all of them are members who pass the design's classification rule, which is what is checked.
         Another organization's session is 404; one's own above one's clearance is 403 (ITAR_VIOLATION)."""
         doc = await self.db[REVIEWS].find_one({"_id": review_id}) if isinstance(review_id, str) else None
-        if doc is None or not can(principal, "review.read", doc["organization_id"]):
-            raise NotFound("Review session not found.")
-        check_classification(principal, doc["classification"], await self._org_is_us(doc["organization_id"]))
-        return doc
+        return check_document(principal, doc, "review.read", "Review session")
 
     async def can_read(self, principal: Principal, review_id: str) -> None:
         """For the WebSocket authorizer of review:<id> channels: raises NotFound or PermissionDenied."""
@@ -341,9 +338,6 @@ class Reviews:
         return await self.db[ORGANIZATIONS].find_one(
             {"_id": org_id}, projection={"is_us_organization": 1, "require_password_to_sign": 1,
                                          "allow_self_approval": 1}) or {}
-
-    async def _org_is_us(self, org_id: str) -> bool:
-        return bool((await self._org(org_id)).get("is_us_organization"))
 
     # ------------------------------------------------------------------ creating
 
