@@ -22,6 +22,7 @@ from handlers import markups as markup_handlers
 from handlers import reviews as review_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
+from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
 from models.designs import Designs
 from models.errors import APIError, ServiceUnavailable
@@ -150,13 +151,14 @@ class Runtime:
                           max_upload_bytes=settings.max_upload_bytes, series=series)
         reviews = Reviews(db, gateway, designs, identity.passwords)
         markups = Markups(db, gateway, reviews)
+        jobs = Jobs(db, designs)
         self.services = Services(
             settings=settings, mongo=mongo, db=db, redis=redis, secret=instance["secret"], identity=identity,
             orgs=orgs, users=Users(db, identity, orgs, publisher=gateway),
             limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
             storage=storage, series=series, publisher=gateway, designs=designs, reviews=reviews,
-            markups=markups, realtime=gateway,
-            channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=Jobs(db, designs), orgs=orgs))
+            markups=markups, realtime=gateway, jobs=jobs, bom=BomNodes(db, designs),
+            channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=jobs, orgs=orgs))
         for name, command in socket_commands(reviews, markups).items():
             gateway.add_command(name, command)
         await gateway.start()

@@ -38,6 +38,8 @@ M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 HTTP_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
+# A UUID path segment, captured: the one spelling every route with an id uses.
+UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_COOKIE = "enginel_session"
 XSRF_COOKIE = "enginel_xsrf"
@@ -70,6 +72,8 @@ class Services:
     runner: Any = None              # processing.runner.JobRunner when this process runs analysis workers
     reviews: Any = None             # models.reviews.Reviews
     markups: Any = None             # models.markups.Markups
+    jobs: Any = None                # models.jobs.Jobs
+    bom: Any = None                 # models.bom.BomNodes
     realtime: Any = None            # realtime.Gateway: this process's sockets, and the models' publisher
     channels: Any = None            # models.channels.ChannelPolicy
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,17 +1,15 @@
 """BOM endpoints: assembly nodes (list, detail, manual corrections) and a design's nested tree with totals."""
 from __future__ import annotations
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import UUID, APIHandler, authenticated
 from models.bom import BOM_LIST, BomNodeIn, BomNodePatch, BomNodes, render_node
 from models.listing import parse_list_query, run_list
-
-UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 
 
 class BomBase(APIHandler):
     @property
     def bom(self) -> BomNodes:
-        return BomNodes(self.db, self.services.designs)
+        return self.services.bom
 
 
 class BomNodesHandler(BomBase):

@@ -10,7 +10,7 @@ import tornado.httputil
 import tornado.ioloop
 from pydantic import Field, ValidationError
 
-from handlers.base import APIHandler, authenticated, public
+from handlers.base import UUID, APIHandler, authenticated, public
 from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
 from models.designs import (CONTENT_TYPES, DESIGN_LIST, MATERIALS, DesignIn, DesignPatch, FinalizeIn,
                             MultipartDesignIn, UploadUrlIn)
@@ -24,7 +24,6 @@ from models.series import SERIES_LIST, SeriesIn, SeriesPatch
 from models.storage import FileTooLarge, StorageWriter
 from models.units import convert
 
-UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 

@@ -5,14 +5,12 @@ import re
 
 from pydantic import Field
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import UUID, APIHandler, authenticated
 from models.errors import ValidationFailed
 from models.jobs import (JOB_LIST, MAX_FAILURE_DAYS, Jobs, JobType, render_job, render_progress,
                          render_status)
 from models.listing import each, parse_list_query, run_list
 from models.schema import Input
-
-UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 
 
 class CancelIn(Input):
@@ -23,7 +21,7 @@ class CancelIn(Input):
 class JobsBase(APIHandler):
     @property
     def jobs(self) -> Jobs:
-        return Jobs(self.db, self.services.designs)
+        return self.services.jobs
 
     def only_params(self, *allowed: str) -> None:
         """Non-list endpoints refuse parameters they do not understand, as lists do."""

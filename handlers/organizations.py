@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import UUID, APIHandler, authenticated
 from models.listing import parse_list_query, run_list
 from models.organizations import (ORG_LIST, MemberIn, MemberPatch, OrganizationIn, OrganizationPatch,
                                   list_filter)
-
-UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 
 
 class OrganizationsHandler(APIHandler):

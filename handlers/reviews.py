@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import UUID, APIHandler, authenticated
 from models.reviews import (ApproveIn, CancelIn, DesignApproveIn, RejectIn, ReviewIn, ReviewPatch, Reviews,
                             StartReviewIn)
-
-UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 
 
 class ReviewsBase(APIHandler):
