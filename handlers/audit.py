@@ -7,9 +7,8 @@ import json
 
 from handlers.base import APIHandler, authenticated, dumps
 from models import audit
-from models.errors import NotFound, PermissionDenied, ValidationFailed
+from models.errors import ValidationFailed
 from models.listing import each, parse_list_query, run_list
-from models.policy import combine
 
 EXPORT_LIMIT = 100_000
 CSV_COLUMNS = ["id", "timestamp", "actor_id", "actor_username", "action", "resource_type", "resource_id",
@@ -41,11 +40,7 @@ class AuditSearchHandler(APIHandler):
 class AuditEntryHandler(APIHandler):
     @authenticated
     async def get(self, entry_id: str) -> None:
-        entry = await self.db[audit.COLLECTION].find_one(
-            combine({"_id": int(entry_id)}, audit.visible_filter(self.require_principal())))
-        if entry is None:
-            raise NotFound("Audit entry not found.")
-        self.write_json(audit.render(entry))
+        self.write_json(audit.render(await audit.get_visible(self.db, self.require_principal(), int(entry_id))))
 
 
 class AuditExportHandler(APIHandler):
@@ -61,8 +56,7 @@ class AuditExportHandler(APIHandler):
         if "end_date" in self.request.query_arguments:
             args["timestamp__lte"] = self.request.query_arguments["end_date"]
         query = parse_list_query(audit.AUDIT_LIST, args)
-        cursor = self.db[audit.COLLECTION].find(combine(audit.visible_filter(principal), query.filter),
-                                                sort=[("_id", 1)], limit=EXPORT_LIMIT)
+        cursor = audit.export_cursor(self.db, principal, query.filter, EXPORT_LIMIT)
         self.set_header("Content-Type", "text/csv; charset=UTF-8" if fmt == "csv" else "application/json")
         self.set_header("Content-Disposition", f'attachment; filename="enginel-audit.{fmt}"')
         await audit.record(self.db, self.actor, "EXPORT", "AuditLog", fmt, changes={"filter": str(query.filter)[:500]})
@@ -93,12 +87,7 @@ class AuditExportHandler(APIHandler):
 class AuditVerifyHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        if not principal.is_staff:
-            raise PermissionDenied("Only platform administrators verify the whole trail.")
-        intact, first_bad = await audit.verify_chain(self.db)
-        self.write_json({"intact": intact, "first_bad_entry": first_bad,
-                         "entries": await self.db[audit.COLLECTION].estimated_document_count()})
+        self.write_json(await audit.verify(self.db, self.require_principal()))
 
 
 routes = [

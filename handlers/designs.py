@@ -12,12 +12,10 @@ from pydantic import Field, ValidationError
 
 from handlers.base import UUID, APIHandler, authenticated, public
 from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
-from models.designs import (CONTENT_TYPES, DESIGN_LIST, MATERIALS, DesignIn, DesignPatch, FinalizeIn,
+from models.designs import (CONTENT_TYPES, DESIGN_LIST, DesignIn, DesignPatch, FinalizeIn,
                             MultipartDesignIn, UploadUrlIn)
 from models.errors import APIError, ValidationFailed, field_errors_from
 from models.listing import parse_list_query, run_list
-from models.materials import BUILTIN_MATERIALS, normalize_name
-from models.policy import require
 from models.ratelimit import Window
 from models.schema import Input
 from models.series import SERIES_LIST, SeriesIn, SeriesPatch
@@ -86,25 +84,15 @@ class SeriesHandler(APIHandler):
 
     @authenticated
     async def delete(self, series_id: str) -> None:
-        principal = self.require_principal()
         force = self.get_query_argument("force", "false").lower() == "true"
-        ids = await self.services.series.delete(principal, series_id, force, self.actor)
-        for design_id in ids:
-            doc = await self.db.designs.find_one({"_id": design_id})
-            if doc is not None:
-                await self.services.designs.remove(doc)
+        await self.services.designs.delete_series(self.require_principal(), series_id, force, self.actor)
         self.no_content()
 
 
 class SeriesDesignsHandler(APIHandler):
     @authenticated
     async def get(self, series_id: str) -> None:
-        principal = self.require_principal()
-        await self.services.series.get_visible(principal, series_id)
-        designs = self.services.designs
-        cursor = self.db.designs.find({"$and": [{"series_id": series_id}, designs.visible_filter(principal)]},
-                                      sort=[("version_number", 1)], limit=1000)
-        self.write_json(await designs.render_many([d async for d in cursor]))
+        self.write_json(await self.services.designs.series_versions(self.require_principal(), series_id))
 
 
 # ---------------------------------------------------------------- designs
@@ -343,13 +331,7 @@ class MaterialIn(Input):
 class MaterialsHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        own = [m async for m in self.db[MATERIALS].find(
-            {} if principal.is_staff else {"organization_id": {"$in": sorted(principal.memberships)}},
-            sort=[("name", 1)], limit=1000)]
-        results = [{**m.as_dict(), "organization": None, "builtin": True} for m in BUILTIN_MATERIALS]
-        results += [{"name": m["name"], "density_kg_m3": m["density_kg_m3"], "category": m["category"],
-                     "organization": m["organization_id"], "builtin": False} for m in own]
+        results = await self.services.designs.materials(self.require_principal())
         self.write_json({"count": len(results), "results": results})
 
     @authenticated
@@ -357,13 +339,9 @@ class MaterialsHandler(APIHandler):
         principal = self.require_principal()
         body = self.parse_body(MaterialIn)
         await self.services.orgs.get_visible(principal, body.organization)
-        require(principal, "material.manage", body.organization)
-        doc = {"organization_id": body.organization, "name": body.name, "name_key": normalize_name(body.name),
-               "density_kg_m3": body.density_kg_m3, "category": body.category}
-        await self.db[MATERIALS].update_one({"organization_id": body.organization, "name_key": doc["name_key"]},
-                                            {"$set": doc}, upsert=True)
-        self.write_json({"name": body.name, "density_kg_m3": body.density_kg_m3, "category": body.category,
-                         "organization": body.organization, "builtin": False}, status=201)
+        material = await self.services.designs.add_material(principal, body.organization, body.name,
+                                                            body.density_kg_m3, body.category, self.actor)
+        self.write_json(material, status=201)
 
 
 routes = [

@@ -11,7 +11,9 @@ from pymongo import DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from models.database import register_indexes, utcnow
+from models.errors import NotFound, PermissionDenied
 from models.listing import Filter, Kind, ListSpec
+from models.policy import can, classification_filter, combine
 
 COLLECTION = "audit_log"
 GENESIS = "0" * 64
@@ -100,7 +102,6 @@ AUDIT_FIELDS: frozenset[str] = frozenset({
 def visible_filter(principal: Any) -> dict[str, Any]:
     """Staff see the whole trail; ADMIN/OWNER see their organizations' entries; everyone sees their own.
     Entries about classified resources follow the same classification rule as the resources."""
-    from models.policy import can, classification_filter
     cleared = {"$or": [{"classification": None}, classification_filter(principal)]}
     if principal.is_staff and "admin" in principal.scopes:
         return cleared
@@ -127,3 +128,23 @@ AUDIT_LIST = ListSpec(
     ordering={"timestamp": "_id", "id": "_id"},
     default_ordering="-id",
     fields=AUDIT_FIELDS)
+
+
+async def get_visible(db: Any, principal: Any, entry_id: int) -> dict[str, Any]:
+    entry = await db[COLLECTION].find_one(combine({"_id": entry_id}, visible_filter(principal)))
+    if entry is None:
+        raise NotFound("Audit entry not found.")
+    return entry
+
+
+def export_cursor(db: Any, principal: Any, query_filter: dict[str, Any], limit: int) -> Any:
+    """The caller's visible entries matching a validated filter, oldest first, streamed by the caller."""
+    return db[COLLECTION].find(combine(visible_filter(principal), query_filter), sort=[("_id", 1)], limit=limit)
+
+
+async def verify(db: Any, principal: Any) -> dict[str, Any]:
+    if not principal.is_staff:
+        raise PermissionDenied("Only platform administrators verify the whole trail.")
+    intact, first_bad = await verify_chain(db)
+    return {"intact": intact, "first_bad_entry": first_bad,
+            "entries": await db[COLLECTION].estimated_document_count()}

@@ -19,7 +19,7 @@ from models.errors import Conflict, PermissionDenied, Unprocessable, ValidationF
 from models.events import Publisher, access_changed, announce
 from models.jobs import JOBS, JobType, create_job
 from models.listing import Filter, Kind, ListSpec
-from models.materials import find_builtin, mass_kg, normalize_name
+from models.materials import BUILTIN_MATERIALS, find_builtin, mass_kg, normalize_name
 from models.policy import (LEVEL, Classification, Clearance, Principal, can, check_classification, check_document,
                            documents_filter, require)
 from models.schema import Input
@@ -451,7 +451,43 @@ class Designs:
         if updated is not None:
             await self._announce(updated, "design.status", {"status": updated["status"], "error": message[:500]})
 
+    async def series_versions(self, principal: Principal, series_id: str) -> list[dict[str, Any]]:
+        """The versions of a series the caller may see, oldest first."""
+        await self.series.get_visible(principal, series_id)
+        cursor = self.db[DESIGNS].find({"$and": [{"series_id": series_id}, self.visible_filter(principal)]},
+                                       sort=[("version_number", 1)], limit=10_000)
+        return await self.render_many([d async for d in cursor])
+
+    async def delete_series(self, principal: Principal, series_id: str, force: bool, actor: audit.Actor) -> None:
+        """A series and, when forced, its designs with their files, jobs and BOM (Series.delete decides)."""
+        for design_id in await self.series.delete(principal, series_id, force, actor):
+            doc = await self.db[DESIGNS].find_one({"_id": design_id})
+            if doc is not None:
+                await self.remove(doc)
+
     # ------------------------------------------------------------------ materials
+
+    async def materials(self, principal: Principal) -> list[dict[str, Any]]:
+        """Built-in materials, then the caller's organizations' own."""
+        own = self.db[MATERIALS].find(
+            {} if principal.is_staff else {"organization_id": {"$in": sorted(principal.memberships)}},
+            sort=[("name", 1)], limit=1000)
+        results = [{**m.as_dict(), "organization": None, "builtin": True} for m in BUILTIN_MATERIALS]
+        results += [{"name": m["name"], "density_kg_m3": m["density_kg_m3"], "category": m["category"],
+                     "organization": m["organization_id"], "builtin": False} async for m in own]
+        return results
+
+    async def add_material(self, principal: Principal, org_id: str, name: str, density_kg_m3: float,
+                           category: str, actor: audit.Actor) -> dict[str, Any]:
+        require(principal, "material.manage", org_id)
+        doc = {"organization_id": org_id, "name": name, "name_key": normalize_name(name),
+               "density_kg_m3": density_kg_m3, "category": category}
+        await self.db[MATERIALS].update_one({"organization_id": org_id, "name_key": doc["name_key"]},
+                                            {"$set": doc}, upsert=True)
+        await audit.record(self.db, actor, "UPSERT", "Material", name, organization_id=org_id,
+                           changes={"density_kg_m3": density_kg_m3})
+        return {"name": name, "density_kg_m3": density_kg_m3, "category": category, "organization": org_id,
+                "builtin": False}
 
     async def density(self, org_id: str, name: str) -> float | None:
         """An organization's own material first, then the built-in table; unknown names carry no mass."""
