@@ -201,7 +201,8 @@ async def serve(settings: Settings) -> None:
     try:
         app = make_app(services)
         server = tornado.httpserver.HTTPServer(
-            app, xheaders=False, idle_connection_timeout=120, body_timeout=300,
+            # body_timeout bounds a whole request body, so it must allow a 2 GiB upload on a slow link.
+            app, xheaders=False, idle_connection_timeout=120, body_timeout=3600,
             # Handlers bound their own bodies (JSON limit, declared upload size); this is the outer wall.
             max_body_size=settings.max_upload_bytes + 1024 * 1024)
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port)
