@@ -9,8 +9,6 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -31,6 +29,7 @@ from models.policy import Principal
 from models.ratelimit import RateLimiter, Window
 from models.series import Series
 from models.storage import Storage
+from models.schema import json_default
 from models.users import Users
 
 log = logging.getLogger("enginel.http")
@@ -103,22 +102,6 @@ def unmarked_methods(routes: list[Any]) -> list[str]:
             if getattr(method, "__enginel_auth__", None) is None:
                 missing.append(f"{handler.__module__}.{handler.__name__}.{name}")
     return missing
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def dumps(value: Any) -> str:

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import struct
-import uuid
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
-from enum import Enum
 from typing import Any
 
 import msgpack
-from pydantic import BaseModel
+
+from models.schema import json_default
 
 JSON_PROTOCOL = "enginel.v1.json"
 MSGPACK_PROTOCOL = "enginel.v1.msgpack"
@@ -22,25 +20,6 @@ _FIN = 0x80
 
 class DecodeError(ValueError):
     """An inbound message that is not a well-formed document in the connection's codec."""
-
-
-def _default(value: Any) -> Any:
-    # Both codecs render the same values the same way, so the two protocols carry identical messages.
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"not serialisable: {type(value).__name__}")
 
 
 def build_frame(opcode: int, payload: bytes) -> bytes:
@@ -76,7 +55,7 @@ class JsonCodec(Codec):
     index = 0
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"),
+        self._encoder = json.JSONEncoder(default=json_default, ensure_ascii=False, separators=(",", ":"),
                                          allow_nan=False, check_circular=False)
 
     def encode(self, value: Any) -> bytes:
@@ -101,7 +80,7 @@ class MsgpackCodec(Codec):
     index = 1
 
     def encode(self, value: Any) -> bytes:
-        packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)
+        packed: bytes = msgpack.packb(value, default=json_default, use_bin_type=True, datetime=False)
         return packed
 
     def decode(self, raw: str | bytes) -> Any:

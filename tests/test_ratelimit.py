@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from models.database import free_port
 from tests.helpers import World, assert_envelope
-from tests.test_server_process import wait_healthy
+from tests.test_server_process import ROOT_PASSWORD, shared_servers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,21 +59,8 @@ def _request(port: int, path: str, token: str | None = None, body: dict[str, Any
 
 
 def test_two_processes_sharing_redis_share_one_budget(mongo_uri: str, redis_url: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
-    env.update(ENGINEL_MONGODB_URI=mongo_uri, ENGINEL_MONGODB_DATABASE="rl" + uuid.uuid4().hex[:12],
-               ENGINEL_REDIS_URL=redis_url.replace("/0", "/3"), ENGINEL_RATE_LIMIT_PER_MINUTE="6",
-               ENGINEL_BOOTSTRAP_ADMIN="root:a-long-root-password", ENGINEL_WORKERS="0",
-               ENGINEL_ARGON2_TIME_COST="1", ENGINEL_ARGON2_MEMORY_KIB="64", ENGINEL_LOG_LEVEL="WARNING",
-               ENGINEL_DATA_DIR=str(tmp_path))
-    ports = [free_port(), free_port()]
-    procs = []
-    try:
-        for port in ports:
-            procs.append(subprocess.Popen([sys.executable, "server.py", "--port", str(port)], cwd=REPO, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_healthy(port, procs[-1])
-        status, _, tokens = _request(ports[0], "/api/auth/login/",
-                                     body={"username": "root", "password": "a-long-root-password"})
+    with shared_servers(mongo_uri, redis_url, tmp_path, rate_limit_per_minute="6") as ports:
+        status, _, tokens = _request(ports[0], "/api/auth/login/", body={"username": "root", "password": ROOT_PASSWORD})
         assert status == 200
         outcomes = []
         for i in range(8):
@@ -86,7 +68,3 @@ def test_two_processes_sharing_redis_share_one_budget(mongo_uri: str, redis_url:
             outcomes.append((status, headers.get("X-RateLimit-Remaining")))
         assert [s for s, _ in outcomes] == [200] * 6 + [429] * 2, outcomes
         assert [r for _, r in outcomes[:6]] == ["5", "4", "3", "2", "1", "0"]
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(30)

@@ -2,6 +2,7 @@
 revocation ends subscriptions, job progress is pushed, and the org feed hides what a listener may not see."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -150,14 +151,13 @@ class TestJobProgressOverSockets:
     async def test_progress_and_status_are_pushed(self, world: World, db: Any, base_url: str) -> None:
         _, people, series_id = await setup_team(world)
         listener = await Client.connect(ws_url(base_url), token=people["member"].token)
-        url = await people["member"].api.post("/api/designs/upload-url/",
-                                              {"filename": "as1.stp", "file_size": (SAMPLES / "as1-oc-214.stp").stat().st_size})
         data = (SAMPLES / "as1-oc-214.stp").read_bytes()
+        member = people["member"].api
+        url = await member.post("/api/designs/upload-url/", {"filename": "as1.stp", "file_size": len(data)})
         await people["member"].api.request("PUT", url.json["upload_url"], raw=data)
         created = (await people["member"].api.post("/api/designs/", {"series": series_id, "filename": "as1.stp",
                                                                      "upload_id": url.json["upload_id"]})).json
         await listener.ok("subscribe", channel=f"design:{created['id']}")
-        import hashlib
         final = await people["member"].api.post(f"/api/designs/{created['id']}/finalize_upload/",
                                                 {"file_hash": "sha256:" + hashlib.sha256(data).hexdigest()})
         assert final.status == 200

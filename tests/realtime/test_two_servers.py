@@ -3,43 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from models.database import free_port
 from tests.realtime.client import Client
-from tests.test_server_process import wait_healthy
+from tests.test_server_process import ROOT_PASSWORD, shared_servers
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def two_servers(mongo_uri: str, redis_url: str, tmp_path: Path) -> Any:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
-    env.update(ENGINEL_MONGODB_URI=mongo_uri, ENGINEL_MONGODB_DATABASE="two" + uuid.uuid4().hex[:12],
-               ENGINEL_REDIS_URL=redis_url.replace("/0", "/5"), ENGINEL_WORKERS="0",
-               ENGINEL_BOOTSTRAP_ADMIN="root:a-long-root-password", ENGINEL_ARGON2_TIME_COST="1",
-               ENGINEL_ARGON2_MEMORY_KIB="64", ENGINEL_LOG_LEVEL="WARNING", ENGINEL_DATA_DIR=str(tmp_path),
-               ENGINEL_REALTIME_REDIS_PREFIX="two" + uuid.uuid4().hex[:8])
-    ports = [free_port(), free_port()]
-    procs = []
-    try:
-        for port in ports:
-            procs.append(subprocess.Popen([sys.executable, "server.py", "--port", str(port)], cwd=REPO, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_healthy(port, procs[-1])
+def two_servers(mongo_uri: str, redis_url: str, tmp_path: Path) -> Iterator[list[int]]:
+    with shared_servers(mongo_uri, redis_url, tmp_path) as ports:
         yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(30)
 
 
 async def call(port: int, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
@@ -53,7 +34,7 @@ async def call(port: int, method: str, path: str, body: Any = None, token: str |
 @pytest.mark.gen_test(timeout=90)
 async def test_a_write_on_one_process_reaches_sockets_on_both(two_servers: list[int]) -> None:
     a, b = two_servers
-    token = (await call(a, "POST", "/api/auth/login/", {"username": "root", "password": "a-long-root-password"}))[
+    token = (await call(a, "POST", "/api/auth/login/", {"username": "root", "password": ROOT_PASSWORD}))[
         "access_token"]
     org = await call(a, "POST", "/api/organizations/", {"name": "Two", "slug": "two"}, token)
     series = await call(a, "POST", "/api/series/", {"organization": org["id"], "part_number": "T-1", "name": "t"},
