@@ -146,6 +146,7 @@ class Runtime:
         series = Series(db)
         # The gateway is the models' publisher; its policy callables reach the repositories built below.
         gateway = make_gateway(settings, identity, lambda: self.services)
+        identity.publisher = gateway
         orgs = Organizations(db, self_service=settings.self_service_organizations, publisher=gateway)
         designs = Designs(db, storage, gateway, secret=instance["secret"],
                           max_upload_bytes=settings.max_upload_bytes, series=series)

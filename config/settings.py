@@ -93,8 +93,8 @@ class Settings(BaseSettings):
     realtime_allowed_origins: list[str] = Field(
         default_factory=list, description="Browser origins, besides the server's own, allowed to open /ws/ "
                                           "(\"*\" allows any).")
-    realtime_auth_timeout: float = Field(5.0, gt=0, description="Seconds a socket without a credential has to "
-                                                                 "send its auth message.")
+    realtime_auth_timeout: float = Field(
+        5.0, gt=0, description="Seconds a socket without a credential has to send its auth message.")
     realtime_max_message_bytes: int = Field(65536, ge=1024, description="Largest inbound WebSocket message.")
     realtime_max_subscriptions: int = Field(100, ge=1, description="Channels one connection may subscribe to.")
     realtime_commands_per_second: float = Field(20.0, gt=0, description="Sustained messages per connection.")

@@ -18,6 +18,7 @@ from pymongo.errors import DuplicateKeyError
 
 from models import audit
 from models.database import next_id, register_indexes, utcnow
+from models.events import NullPublisher, Publisher, access_changed
 from models.errors import AuthenticationFailed, Conflict, NotFound, TokenExpired, ValidationFailed
 from models.policy import Clearance, Principal, Role
 
@@ -95,9 +96,11 @@ def validate_password(password: str, username: str = "") -> None:
 class Identity:
     """Repository and service for users, sessions and API keys."""
 
-    def __init__(self, db: Any, config: IdentityConfig) -> None:
+    def __init__(self, db: Any, config: IdentityConfig, publisher: Publisher | None = None) -> None:
         self.db = db
         self.config = config
+        # Ended sessions and revoked keys also end the live sockets that authenticated with them.
+        self.publisher: Publisher = publisher or NullPublisher()
         self.passwords = Passwords(config.argon2_time_cost, config.argon2_memory_kib)
 
     # ------------------------------------------------------------------ users
@@ -246,6 +249,7 @@ class Identity:
             # A spent token came back: someone holds a copy. End the whole chain.
             await self.db[SESSIONS].update_one({"_id": stolen["_id"]},
                                                {"$set": {"revoked_at": now, "revoked_reason": "refresh reuse"}})
+            await access_changed(self.publisher, stolen["user_id"], "session revoked")
             user = await self.db[USERS].find_one({"_id": stolen["user_id"]}) or {}
             await audit.record(self.db, audit.Actor(stolen["user_id"], user.get("username"), ip),
                                "TOKEN_REUSE", "Session", stolen["_id"])
@@ -257,6 +261,7 @@ class Identity:
             {"$set": {"revoked_at": utcnow(), "revoked_reason": reason}})
         if result.matched_count == 0:
             raise NotFound("Session not found.")
+        await access_changed(self.publisher, user_id, "session ended")
 
     async def list_sessions(self, user_id: int) -> list[dict[str, Any]]:
         cursor = self.db[SESSIONS].find({"user_id": user_id, "revoked_at": None,
@@ -285,6 +290,7 @@ class Identity:
             {"_id": key_id, "user_id": user_id, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}})
         if doc is None:
             raise NotFound("API key not found.")
+        await access_changed(self.publisher, user_id, "api key revoked")
         return doc
 
     # ------------------------------------------------------------------ authentication

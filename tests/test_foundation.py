@@ -99,9 +99,13 @@ async def test_health_detailed_reports_each_check(api: Any) -> None:
 async def test_health_detailed_degraded_when_database_is_gone(api: Any, services: Any) -> None:
     from pymongo import AsyncMongoClient
     # A client pointed at a port nobody listens on stands for a database that went away.
-    services.db = AsyncMongoClient("mongodb://127.0.0.1:9/?directConnection=true",
-                                   serverSelectionTimeoutMS=200)["x"]
-    resp = await api.get("/api/health/detailed/")
+    gone: Any = AsyncMongoClient("mongodb://127.0.0.1:9/?directConnection=true", serverSelectionTimeoutMS=200)
+    real_db, services.db = services.db, gone["x"]
+    try:
+        resp = await api.get("/api/health/detailed/")
+    finally:
+        services.db = real_db
+        await gone.close()
     assert resp.status == 503
     assert resp.json["status"] == "degraded"
     assert resp.json["checks"]["database"].startswith("error")
@@ -111,7 +115,7 @@ async def test_health_detailed_degraded_when_database_is_gone(api: Any, services
 async def test_health_detailed_checks_redis_when_configured(http_client: Any, base_url: str,
                                                             services: Any, redis_url: str) -> None:
     import redis.asyncio as aioredis
-    services.redis = aioredis.from_url(redis_url)
+    services.redis = aioredis.from_url(redis_url)   # closed by the runtime's stop like a configured one
     resp = await http_client.fetch(base_url + "/api/health/detailed/", raise_error=False)
     assert resp.code == 200
     assert json.loads(resp.body)["checks"]["redis"] == "ok"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import World
+from tests.helpers import PASSWORD, World
 from tests.realtime.client import Client
 from tests.test_designs import SAMPLES, setup_team, upload
 
@@ -132,7 +132,29 @@ async def test_access_revoked_mid_session_ends_the_subscription(world: World, db
 
 @pytest.mark.gen_test(timeout=60)
 async def test_logout_and_deactivation_close_sockets(world: World, db: Any, base_url: str) -> None:
-    _, people, _, _ = await ready_review(world, db)
+    _, people, design, review_id = await ready_review(world, db)
+    # Logging out one session closes the sockets of that session only.
+    first = (await world.api.post("/api/auth/login/", {"username": "member", "password": PASSWORD})).json
+    second = (await world.api.post("/api/auth/login/", {"username": "member", "password": PASSWORD})).json
+    phone = await Client.connect(ws_url(base_url), token=first["access_token"])
+    laptop = await Client.connect(ws_url(base_url), token=second["access_token"])
+    await phone.ok("subscribe", channel=f"review:{review_id}")
+    await laptop.ok("subscribe", channel=f"review:{review_id}")
+    assert (await world.api.as_token(first["access_token"]).post("/api/auth/logout/")).status == 204
+    code, _ = await phone.closed()
+    assert code == 4001
+    assert (await laptop.ok("ping")) is not None
+    # A read-only API key may listen but not write over the socket either.
+    key = (await people["member"].api.post("/api/auth/api-keys/", {"name": "ro", "scopes": ["read"]})).json["key"]
+    refused = await Client.connect(ws_url(base_url), token=None, headers={"Authorization": f"ApiKey {key}"},
+                                   wait_welcome=False)
+    welcome = await refused.recv()
+    assert welcome["type"] == "welcome"
+    write = await refused.request("markup.create", design_asset=design["id"], review_session=review_id,
+                                  position={"x": 0, "y": 0, "z": 0}, annotation_text="x", severity="INFO")
+    assert write["type"] == "error" and write["error"]["code"] == "PERMISSION_DENIED", write
+    for client in (laptop, refused):
+        client.close()
     viewer = await Client.connect(ws_url(base_url), token=people["viewer"].token)
     assert (await people["owner"].api.patch(f"/api/users/{people['viewer'].id}/", {"is_active": False})).status == 200
     code, _ = await viewer.closed()
