@@ -11,15 +11,14 @@ import tornado.ioloop
 from pydantic import Field, ValidationError
 
 from handlers.base import UUID, APIHandler, authenticated, public
-from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
-from models.designs import (CONTENT_TYPES, DESIGN_LIST, DesignIn, DesignPatch, FinalizeIn,
+from models.designs import (CONTENT_TYPES, DESIGN_LIST, ContentReceiver, DesignIn, DesignPatch, FinalizeIn,
                             MultipartDesignIn, UploadUrlIn)
 from models.errors import APIError, ValidationFailed, field_errors_from
 from models.listing import parse_list_query, run_list
 from models.ratelimit import Window
 from models.schema import Input
 from models.series import SERIES_LIST, SeriesIn, SeriesPatch
-from models.storage import FileTooLarge, StorageWriter
+from models.storage import FileTooLarge
 from models.units import convert
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -137,18 +136,8 @@ class DesignsHandler(DesignsBase):
                 {k: v[0].decode("utf-8", "replace") for k, v in fields.items()}))
         except ValidationError as exc:
             raise ValidationFailed("The form is not valid.", field_errors=field_errors_from(exc)) from None
-        filename = sanitize_filename(parts[0].filename or "")
-        fmt = format_for_filename(filename)
-        content = parts[0].body
-        sniffer = FormatSniffer(fmt)
-        sniffer.feed(content)
-        sniffer.finish(len(content))
-        writer = await self.services.storage.writer(max_size=self.config.max_upload_bytes)
-        async with writer:
-            await writer.write(content)
-            stored = await writer.commit()
-        result = await self.services.designs.create_direct(self.require_principal(), data, filename, stored, fmt,
-                                                           self.actor)
+        result = await self.services.designs.create_direct(self.require_principal(), data, parts[0].filename or "",
+                                                           parts[0].body, self.actor)
         self.wake_runner()
         self.write_json(await self.render_design(result), status=201)
 
@@ -166,10 +155,8 @@ class UploadHandler(APIHandler):
     """PUT <upload_url>: the signed URL is the credential; the body streams to storage, never into memory."""
 
     _upload: dict[str, Any] | None = None
-    _writer: StorageWriter | None = None
-    _sniffer: FormatSniffer | None = None
+    _receiver: ContentReceiver | None = None
     _error: APIError | None = None
-    _received = 0
 
     @property
     def body_limit(self) -> int:
@@ -183,54 +170,44 @@ class UploadHandler(APIHandler):
         if length is not None and length.isdigit() and int(length) > self.body_limit:
             raise FileTooLarge(f"The file is {length} bytes; the limit is {self.body_limit}.")
         await super().prepare()
-        upload_id = self.path_args[0]
-        self._upload = await self.services.designs.begin_receive(
-            upload_id, self.get_query_argument("expires", ""), self.get_query_argument("signature", ""),
+        designs = self.services.designs
+        self._upload = await designs.begin_receive(
+            self.path_args[0], self.get_query_argument("expires", ""), self.get_query_argument("signature", ""),
             int(length) if length and length.isdigit() else None)
-        self._writer = await self.services.storage.writer(max_size=self._upload["declared_size"])
-        self._sniffer = FormatSniffer(self._upload["format"])
+        self._receiver = await designs.receiver(self._upload["format"], self._upload["declared_size"])
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._writer is None or self._error is not None:
+        if self._receiver is None or self._error is not None:
             return
-        self._received += len(chunk)
         try:
-            if self._upload is not None and self._received > self._upload["declared_size"]:
-                raise FileTooLarge(f"The body is longer than the {self._upload['declared_size']} bytes declared.")
-            assert self._sniffer is not None
-            self._sniffer.feed(chunk)
-            await self._writer.write(chunk)
+            await self._receiver.feed(chunk)
         except APIError as exc:
             # Remember and stop storing; the answer goes out once the client has finished sending.
             self._error = exc
             await self._discard()
 
     async def _discard(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            await writer.abort()
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            await receiver.abort()
         if self._upload is not None:
             await self.services.designs.fail_receive(self._upload)
 
     def on_connection_close(self) -> None:
-        if self._writer is not None:   # the client went away mid-body: leave nothing behind
+        if self._receiver is not None:   # the client went away mid-body: leave nothing behind
             tornado.ioloop.IOLoop.current().add_callback(self._discard)
 
     @public
     async def put(self, upload_id: str) -> None:
         if self._error is not None:
             raise self._error
-        assert self._upload is not None and self._writer is not None and self._sniffer is not None
+        assert self._upload is not None and self._receiver is not None
         try:
-            if self._received != self._upload["declared_size"]:
-                raise ValidationFailed(f"Received {self._received} bytes but {self._upload['declared_size']} "
-                                       "were declared.", field_errors={"file_size": ["Does not match the body."]})
-            self._sniffer.finish(self._received)
-            stored = await self._writer.commit()
-            self._writer = None
+            stored = await self._receiver.finish()
         except BaseException:
             await self._discard()
             raise
+        self._receiver = None
         self.write_json(await self.services.designs.finish_receive(self._upload, stored))
 
 

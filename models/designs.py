@@ -24,7 +24,7 @@ from models.policy import (LEVEL, Classification, Clearance, Principal, can, che
                            documents_filter, require)
 from models.schema import Input
 from models.series import DESIGNS, Series
-from models.storage import FileTooLarge, Storage, StoredFile, parse_file_hash
+from models.storage import FileTooLarge, Storage, StoredFile, StorageWriter, parse_file_hash
 
 UPLOADS = "uploads"
 MATERIALS = "materials"
@@ -123,6 +123,44 @@ DESIGN_LIST = ListSpec(
     fields=DESIGN_FIELDS)
 
 
+class ContentReceiver:
+    """One file on its way into storage: the declared size is a hard bound, the content must match its
+    format from the first bytes on, and nothing is left behind unless finish() succeeds."""
+
+    def __init__(self, writer: StorageWriter, fmt: str, declared_size: int) -> None:
+        self.writer: StorageWriter | None = writer
+        self.sniffer = FormatSniffer(fmt)
+        self.declared_size = declared_size
+        self.received = 0
+
+    async def feed(self, chunk: bytes) -> None:
+        assert self.writer is not None, "feed() after finish() or abort()"
+        self.received += len(chunk)
+        if self.received > self.declared_size:
+            raise FileTooLarge(f"The body is longer than the {self.declared_size} bytes declared.")
+        self.sniffer.feed(chunk)
+        await self.writer.write(chunk)
+
+    async def finish(self) -> StoredFile:
+        assert self.writer is not None, "finish() after finish() or abort()"
+        try:
+            if self.received != self.declared_size:
+                raise ValidationFailed(f"Received {self.received} bytes but {self.declared_size} were declared.",
+                                       field_errors={"file_size": ["Does not match the body."]})
+            self.sniffer.finish(self.received)
+            stored = await self.writer.commit()
+        except BaseException:
+            await self.abort()
+            raise
+        self.writer = None
+        return stored
+
+    async def abort(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            await writer.abort()
+
+
 def _sign(secret: str, upload_id: str, expires: int) -> str:
     return hmac.new(secret.encode(), f"upload:{upload_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
@@ -200,8 +238,8 @@ class Designs:
     async def fail_receive(self, upload: dict[str, Any]) -> None:
         await self.db[UPLOADS].update_one({"_id": upload["_id"]}, {"$set": {"status": "FAILED"}})
 
-    def sniffer(self, fmt: str) -> FormatSniffer:
-        return FormatSniffer(fmt)
+    async def receiver(self, fmt: str, declared_size: int) -> ContentReceiver:
+        return ContentReceiver(await self.storage.writer(max_size=declared_size), fmt, declared_size)
 
     async def create(self, principal: Principal, data: DesignIn, actor: audit.Actor) -> dict[str, Any]:
         """Step 3: the asset exists (UPLOADING) once its bytes have arrived; nothing is analysed yet."""
@@ -209,17 +247,23 @@ class Designs:
         if upload is None or upload["status"] not in ("RECEIVED",):
             raise ValidationFailed("No finished upload with this id.",
                                    field_errors={"upload_id": ["Upload the file to its URL first."]})
-        return await self._create(principal, data.series, sanitize_filename(data.filename), upload["format"],
+        series = await self._authorize_create(principal, data.series, data.classification.value)
+        return await self._create(principal, series, sanitize_filename(data.filename), upload["format"],
                                   upload, data.revision, data.classification.value, data.material, actor,
                                   claim_upload=data.upload_id)
 
-    async def _create(self, principal: Principal, series_id: str, filename: str, fmt: str, upload: dict[str, Any],
-                      revision: str, classification: str, material: str, actor: audit.Actor,
-                      claim_upload: str | None) -> dict[str, Any]:
+    async def _authorize_create(self, principal: Principal, series_id: str, classification: str) -> dict[str, Any]:
+        """The series the caller may add a version of, at a classification they could read themselves."""
         series = await self.series.get_visible(principal, series_id)
+        require(principal, "design.create", series["organization_id"])
+        await self._check_can_classify(principal, series["organization_id"], classification)
+        return series
+
+    async def _create(self, principal: Principal, series: dict[str, Any], filename: str, fmt: str,
+                      upload: dict[str, Any], revision: str, classification: str, material: str,
+                      actor: audit.Actor, claim_upload: str | None) -> dict[str, Any]:
+        series_id = series["_id"]
         org_id = series["organization_id"]
-        require(principal, "design.create", org_id)
-        await self._check_can_classify(principal, org_id, classification)
         if format_for_filename(filename) != fmt:
             raise ValidationFailed("The filename's extension does not match the uploaded file.",
                                    field_errors={"filename": [f"Expected a {fmt} file name."]})
@@ -286,11 +330,26 @@ class Designs:
                 "message": "File upload finalized, processing started", "id": doc["_id"]}
 
     async def create_direct(self, principal: Principal, data: MultipartDesignIn, filename: str,
-                            stored: StoredFile, fmt: str, actor: audit.Actor) -> dict[str, Any]:
-        """The one-request upload: steps 2-4 at once for small files and scripts."""
+                            content: bytes, actor: audit.Actor) -> dict[str, Any]:
+        """The one-request upload: steps 2-4 at once for small files and scripts. Permission comes first,
+        so a caller who may not add this design never gets a byte into storage."""
+        filename = sanitize_filename(filename)
+        fmt = format_for_filename(filename)
+        series = await self._authorize_create(principal, data.series, data.classification.value)
+        receiver = await self.receiver(fmt, len(content))
+        try:
+            await receiver.feed(content)
+        except BaseException:
+            await receiver.abort()
+            raise
+        stored = await receiver.finish()
         upload = {"size": stored.size, "sha256": stored.sha256}
-        doc = await self._create(principal, data.series, filename, fmt, upload, data.revision,
-                                 data.classification.value, data.material, actor, claim_upload=None)
+        try:
+            doc = await self._create(principal, series, filename, fmt, upload, data.revision,
+                                     data.classification.value, data.material, actor, claim_upload=None)
+        except BaseException:
+            await self.release_content(stored.sha256)
+            raise
         result = await self._start_processing(principal, doc, actor)
         return {**doc, "status": result["status"], "analysis_job_id": result["analysis_job_id"]}
 
@@ -410,8 +469,12 @@ class Designs:
         await self.db["bom_nodes"].delete_many({"design_id": doc["_id"]})
         await self.db["reviews"].delete_many({"design_id": doc["_id"]})
         await self.db["markups"].delete_many({"design_id": doc["_id"]})
-        sha = doc.get("content_sha256")
-        if sha and not await self.db[DESIGNS].count_documents({"content_sha256": sha}, limit=1) and not \
+        if doc.get("content_sha256"):
+            await self.release_content(doc["content_sha256"])
+
+    async def release_content(self, sha: str) -> None:
+        """Delete stored content that no design and no pending upload references any more."""
+        if not await self.db[DESIGNS].count_documents({"content_sha256": sha}, limit=1) and not \
                 await self.db[UPLOADS].count_documents({"sha256": sha, "status": "RECEIVED"}, limit=1):
             await self.storage.delete(sha)
 

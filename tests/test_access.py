@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from models.audit import Actor
+from models.organizations import MemberIn
 from models.policy import (Clearance, Principal, Role, can, check_classification, classification_allows,
                            classification_filter)
 from models.errors import ITARViolation, PermissionDenied
@@ -59,9 +61,7 @@ async def test_role_matrix(world: World, db: Any, role: str) -> None:
     outsider = await world.user("newcomer")
     target = await world.user("target")
     await world.services.orgs.add_member(await world.staff_principal(), org["_id"],
-                                         __import__("models.organizations", fromlist=["MemberIn"]).MemberIn(
-                                             user_id=target.id, role=Role.VIEWER),
-                                         __import__("models.audit", fromlist=["Actor"]).Actor.system())
+                                         MemberIn(user_id=target.id, role=Role.VIEWER), Actor.system())
     base = f"/api/organizations/{org['_id']}/"
     calls = {
         "read": lambda: me.api.get(base),

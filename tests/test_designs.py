@@ -136,6 +136,23 @@ async def test_multipart_upload_and_concurrent_versions(world: World) -> None:
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_refused_multipart_uploads_store_nothing(world: World, settings: Any, db: Any) -> None:
+    org, people, series_id = await setup_team(world)
+    data = (SAMPLES / "wire.brep").read_bytes()
+    body, ctype = multipart({"series": series_id}, "w.brep", data)
+    denied = await people["viewer"].api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})
+    assert_envelope(denied, 403, "PERMISSION_DENIED")
+    above = multipart({"series": series_id, "classification": "TOP_SECRET"}, "w.brep", data)
+    over = await people["member"].api.post("/api/designs/", raw=above[0], headers={"Content-Type": above[1]})
+    assert_envelope(over, 403, "PERMISSION_DENIED")
+    liar = multipart({"series": series_id}, "w.step", data)
+    wrong = await people["member"].api.post("/api/designs/", raw=liar[0], headers={"Content-Type": liar[1]})
+    assert_envelope(wrong, 400, "INVALID_FILE_FORMAT")
+    assert [p for p in (settings.data_dir / "files").rglob("*") if p.is_file()] == []
+    assert await db.designs.count_documents({}) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_identical_content_is_stored_once_and_removed_with_its_last_design(world: World,
                                                                                  settings: Any) -> None:
     _, people, series_id = await setup_team(world)
@@ -296,9 +313,14 @@ async def test_clearance_levels_govern_designs(world: World) -> None:
     resp = await people["viewer"].api.get(f"/api/designs/{secret['id']}/")
     assert_envelope(resp, 403, "PERMISSION_DENIED")
     assert (await people["viewer"].api.get("/api/designs/")).json["count"] == 0
-    # Nobody files a design above their own clearance.
-    over = await people["member"].api.post("/api/designs/upload-url/", {"filename": "x.brep", "file_size": 10})
-    assert over.status == 201
+    # Nobody files a design above their own clearance (SECRET here), nor raises one there.
+    url = (await people["member"].api.post("/api/designs/upload-url/",
+                                           {"filename": "x.brep", "file_size": len(data)})).json
+    assert (await put_bytes(people["member"].api, url["upload_url"], data)).status == 200
+    above = await people["member"].api.post("/api/designs/", {"series": series_id, "filename": "x.brep",
+                                                              "upload_id": url["upload_id"],
+                                                              "classification": "TOP_SECRET"})
+    assert_envelope(above, 403, "PERMISSION_DENIED")
     ts = await people["member"].api.patch(f"/api/designs/{secret['id']}/", {"classification": "TOP_SECRET"})
     assert_envelope(ts, 403, "PERMISSION_DENIED")
 

@@ -233,8 +233,8 @@ async def test_pagination_defaults_and_links(api: Any, db: Any, base_url: str) -
     assert len(body["results"]) == 50
     assert body["previous"] is None
     assert body["next"] == base_url + "/test/widgets/?page=2"
-    last = await api.get("/test/widgets/?page=3&colour=red")
-    assert last.json["count"] == 61 and len(last.json["results"]) == 0 or last.status == 200
+    second = (await api.get("/test/widgets/?page=2&colour=red")).json
+    assert second["count"] == 61 and len(second["results"]) == 11 and second["next"] is None
 
 
 @pytest.mark.gen_test

@@ -52,7 +52,8 @@ async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reac
     assert {m["annotation_text"] for m in listed["results"]} >= {"Check this fillet", "From the socket"}
     assert reply["annotation_text"] == "From the socket"
     pushed = await as_json.next_event("markup.created")
-    assert pushed["data"]
+    assert pushed["data"]["markup"]["annotation_text"] == "From the socket"
+    assert pushed["offset"] == seen[0]["offset"] + 1
     # Invalid commands get the REST validation, as an error reply.
     bad = await as_json.request("markup.create", design_asset=design["id"], review_session=review_id,
                                 position={"x": "NaN", "y": 0, "z": 0}, annotation_text="", severity="HUGE")
@@ -60,7 +61,8 @@ async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reac
     # A vote over the socket completes nothing yet but is pushed to everyone.
     vote = await as_json.ok("review.vote", review_id=review_id, decision="APPROVE", comments="fine")
     assert vote["id"] == review_id
-    assert (await as_msgpack.next_event("review.vote"))["data"]
+    voted = await as_msgpack.next_event("review.vote")
+    assert voted["data"]["review_id"] == review_id
     as_json.close()
     as_msgpack.close()
 
