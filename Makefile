@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test
+.PHONY: run test lint format
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,13 @@ test: $(VENV)/.test
 	    exit 1; \
 	  fi; }
 	$(PY) -m pytest
+
+# ruff (format check and lint, settings in pyproject.toml) and mypy over the server's packages.
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy server.py config handlers models realtime processing
+
+format: $(VENV)/.test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

@@ -1,4 +1,5 @@
 """Entry point: reads settings, starts embedded services, builds the Application, serves, shuts down in order."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 import tornado.httpserver
 import tornado.netutil
-import redis.asyncio as aioredis
 import tornado.web
 
 from config import Settings, load_settings
@@ -21,21 +22,21 @@ from handlers import jobs as job_handlers
 from handlers import markups as markup_handlers
 from handlers import reviews as review_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
-from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
+from models import units
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
+from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
 from models.designs import Designs
 from models.errors import APIError, ServiceUnavailable
 from models.identity import Identity, IdentityConfig
 from models.jobs import Jobs
 from models.markups import Markups, socket_commands
-from models.policy import Principal
 from models.organizations import Organizations
+from models.policy import Principal
 from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from models.reviews import Reviews
 from models.series import Series
 from models.storage import make_storage
-from models import units
 from models.users import Users
 from processing.pool import ProcessPool
 from processing.runner import JobRunner
@@ -47,20 +48,35 @@ log = logging.getLogger("enginel")
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """Every handler module ends with its route table; this joins them."""
-    return [*health.routes, *auth.routes, *users.routes, *organizations.routes, *designs.routes,
-            *audit_handlers.routes, *review_handlers.routes, *markup_handlers.routes, *job_handlers.routes,
-            *bom_handlers.routes, *websocket.routes]
+    return [
+        *health.routes,
+        *auth.routes,
+        *users.routes,
+        *organizations.routes,
+        *designs.routes,
+        *audit_handlers.routes,
+        *review_handlers.routes,
+        *markup_handlers.routes,
+        *job_handlers.routes,
+        *bom_handlers.routes,
+        *websocket.routes,
+    ]
 
 
 def make_gateway(settings: Settings, identity: Identity, services: Callable[[], Services | None]) -> Gateway:
     """The realtime gateway over the in-process or Redis broker, authenticating and authorizing with the same
     identity and policy code as REST."""
-    broker_config = BrokerConfig(history_size=settings.realtime_history_size,
-                                 history_ttl=settings.realtime_history_ttl,
-                                 presence_ttl=settings.realtime_presence_ttl,
-                                 max_event_bytes=settings.realtime_max_event_bytes)
-    broker: Broker = (RedisBroker(settings.redis_url, prefix=settings.realtime_redis_prefix, config=broker_config)
-                      if settings.redis_url else InProcessBroker(broker_config))
+    broker_config = BrokerConfig(
+        history_size=settings.realtime_history_size,
+        history_ttl=settings.realtime_history_ttl,
+        presence_ttl=settings.realtime_presence_ttl,
+        max_event_bytes=settings.realtime_max_event_bytes,
+    )
+    broker: Broker = (
+        RedisBroker(settings.redis_url, prefix=settings.realtime_redis_prefix, config=broker_config)
+        if settings.redis_url
+        else InProcessBroker(broker_config)
+    )
 
     async def authenticate(credential: Credential) -> Principal:
         if credential.kind == "api_key":
@@ -84,18 +100,26 @@ def make_gateway(settings: Settings, identity: Identity, services: Callable[[], 
             return None
         return fresh
 
-    return Gateway(broker, authenticate=authenticate, authorize=authorize, refresh_principal=refresh,
-                   event_visible=event_visible, config=RealtimeConfig(
-                       allowed_origins=tuple(settings.realtime_allowed_origins),
-                       auth_timeout=settings.realtime_auth_timeout,
-                       max_message_bytes=settings.realtime_max_message_bytes,
-                       max_subscriptions=settings.realtime_max_subscriptions,
-                       commands_per_second=settings.realtime_commands_per_second,
-                       command_burst=settings.realtime_command_burst,
-                       max_pending_bytes=settings.realtime_max_pending_bytes,
-                       ping_interval=settings.realtime_ping_interval,
-                       ping_timeout=min(settings.realtime_ping_timeout, settings.realtime_ping_interval or
-                                        settings.realtime_ping_timeout)))
+    return Gateway(
+        broker,
+        authenticate=authenticate,
+        authorize=authorize,
+        refresh_principal=refresh,
+        event_visible=event_visible,
+        config=RealtimeConfig(
+            allowed_origins=tuple(settings.realtime_allowed_origins),
+            auth_timeout=settings.realtime_auth_timeout,
+            max_message_bytes=settings.realtime_max_message_bytes,
+            max_subscriptions=settings.realtime_max_subscriptions,
+            commands_per_second=settings.realtime_commands_per_second,
+            command_burst=settings.realtime_command_burst,
+            max_pending_bytes=settings.realtime_max_pending_bytes,
+            ping_interval=settings.realtime_ping_interval,
+            ping_timeout=min(
+                settings.realtime_ping_timeout, settings.realtime_ping_interval or settings.realtime_ping_timeout
+            ),
+        ),
+    )
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -105,8 +129,13 @@ def make_app(services: Services) -> tornado.web.Application:
         # DESIGN 8.3: a method that forgot to say whether it needs authentication must not be served.
         raise RuntimeError("handler methods without @public or @authenticated: " + ", ".join(missing))
     return tornado.web.Application(
-        table, services=services, default_handler_class=NotFoundHandler, cookie_secret=services.secret,
-        compress_response=True, xsrf_cookies=False)
+        table,
+        services=services,
+        default_handler_class=NotFoundHandler,
+        cookie_secret=services.secret,
+        compress_response=True,
+        xsrf_cookies=False,
+    )
 
 
 class Runtime:
@@ -121,8 +150,9 @@ class Runtime:
         settings = self.settings
         uri = settings.mongodb_uri
         if uri is None:
-            self.embedded = EmbeddedMongo(settings.db_dir, settings.embedded_db_command,
-                                          settings.embedded_db_start_timeout)
+            self.embedded = EmbeddedMongo(
+                settings.db_dir, settings.embedded_db_command, settings.embedded_db_start_timeout
+            )
             uri = await self.embedded.start()
         mongo = connect(uri)
         db = mongo[settings.mongodb_database]
@@ -138,28 +168,50 @@ class Runtime:
             if self.embedded:
                 self.embedded.stop()
             raise
-        identity = Identity(db, IdentityConfig(
-            access_ttl=settings.access_token_ttl, refresh_ttl=settings.refresh_token_ttl,
-            max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
-            argon2_time_cost=settings.argon2_time_cost, argon2_memory_kib=settings.argon2_memory_kib))
+        identity = Identity(
+            db,
+            IdentityConfig(
+                access_ttl=settings.access_token_ttl,
+                refresh_ttl=settings.refresh_token_ttl,
+                max_failures=settings.login_max_failures,
+                lockout_seconds=settings.login_lockout_seconds,
+                argon2_time_cost=settings.argon2_time_cost,
+                argon2_memory_kib=settings.argon2_memory_kib,
+            ),
+        )
         storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
         series = Series(db)
         # The gateway is the models' publisher; its policy callables reach the repositories built below.
         gateway = make_gateway(settings, identity, lambda: self.services)
         identity.publisher = gateway
         orgs = Organizations(db, self_service=settings.self_service_organizations, publisher=gateway)
-        designs = Designs(db, storage, gateway, secret=instance["secret"],
-                          max_upload_bytes=settings.max_upload_bytes, series=series)
+        designs = Designs(
+            db, storage, gateway, secret=instance["secret"], max_upload_bytes=settings.max_upload_bytes, series=series
+        )
         reviews = Reviews(db, gateway, designs, identity.passwords)
         markups = Markups(db, gateway, reviews)
         jobs = Jobs(db, designs)
         self.services = Services(
-            settings=settings, mongo=mongo, db=db, redis=redis, secret=instance["secret"], identity=identity,
-            orgs=orgs, users=Users(db, identity, orgs, publisher=gateway),
+            settings=settings,
+            mongo=mongo,
+            db=db,
+            redis=redis,
+            secret=instance["secret"],
+            identity=identity,
+            orgs=orgs,
+            users=Users(db, identity, orgs, publisher=gateway),
             limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
-            storage=storage, series=series, publisher=gateway, designs=designs, reviews=reviews,
-            markups=markups, realtime=gateway, jobs=jobs, bom=BomNodes(db, designs),
-            channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=jobs, orgs=orgs))
+            storage=storage,
+            series=series,
+            publisher=gateway,
+            designs=designs,
+            reviews=reviews,
+            markups=markups,
+            realtime=gateway,
+            jobs=jobs,
+            bom=BomNodes(db, designs),
+            channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=jobs, orgs=orgs),
+        )
         for name, command in socket_commands(reviews, markups).items():
             gateway.add_command(name, command)
         await gateway.start()
@@ -173,18 +225,24 @@ class Runtime:
             self.services.pool = ProcessPool(settings.workers, preload=("processing.cad",))
             await self.services.pool.start()
             self.services.runner = JobRunner(
-                db, self.services.pool, storage, self.services.designs, timeout=settings.job_timeout_seconds,
-                max_retries=settings.job_max_retries, lease_seconds=settings.job_lease_seconds,
-                poll_interval=settings.job_poll_interval)
+                db,
+                self.services.pool,
+                storage,
+                self.services.designs,
+                timeout=settings.job_timeout_seconds,
+                max_retries=settings.job_max_retries,
+                lease_seconds=settings.job_lease_seconds,
+                poll_interval=settings.job_poll_interval,
+            )
             await self.services.runner.start()
         return self.services
 
     async def stop(self) -> None:
         services, self.services = self.services, None
         if services is not None:
-            services.realtime.close_all()        # "going away" (1001): clients reconnect elsewhere with since
+            services.realtime.close_all()  # "going away" (1001): clients reconnect elsewhere with since
             if services.runner is not None:
-                await services.runner.stop()   # requeues running jobs while the pool still runs
+                await services.runner.stop()  # requeues running jobs while the pool still runs
             if services.pool is not None:
                 await services.pool.close()
             await services.realtime.stop()
@@ -203,9 +261,13 @@ async def serve(settings: Settings) -> None:
         app = make_app(services)
         server = tornado.httpserver.HTTPServer(
             # body_timeout bounds a whole request body, so it must allow a 2 GiB upload on a slow link.
-            app, xheaders=False, idle_connection_timeout=120, body_timeout=3600,
+            app,
+            xheaders=False,
+            idle_connection_timeout=120,
+            body_timeout=3600,
             # Handlers bound their own bodies (JSON limit, declared upload size); this is the outer wall.
-            max_body_size=settings.max_upload_bytes + 1024 * 1024)
+            max_body_size=settings.max_upload_bytes + 1024 * 1024,
+        )
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host, reuse_port=settings.reuse_port)
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]
@@ -218,11 +280,11 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stopping.set)
         await stopping.wait()
         log.info("shutting down")
-        server.stop()   # stop accepting
-        services.realtime.close_all()   # sockets leave with 1001 "going away" instead of holding the grace period
+        server.stop()  # stop accepting
+        services.realtime.close_all()  # sockets leave with 1001 "going away" instead of holding the grace period
         try:
             await asyncio.wait_for(server.close_all_connections(), settings.shutdown_grace_seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("connections still open after %ss; closing anyway", settings.shutdown_grace_seconds)
     finally:
         await runtime.stop()
@@ -231,8 +293,7 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ storage, job claiming, progress writes and result persistence are all inside it.
 processing.cad.analyze_file on the same files the same number of times. Not a test: it prints both figures in
 files/minute and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,15 @@ def corpus(samples: Path) -> list[Path]:
 
 def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -55,11 +61,17 @@ async def through_server(files: list[Path], rounds: int, workers: int) -> dict[s
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
-        env.update(ENGINEL_BOOTSTRAP_ADMIN=f"bench:{PASSWORD}", ENGINEL_WORKERS=str(workers),
-                   ENGINEL_LOG_LEVEL="WARNING", ENGINEL_RATE_LIMIT_PER_MINUTE="1000000",
-                   ENGINEL_RATE_LIMIT_PER_HOUR="1000000", ENGINEL_UPLOADS_PER_HOUR="1000000")
-        proc = subprocess.Popen([sys.executable, "server.py", "--port", str(port), "--data-dir", data_dir],
-                                cwd=REPO, env=env)
+        env.update(
+            ENGINEL_BOOTSTRAP_ADMIN=f"bench:{PASSWORD}",
+            ENGINEL_WORKERS=str(workers),
+            ENGINEL_LOG_LEVEL="WARNING",
+            ENGINEL_RATE_LIMIT_PER_MINUTE="1000000",
+            ENGINEL_RATE_LIMIT_PER_HOUR="1000000",
+            ENGINEL_UPLOADS_PER_HOUR="1000000",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "server.py", "--port", str(port), "--data-dir", data_dir], cwd=REPO, env=env
+        )
         client = AsyncHTTPClient()
         base = f"http://127.0.0.1:{port}"
         try:
@@ -73,28 +85,31 @@ async def through_server(files: list[Path], rounds: int, workers: int) -> dict[s
                     pass
                 await asyncio.sleep(0.1)
 
-            async def call(method: str, path: str, body: Any = None, token: str | None = None,
-                           raw: tuple[bytes, str] | None = None) -> Any:
+            async def call(
+                method: str, path: str, body: Any = None, token: str | None = None, raw: tuple[bytes, str] | None = None
+            ) -> Any:
                 headers = {"Content-Type": raw[1] if raw else "application/json"}
                 if token:
                     headers["Authorization"] = f"Token {token}"
                 data = raw[0] if raw else (json.dumps(body) if body is not None else None)
-                resp = await client.fetch(base + path, method=method, headers=headers, body=data,
-                                          request_timeout=300)
+                resp = await client.fetch(base + path, method=method, headers=headers, body=data, request_timeout=300)
                 return json.loads(resp.body) if resp.body else {}
 
             token = (await call("POST", "/api/auth/login/", {"username": "bench", "password": PASSWORD}))[
-                "access_token"]
+                "access_token"
+            ]
             org = await call("POST", "/api/organizations/", {"name": "Bench", "slug": "bench"}, token)
-            series = await call("POST", "/api/series/", {"organization": org["id"], "part_number": "B-1",
-                                                         "name": "bench"}, token)
+            series = await call(
+                "POST", "/api/series/", {"organization": org["id"], "part_number": "B-1", "name": "bench"}, token
+            )
             contents = [(path.name, path.read_bytes()) for path in files]
             total = len(contents) * rounds
-            start = datetime.now(timezone.utc)
+            start = datetime.now(UTC)
             for _ in range(rounds):
                 for name, data in contents:
-                    await call("POST", "/api/designs/", token=token,
-                               raw=multipart({"series": series["id"]}, name, data))
+                    await call(
+                        "POST", "/api/designs/", token=token, raw=multipart({"series": series["id"]}, name, data)
+                    )
             while True:
                 # Polled slowly: the clock stops at the last job's completed_at, not at this loop's wake-up,
                 # and frequent polls would take CPU from the workers being measured.
@@ -102,12 +117,17 @@ async def through_server(files: list[Path], rounds: int, workers: int) -> dict[s
                 if metrics["success_count"] + metrics["failure_count"] >= total:
                     break
                 await asyncio.sleep(0.5)
-            last = await call("GET", "/api/analysis-jobs/?ordering=-completed_at&page_size=1&fields=completed_at",
-                              token=token)
+            last = await call(
+                "GET", "/api/analysis-jobs/?ordering=-completed_at&page_size=1&fields=completed_at", token=token
+            )
             finished = datetime.fromisoformat(last["results"][0]["completed_at"].replace("Z", "+00:00"))
             elapsed = (finished - start).total_seconds()
-            return {"files": total, "seconds": elapsed, "failures": metrics["failure_count"],
-                    "avg_job_seconds": metrics["avg_duration_seconds"]}
+            return {
+                "files": total,
+                "seconds": elapsed,
+                "failures": metrics["failure_count"],
+                "avg_job_seconds": metrics["avg_duration_seconds"],
+            }
         finally:
             client.close()
             proc.send_signal(signal.SIGTERM)
@@ -115,7 +135,8 @@ async def through_server(files: list[Path], rounds: int, workers: int) -> dict[s
 
 
 def plain_loop(files: list[Path], rounds: int) -> dict[str, Any]:
-    from processing.cad import analyze_file   # imported before the clock starts, as the pool preloads it
+    from processing.cad import analyze_file  # imported before the clock starts, as the pool preloads it
+
     start = time.perf_counter()
     for _ in range(rounds):
         for path in files:
@@ -130,19 +151,24 @@ async def main() -> None:
     parser.add_argument("--samples", type=Path, default=SAMPLES)
     args = parser.parse_args()
     files = corpus(args.samples)
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}Z, {platform.machine()}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.platform()}, Python {platform.python_version()}")
-    print(f"corpus: {len(files)} files, {sum(p.stat().st_size for p in files) / 2 ** 20:.1f} MiB, "
-          f"{args.rounds} rounds; server with {args.workers} workers")
+    print(
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M}Z, {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.platform()}, Python {platform.python_version()}"
+    )
+    print(
+        f"corpus: {len(files)} files, {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB, "
+        f"{args.rounds} rounds; server with {args.workers} workers"
+    )
     plain = plain_loop(files, args.rounds)
     server = await through_server(files, args.rounds, args.workers)
     plain_rate = plain["files"] / plain["seconds"] * 60
     server_rate = server["files"] / server["seconds"] * 60
-    print(f"plain single-process loop: {plain['files']} files in {plain['seconds']:.2f} s = "
-          f"{plain_rate:.0f} files/min")
-    print(f"server (HTTP upload -> job -> pool -> stored result): {server['files']} files in "
-          f"{server['seconds']:.2f} s = {server_rate:.0f} files/min "
-          f"({server['failures']} failed; mean job {server['avg_job_seconds']} s)")
+    print(f"plain single-process loop: {plain['files']} files in {plain['seconds']:.2f} s = {plain_rate:.0f} files/min")
+    print(
+        f"server (HTTP upload -> job -> pool -> stored result): {server['files']} files in "
+        f"{server['seconds']:.2f} s = {server_rate:.0f} files/min "
+        f"({server['failures']} failed; mean job {server['avg_job_seconds']} s)"
+    )
     print(f"ratio server/plain: {server_rate / plain_rate:.2f}x")
 
 

@@ -12,6 +12,7 @@ subscriber counts it. Two phases per server:
 Node's `socket.io` is installed into bench/.work/ (git-ignored) on first use; python-socketio and aiohttp
 into the current interpreter. Not a test: it prints figures, ratios and each side's CPU use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORK = HERE / ".work"
-CHANNEL = "design:bench"          # not a presence channel: joins must not flood the subscribers
+CHANNEL = "design:bench"  # not a presence channel: joins must not flood the subscribers
 ROOM = "bench"
 PAD = "x" * 100
 
@@ -78,10 +79,15 @@ def serve_enginel(port: int, redis_url: str | None) -> None:
             return {"offset": offset}
 
         broker: Broker = RedisBroker(redis_url, prefix="bench") if redis_url else InProcessBroker()
-        gateway = Gateway(broker, authenticate=authenticate, authorize=authorize,
-                          commands={"bench.publish": publish},
-                          config=RealtimeConfig(commands_per_second=1e9, command_burst=10 ** 9,
-                                                max_pending_bytes=64 * 1024 * 1024, ping_interval=0))
+        gateway = Gateway(
+            broker,
+            authenticate=authenticate,
+            authorize=authorize,
+            commands={"bench.publish": publish},
+            config=RealtimeConfig(
+                commands_per_second=1e9, command_burst=10**9, max_pending_bytes=64 * 1024 * 1024, ping_interval=0
+            ),
+        )
         await gateway.start()
         app = tornado.web.Application(websocket.routes, services=SimpleNamespace(extra={"realtime": gateway}))
         server = tornado.httpserver.HTTPServer(app)
@@ -96,8 +102,13 @@ def serve_python_socketio(port: int) -> None:
     import socketio
     from aiohttp import web
 
-    sio = socketio.AsyncServer(async_mode="aiohttp", transports=["websocket"], logger=False,
-                               engineio_logger=False, max_http_buffer_size=1_000_000)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        transports=["websocket"],
+        logger=False,
+        engineio_logger=False,
+        max_http_buffer_size=1_000_000,
+    )
 
     @sio.on("join")
     async def join(sid: str, room: str) -> str:
@@ -155,7 +166,7 @@ class Conn(asyncio.Protocol):
     """A minimal WebSocket client: handshake, frame parsing, pongs; counts event frames in order."""
 
     def __init__(self, kind: str, path: str, port: int, headers: str, run: Run) -> None:
-        self.kind = kind            # "json" | "msgpack" | "sio"
+        self.kind = kind  # "json" | "msgpack" | "sio"
         self.path = path
         self.port = port
         self.headers = headers
@@ -172,10 +183,14 @@ class Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.write((f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"  # type: ignore[union-attr]
-                              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                              f"{self.headers}\r\n").encode())
+        self.transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"  # type: ignore[union-attr]
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"{self.headers}\r\n"
+            ).encode()
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.handshake.done():
@@ -194,7 +209,7 @@ class Conn(asyncio.Protocol):
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            status = bytes(buf[:buf.find(b"\r\n")])
+            status = bytes(buf[: buf.find(b"\r\n")])
             pos = end + 4
             self.open = True
             if b" 101 " not in status:
@@ -213,22 +228,25 @@ class Conn(asyncio.Protocol):
             elif size == 127:
                 if n - pos < 10:
                     break
-                size = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 head = 10
             end = pos + head + size
             if end > n:
                 break
             opcode = buf[pos] & 0x0F
-            if opcode == 9:                                     # ping -> pong
-                self.send(bytes(buf[pos + head:end]), 0xA)
-            elif self.counting and opcode in (1, 2) and (self.kind != "sio" or buf[pos + head] == 0x34
-                                                         and buf[pos + head + 1] == 0x32):  # "42"
+            if opcode == 9:  # ping -> pong
+                self.send(bytes(buf[pos + head : end]), 0xA)
+            elif (
+                self.counting
+                and opcode in (1, 2)
+                and (self.kind != "sio" or buf[pos + head] == 0x34 and buf[pos + head + 1] == 0x32)
+            ):  # "42"
                 self.run.delivered(self.count)
                 self.count += 1
-            elif self.kind == "sio" and opcode == 1 and size == 1 and buf[pos + head] == 0x32:   # "2" -> "3"
+            elif self.kind == "sio" and opcode == 1 and size == 1 and buf[pos + head] == 0x32:  # "2" -> "3"
                 self.send(b"3", 1)
             else:
-                self.control.put_nowait((opcode, bytes(buf[pos + head:end])))
+                self.control.put_nowait((opcode, bytes(buf[pos + head : end])))
             pos = end
         if pos:
             del buf[:pos]
@@ -264,18 +282,21 @@ class EnginelTarget(Target):
 
     def start(self, port: int) -> subprocess.Popen[bytes]:
         extra = ["--redis", self.redis_url] if self.redis_url else []
-        return subprocess.Popen([sys.executable, __file__, "--serve", "enginel", "--port", str(port), *extra],
-                                stdout=subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, __file__, "--serve", "enginel", "--port", str(port), *extra], stdout=subprocess.PIPE
+        )
 
     def encode(self, value: dict[str, Any]) -> tuple[bytes, int]:
         if self.kind == "msgpack":
             import msgpack
+
             return msgpack.packb(value), 2
         return json.dumps(value).encode(), 1
 
     def decode(self, payload: bytes) -> Any:
         if self.kind == "msgpack":
             import msgpack
+
             return msgpack.unpackb(payload)
         return json.loads(payload)
 
@@ -296,11 +317,11 @@ class SocketIOTarget(Target):
 
     async def join(self, conn: Conn) -> None:
         opcode, payload = await conn.next_control()
-        assert payload.startswith(b"0{"), payload           # engine.io open
-        conn.send(b"40", 1)                                  # connect to namespace "/"
+        assert payload.startswith(b"0{"), payload  # engine.io open
+        conn.send(b"40", 1)  # connect to namespace "/"
         opcode, payload = await conn.next_control()
         assert payload.startswith(b"40"), payload
-        conn.send(b'420["join","bench"]', 1)                 # join with ack id 0
+        conn.send(b'420["join","bench"]', 1)  # join with ack id 0
         opcode, payload = await conn.next_control()
         assert payload.startswith(b"430"), payload
 
@@ -312,8 +333,9 @@ class PythonSocketIOTarget(SocketIOTarget):
     name = "python-socketio"
 
     def start(self, port: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, __file__, "--serve", "python-socketio", "--port", str(port)],
-                                stdout=subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, __file__, "--serve", "python-socketio", "--port", str(port)], stdout=subprocess.PIPE
+        )
 
 
 class NodeSocketIOTarget(SocketIOTarget):
@@ -373,7 +395,8 @@ async def measure(target: Target, sockets: int, seconds: float, window: int) -> 
 
         async def connect() -> Conn:
             _, conn = await loop.create_connection(
-                lambda: Conn(target.kind, target.path, port, target.headers, run), "127.0.0.1", port)
+                lambda: Conn(target.kind, target.path, port, target.headers, run), "127.0.0.1", port
+            )
             await asyncio.wait_for(conn.handshake, 30)
             await target.join(conn)
             return conn
@@ -384,6 +407,7 @@ async def measure(target: Target, sockets: int, seconds: float, window: int) -> 
         async def gated() -> Conn:
             async with gate:
                 return await connect()
+
         conns = await asyncio.gather(*(gated() for _ in range(sockets)))
         publisher = await connect()
         publisher.counting = False
@@ -413,23 +437,31 @@ async def measure(target: Target, sockets: int, seconds: float, window: int) -> 
             run.recording = False
             return seq - first, time.perf_counter() - began
 
-        await phase(1.0, window, False, 20)                       # warm-up
+        await phase(1.0, window, False, 20)  # warm-up
         server_cpu, client_cpu = cpu_seconds(proc.pid), own_cpu()
-        events, elapsed = await phase(seconds, window, True, 10 ** 9)
+        events, elapsed = await phase(seconds, window, True, 10**9)
         server_cpu, client_cpu = cpu_seconds(proc.pid) - server_cpu, own_cpu() - client_cpu
         saturated = list(run.latencies)
         run.latencies.clear()
-        paced_events, paced_elapsed = await phase(seconds / 2, 1, True, 10 ** 9)
+        paced_events, paced_elapsed = await phase(seconds / 2, 1, True, 10**9)
         paced = list(run.latencies)
         for conn in [*conns, publisher]:
             if conn.transport is not None:
                 conn.transport.close()
-        return {"name": target.name, "events": events, "deliveries": events * sockets,
-                "rate": events * sockets / elapsed, "p50": percentile(saturated, 0.5) * 1000,
-                "p99": percentile(saturated, 0.99) * 1000, "paced_rate": paced_events * sockets / paced_elapsed,
-                "paced_p50": percentile(paced, 0.5) * 1000,
-                "paced_p99": percentile(paced, 0.99) * 1000, "server_cpu": server_cpu / elapsed * 100,
-                "client_cpu": client_cpu / elapsed * 100, "connect": connect_time}
+        return {
+            "name": target.name,
+            "events": events,
+            "deliveries": events * sockets,
+            "rate": events * sockets / elapsed,
+            "p50": percentile(saturated, 0.5) * 1000,
+            "p99": percentile(saturated, 0.99) * 1000,
+            "paced_rate": paced_events * sockets / paced_elapsed,
+            "paced_p50": percentile(paced, 0.5) * 1000,
+            "paced_p99": percentile(paced, 0.99) * 1000,
+            "server_cpu": server_cpu / elapsed * 100,
+            "client_cpu": client_cpu / elapsed * 100,
+            "connect": connect_time,
+        }
     finally:
         proc.terminate()
         try:
@@ -446,8 +478,12 @@ def ensure_node() -> bool:
         WORK.mkdir(exist_ok=True)
         (WORK / "package.json").write_text('{"name": "enginel-bench", "private": true}\n')
         print("installing socket.io into bench/.work/ ...", flush=True)
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "socket.io@4"], cwd=WORK, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "socket.io@4"],
+            cwd=WORK,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return True
 
 
@@ -476,8 +512,10 @@ def start_redis() -> tuple[subprocess.Popen[bytes] | None, str | None]:
         print("redis-server not found: skipping the Redis-backed row")
         return None, None
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -499,19 +537,30 @@ async def main(args: argparse.Namespace) -> None:
     if (wanted is None or "node" in wanted) and ensure_node():
         targets.append(NodeSocketIOTarget())
     if wanted is not None:
-        names = {"enginel json": "enginel-json", "enginel msgpack": "enginel-msgpack", "node socket.io": "node",
-                 "python-socketio": "python-socketio", "enginel json redis": "redis"}
+        names = {
+            "enginel json": "enginel-json",
+            "enginel msgpack": "enginel-msgpack",
+            "node socket.io": "node",
+            "python-socketio": "python-socketio",
+            "enginel json redis": "redis",
+        }
         targets = [t for t in targets if names[t.name] in wanted]
-    print(f"fan-out to {args.sockets} sockets in one channel, {args.seconds:g} s saturated (window "
-          f"{args.window}) + paced, {os.cpu_count()} cores; client and server are separate processes", flush=True)
+    print(
+        f"fan-out to {args.sockets} sockets in one channel, {args.seconds:g} s saturated (window "
+        f"{args.window}) + paced, {os.cpu_count()} cores; client and server are separate processes",
+        flush=True,
+    )
     results = []
     try:
         for target in targets:
             results.append(await measure(target, args.sockets, args.seconds, args.window))
             r = results[-1]
-            print(f"  {r['name']:<18} saturated {r['rate']:>9,.0f}/s p50 {r['p50']:6.1f} p99 {r['p99']:6.1f} ms | "
-                  f"one at a time {r['paced_rate']:>8,.0f}/s p50 {r['paced_p50']:5.1f} p99 {r['paced_p99']:5.1f} "
-                  f"ms | cpu server {r['server_cpu']:3.0f}% client {r['client_cpu']:3.0f}%", flush=True)
+            print(
+                f"  {r['name']:<18} saturated {r['rate']:>9,.0f}/s p50 {r['p50']:6.1f} p99 {r['p99']:6.1f} ms | "
+                f"one at a time {r['paced_rate']:>8,.0f}/s p50 {r['paced_p50']:5.1f} p99 {r['paced_p99']:5.1f} "
+                f"ms | cpu server {r['server_cpu']:3.0f}% client {r['client_cpu']:3.0f}%",
+                flush=True,
+            )
     finally:
         if redis_proc is not None:
             redis_proc.terminate()
@@ -519,13 +568,20 @@ async def main(args: argparse.Namespace) -> None:
     reference = next((r for r in results if r["name"] == "enginel json"), None)
     print()
     print(f"{'':<18} {'saturated (window ' + str(args.window) + ')':^34} {'one event at a time':^34}")
-    print(f"{'server':<18} {'deliveries/s':>13} {'p50 ms':>9} {'p99 ms':>9}  {'deliveries/s':>13} {'p50 ms':>9} "
-          f"{'p99 ms':>9}  {'enginel json is':>16}")
+    print(
+        f"{'server':<18} {'deliveries/s':>13} {'p50 ms':>9} {'p99 ms':>9}  {'deliveries/s':>13} {'p50 ms':>9} "
+        f"{'p99 ms':>9}  {'enginel json is':>16}"
+    )
     for r in results:
-        ratio = (f"{reference['rate'] / r['rate']:.2f}x / {reference['paced_rate'] / r['paced_rate']:.2f}x"
-                 if reference else "-")
-        print(f"{r['name']:<18} {r['rate']:>13,.0f} {r['p50']:>9.1f} {r['p99']:>9.1f}  {r['paced_rate']:>13,.0f} "
-              f"{r['paced_p50']:>9.1f} {r['paced_p99']:>9.1f}  {ratio:>16}")
+        ratio = (
+            f"{reference['rate'] / r['rate']:.2f}x / {reference['paced_rate'] / r['paced_rate']:.2f}x"
+            if reference
+            else "-"
+        )
+        print(
+            f"{r['name']:<18} {r['rate']:>13,.0f} {r['p50']:>9.1f} {r['p99']:>9.1f}  {r['paced_rate']:>13,.0f} "
+            f"{r['paced_p50']:>9.1f} {r['paced_p99']:>9.1f}  {ratio:>16}"
+        )
     if any(r["client_cpu"] > 90 for r in results):
         print("note: the load generator used nearly a full core in some runs; those figures are partly client-bound")
 

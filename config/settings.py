@@ -1,4 +1,5 @@
 """Enginel settings: defaults < config/enginel.toml < ENGINEL_* environment < command-line flags."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
-                               TomlConfigSettingsSource)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_TOML = CONFIG_DIR / "enginel.toml"
@@ -23,66 +23,93 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all interfaces).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
     public_url: str | None = Field(
-        None, description="External base URL (https://enginel.example.com) used in absolute links; "
-                          "derived from each request's Host when unset.")
+        None,
+        description="External base URL (https://enginel.example.com) used in absolute links; "
+        "derived from each request's Host when unset.",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
-        description="Addresses or CIDR networks of reverse proxies whose X-Forwarded-For is believed.")
+        description="Addresses or CIDR networks of reverse proxies whose X-Forwarded-For is believed.",
+    )
     reuse_port: bool = Field(False, description="Bind with SO_REUSEPORT so several processes share one port.")
 
     # --- storage
     data_dir: Path = Field(Path("data"), description="Directory for the embedded database and stored files.")
     mongodb_uri: str | None = Field(
-        None, description="MongoDB URI (replica set or sharded cluster). Unset: start the embedded "
-                          "SecantusDB server under <data-dir>/db.")
-    mongodb_database: str = Field("enginel", pattern=r"^[A-Za-z0-9_-]{1,63}$",
-                                  description="Database name inside MongoDB.")
+        None,
+        description="MongoDB URI (replica set or sharded cluster). Unset: start the embedded "
+        "SecantusDB server under <data-dir>/db.",
+    )
+    mongodb_database: str = Field(
+        "enginel", pattern=r"^[A-Za-z0-9_-]{1,63}$", description="Database name inside MongoDB."
+    )
     embedded_db_command: str = Field("secantusd-py", description="Executable of the embedded database server.")
     embedded_db_start_timeout: float = Field(30.0, gt=0, description="Seconds to wait for the embedded database.")
     redis_url: str | None = Field(
-        None, description="Redis URL (redis://host:6379/0) shared by all server processes for realtime "
-                          "fan-out, rate limits and presence. Unset: in-process implementations.")
+        None,
+        description="Redis URL (redis://host:6379/0) shared by all server processes for realtime "
+        "fan-out, rate limits and presence. Unset: in-process implementations.",
+    )
 
     storage_backend: Literal["filesystem", "gridfs"] = Field(
-        "filesystem", description="Where CAD files live: filesystem (<data-dir>/files) or gridfs (in MongoDB, "
-                                  "for several nodes without a shared disk).")
+        "filesystem",
+        description="Where CAD files live: filesystem (<data-dir>/files) or gridfs (in MongoDB, "
+        "for several nodes without a shared disk).",
+    )
 
     # --- limits
     max_json_body_bytes: int = Field(1_048_576, gt=0, description="Largest JSON request body accepted (413 above).")
-    max_upload_bytes: int = Field(2 * 1024 ** 3, gt=0, description="Largest CAD file accepted (FILE_TOO_LARGE above).")
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest CAD file accepted (FILE_TOO_LARGE above).")
     max_multipart_bytes: int = Field(
-        64 * 1024 ** 2, gt=0, description="Largest one-request multipart upload; bigger files use the streaming "
-                                          "upload URL.")
+        64 * 1024**2,
+        gt=0,
+        description="Largest one-request multipart upload; bigger files use the streaming upload URL.",
+    )
 
     # --- processing
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0,
-                         description="Analysis worker processes in this server process (0 disables analysis here).")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=0,
+        description="Analysis worker processes in this server process (0 disables analysis here).",
+    )
     job_timeout_seconds: float = Field(
-        600.0, gt=0, description="Seconds one analysis attempt may run before its worker is killed (then retried).")
+        600.0, gt=0, description="Seconds one analysis attempt may run before its worker is killed (then retried)."
+    )
     job_max_retries: int = Field(
-        2, ge=0, description="Retries of a job whose worker crashed, timed out or whose server vanished, "
-                             "before it fails with GEOMETRY_EXTRACTION_FAILED.")
+        2,
+        ge=0,
+        description="Retries of a job whose worker crashed, timed out or whose server vanished, "
+        "before it fails with GEOMETRY_EXTRACTION_FAILED.",
+    )
     job_lease_seconds: float = Field(
-        30.0, ge=1, description="Lease a server process holds on a running job (renewed every third of it); "
-                                "a job whose lease expires is claimed again by any process.")
+        30.0,
+        ge=1,
+        description="Lease a server process holds on a running job (renewed every third of it); "
+        "a job whose lease expires is claimed again by any process.",
+    )
     job_poll_interval: float = Field(
-        0.5, gt=0, le=60, description="Seconds an idle job runner waits before looking for pending jobs again.")
+        0.5, gt=0, le=60, description="Seconds an idle job runner waits before looking for pending jobs again."
+    )
 
     # --- identity
     bootstrap_admin: str | None = Field(
-        None, description="username:password of a platform admin created when no user exists yet.")
+        None, description="username:password of a platform admin created when no user exists yet."
+    )
     access_token_ttl: int = Field(86400, ge=60, description="Seconds an access token lives.")
     refresh_token_ttl: int = Field(30 * 86400, ge=300, description="Seconds a refresh token lives.")
     login_max_failures: int = Field(5, ge=1, description="Failed logins in a row that lock an account.")
     login_lockout_seconds: int = Field(900, ge=1, description="Seconds a locked account stays locked.")
     login_attempts_per_minute: int = Field(
-        20, ge=1, description="Login attempts allowed per client address per minute (429 above).")
+        20, ge=1, description="Login attempts allowed per client address per minute (429 above)."
+    )
     argon2_time_cost: int = Field(3, ge=1, description="argon2id time cost for password hashes.")
     argon2_memory_kib: int = Field(65536, ge=8, description="argon2id memory cost in KiB for password hashes.")
     self_service_organizations: bool = Field(
-        False, description="Let any signed-in user create an organization (they become its OWNER).")
+        False, description="Let any signed-in user create an organization (they become its OWNER)."
+    )
     cookie_secure: bool = Field(
-        True, description="Mark the session cookie Secure (HTTPS only); turn off only for plain-HTTP development.")
+        True, description="Mark the session cookie Secure (HTTPS only); turn off only for plain-HTTP development."
+    )
 
     # --- rate limits (per user or API key; per client address when anonymous)
     rate_limit_per_hour: int = Field(1000, ge=1, description="Requests per caller per hour.")
@@ -91,32 +118,42 @@ class Settings(BaseSettings):
 
     # --- realtime (/ws/)
     realtime_allowed_origins: list[str] = Field(
-        default_factory=list, description="Browser origins, besides the server's own, allowed to open /ws/ "
-                                          "(\"*\" allows any).")
+        default_factory=list,
+        description='Browser origins, besides the server\'s own, allowed to open /ws/ ("*" allows any).',
+    )
     realtime_auth_timeout: float = Field(
-        5.0, gt=0, description="Seconds a socket without a credential has to send its auth message.")
+        5.0, gt=0, description="Seconds a socket without a credential has to send its auth message."
+    )
     realtime_max_message_bytes: int = Field(65536, ge=1024, description="Largest inbound WebSocket message.")
     realtime_max_subscriptions: int = Field(100, ge=1, description="Channels one connection may subscribe to.")
     realtime_commands_per_second: float = Field(20.0, gt=0, description="Sustained messages per connection.")
-    realtime_command_burst: int = Field(40, ge=1, description="Messages a connection may send above that rate "
-                                                              "in a burst.")
-    realtime_max_pending_bytes: int = Field(4 * 1024 * 1024, ge=65536,
-                                            description="Outbound bytes a connection may fall behind before it is "
-                                                        "closed as a slow consumer (4008).")
+    realtime_command_burst: int = Field(
+        40, ge=1, description="Messages a connection may send above that rate in a burst."
+    )
+    realtime_max_pending_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=65536,
+        description="Outbound bytes a connection may fall behind before it is closed as a slow consumer (4008).",
+    )
     realtime_ping_interval: float = Field(20.0, ge=0, description="Seconds between keepalive pings (0: none).")
     realtime_ping_timeout: float = Field(20.0, gt=0, description="Seconds a pong may take; at most the interval.")
     realtime_history_size: int = Field(2000, ge=1, description="Events kept per channel for recovery with since.")
     realtime_history_ttl: float = Field(600.0, gt=0, description="Seconds an event stays recoverable.")
-    realtime_presence_ttl: float = Field(60.0, gt=0, description="Seconds a presence entry lives without a "
-                                                                 "heartbeat (a crashed process's users leave).")
+    realtime_presence_ttl: float = Field(
+        60.0, gt=0, description="Seconds a presence entry lives without a heartbeat (a crashed process's users leave)."
+    )
     realtime_max_event_bytes: int = Field(1_048_576, ge=1024, description="Largest event a publish accepts.")
-    realtime_redis_prefix: str = Field("enginel:rt", pattern=r"^[A-Za-z0-9:_-]{1,64}$",
-                                       description="Prefix of the realtime keys and channels in Redis.")
+    realtime_redis_prefix: str = Field(
+        "enginel:rt",
+        pattern=r"^[A-Za-z0-9:_-]{1,64}$",
+        description="Prefix of the realtime keys and channels in Redis.",
+    )
 
     # --- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
-    shutdown_grace_seconds: float = Field(10.0, ge=0,
-                                          description="Seconds running work may take to finish on shutdown.")
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="Seconds running work may take to finish on shutdown."
+    )
 
     @field_validator("bootstrap_admin")
     @classmethod
@@ -126,12 +163,14 @@ class Settings(BaseSettings):
         return value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = Path(os.environ.get("ENGINEL_CONFIG_FILE", DEFAULT_TOML))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
 
@@ -151,22 +190,30 @@ def _flag(name: str) -> str:
 def build_arg_parser() -> argparse.ArgumentParser:
     """One flag per setting, with the setting's own help text, so --help can never fall behind."""
     parser = argparse.ArgumentParser(
-        prog="server.py", description="Enginel CAD design-review server.",
+        prog="server.py",
+        description="Enginel CAD design-review server.",
         epilog="Every flag can also be set as ENGINEL_<NAME> in the environment or in config/enginel.toml "
-               "(path overridable with ENGINEL_CONFIG_FILE). Precedence: flag > environment > file > default.")
+        "(path overridable with ENGINEL_CONFIG_FILE). Precedence: flag > environment > file > default.",
+    )
     for name, field in Settings.model_fields.items():
         default = field.default if field.default_factory is None else "(computed)"
         help_text = f"{field.description} [env ENGINEL_{name.upper()}; default: {default}]"
         annotation = field.annotation
         if annotation is bool:
-            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                _flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         elif annotation == list[str]:
-            parser.add_argument(_flag(name), dest=name, action="append", default=argparse.SUPPRESS,
-                                metavar="VALUE", help=help_text + " (repeatable)")
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar="VALUE",
+                help=help_text + " (repeatable)",
+            )
         else:
-            parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                                help=help_text)
+            parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
     return parser
 
 

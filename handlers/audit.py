@@ -1,4 +1,5 @@
 """Audit trail endpoints: list, detail, search, export and chain verification."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,20 @@ from models.errors import ValidationFailed
 from models.listing import each, parse_list_query, run_list
 
 EXPORT_LIMIT = 100_000
-CSV_COLUMNS = ["id", "timestamp", "actor_id", "actor_username", "action", "resource_type", "resource_id",
-               "organization", "classification", "ip_address", "changes", "hash"]
+CSV_COLUMNS = [
+    "id",
+    "timestamp",
+    "actor_id",
+    "actor_username",
+    "action",
+    "resource_type",
+    "resource_id",
+    "organization",
+    "classification",
+    "ip_address",
+    "changes",
+    "hash",
+]
 
 
 class AuditListHandler(APIHandler):
@@ -20,8 +33,14 @@ class AuditListHandler(APIHandler):
     async def get(self) -> None:
         principal = self.require_principal()
         query = parse_list_query(audit.AUDIT_LIST, self.request.query_arguments)
-        page = await run_list(self.db[audit.COLLECTION], audit.visible_filter(principal), query, each(audit.render),
-                              self.absolute_url(self.request.path), self.request.query_arguments)
+        page = await run_list(
+            self.db[audit.COLLECTION],
+            audit.visible_filter(principal),
+            query,
+            each(audit.render),
+            self.absolute_url(self.request.path),
+            self.request.query_arguments,
+        )
         self.write_json(page)
 
 
@@ -32,8 +51,14 @@ class AuditSearchHandler(APIHandler):
     async def get(self) -> None:
         args = {("search" if k == "q" else k): v for k, v in self.request.query_arguments.items()}
         query = parse_list_query(audit.AUDIT_LIST, args)
-        page = await run_list(self.db[audit.COLLECTION], audit.visible_filter(self.require_principal()), query,
-                              each(audit.render), self.absolute_url(self.request.path), args)
+        page = await run_list(
+            self.db[audit.COLLECTION],
+            audit.visible_filter(self.require_principal()),
+            query,
+            each(audit.render),
+            self.absolute_url(self.request.path),
+            args,
+        )
         self.write_json(page)
 
 
@@ -72,9 +97,16 @@ class AuditExportHandler(APIHandler):
                 self.write(("" if first else ",") + dumps(row))
             else:
                 buffer = io.StringIO()
-                csv.writer(buffer).writerow([json.dumps(row[c], default=str) if c == "changes" else
-                                             dumps(row[c]).strip('"') if row[c] is not None else ""
-                                             for c in CSV_COLUMNS])
+                csv.writer(buffer).writerow(
+                    [
+                        json.dumps(row[c], default=str)
+                        if c == "changes"
+                        else dumps(row[c]).strip('"')
+                        if row[c] is not None
+                        else ""
+                        for c in CSV_COLUMNS
+                    ]
+                )
                 self.write(buffer.getvalue())
             first = False
             if self._write_buffer and sum(len(b) for b in self._write_buffer) > 1 << 20:

@@ -1,4 +1,5 @@
 """Authentication endpoints: login, refresh, logout, verify, sessions and API keys."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -34,13 +35,20 @@ class LoginHandler(APIHandler):
         body = self.parse_body(LoginIn)
         # Per client address, before any password work: guessing across many accounts is throttled too.
         decision = await self.services.limiter.hit(
-            f"login:{self.client_ip}", (Window(self.config.login_attempts_per_minute, 60),))
+            f"login:{self.client_ip}", (Window(self.config.login_attempts_per_minute, 60),)
+        )
         decision.raise_if_denied("Login attempt")
         user, tokens = await self.services.identity.login(
-            body.username, body.password, device=self.request.headers.get("User-Agent", "")[:256],
-            ip=self.client_ip)
-        self.set_secure_cookie(SESSION_COOKIE, tokens["access_token"], expires_days=None, httponly=True,
-                               secure=self.config.cookie_secure, samesite="Strict")
+            body.username, body.password, device=self.request.headers.get("User-Agent", "")[:256], ip=self.client_ip
+        )
+        self.set_secure_cookie(
+            SESSION_COOKIE,
+            tokens["access_token"],
+            expires_days=None,
+            httponly=True,
+            secure=self.config.cookie_secure,
+            samesite="Strict",
+        )
         self.set_cookie(XSRF_COOKIE, tokens["xsrf_token"], secure=self.config.cookie_secure, samesite="Strict")
         rendered = (await self.services.users.render_many([user]))[0]
         self.write_json({**tokens, "user": rendered})
@@ -51,8 +59,14 @@ class RefreshHandler(APIHandler):
     async def post(self) -> None:
         body = self.parse_body(RefreshIn)
         tokens = await self.services.identity.refresh(body.refresh_token, ip=self.client_ip)
-        self.set_secure_cookie(SESSION_COOKIE, tokens["access_token"], expires_days=None, httponly=True,
-                               secure=self.config.cookie_secure, samesite="Strict")
+        self.set_secure_cookie(
+            SESSION_COOKIE,
+            tokens["access_token"],
+            expires_days=None,
+            httponly=True,
+            secure=self.config.cookie_secure,
+            samesite="Strict",
+        )
         self.write_json(tokens)
 
 
@@ -82,8 +96,9 @@ class SessionsHandler(APIHandler):
     async def get(self) -> None:
         principal = self.require_principal()
         sessions = await self.services.identity.list_sessions(principal.id)
-        self.write_json({"count": len(sessions),
-                         "results": [render_session(s, principal.session_id) for s in sessions]})
+        self.write_json(
+            {"count": len(sessions), "results": [render_session(s, principal.session_id) for s in sessions]}
+        )
 
 
 class SessionHandler(APIHandler):
@@ -111,12 +126,13 @@ class ApiKeysHandler(APIHandler):
         body = self.parse_body(ApiKeyIn)
         unknown = sorted(set(body.scopes) - set(API_KEY_SCOPES))
         if unknown:
-            raise ValidationFailed("Unknown scope.",
-                                   field_errors={"scopes": [f"Unknown scope '{s}'." for s in unknown]})
-        doc, key = await self.services.identity.create_api_key(principal.user, body.name, body.scopes,
-                                                               body.expires_at)
-        await audit.record(self.db, self.actor, "CREATE", "ApiKey", doc["_id"],
-                           changes={"name": body.name, "scopes": doc["scopes"]})
+            raise ValidationFailed(
+                "Unknown scope.", field_errors={"scopes": [f"Unknown scope '{s}'." for s in unknown]}
+            )
+        doc, key = await self.services.identity.create_api_key(principal.user, body.name, body.scopes, body.expires_at)
+        await audit.record(
+            self.db, self.actor, "CREATE", "ApiKey", doc["_id"], changes={"name": body.name, "scopes": doc["scopes"]}
+        )
         # The only time the full key is ever shown.
         self.write_json({**render_api_key(doc), "key": key}, status=201)
 

@@ -1,4 +1,5 @@
 """BaseHandler -> APIHandler: the error envelope, request ids, bounded JSON bodies and the auth opt-out marker."""
+
 from __future__ import annotations
 
 import hmac
@@ -19,17 +20,24 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from config import Settings
 from models import audit
-from models.errors import (APIError, AuthenticationFailed, NotFound, PayloadTooLarge, PermissionDenied,
-                           ValidationFailed, field_errors_from)
 from models.designs import Designs
+from models.errors import (
+    APIError,
+    AuthenticationFailed,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ValidationFailed,
+    field_errors_from,
+)
 from models.events import Publisher
 from models.identity import Identity
 from models.organizations import Organizations
 from models.policy import Principal
 from models.ratelimit import RateLimiter, Window
+from models.schema import json_default
 from models.series import Series
 from models.storage import Storage
-from models.schema import json_default
 from models.users import Users
 
 log = logging.getLogger("enginel.http")
@@ -44,10 +52,19 @@ SESSION_COOKIE = "enginel_session"
 XSRF_COOKIE = "enginel_xsrf"
 XSRF_HEADER = "X-XSRF-Token"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-_STATUS_CODES = {400: "VALIDATION_ERROR", 401: "AUTHENTICATION_FAILED", 403: "PERMISSION_DENIED",
-                 404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "CONFLICT",
-                 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 422: "VALIDATION_ERROR",
-                 429: "RATE_LIMIT_EXCEEDED", 503: "SERVICE_UNAVAILABLE"}
+_STATUS_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "AUTHENTICATION_FAILED",
+    403: "PERMISSION_DENIED",
+    404: "RESOURCE_NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMIT_EXCEEDED",
+    503: "SERVICE_UNAVAILABLE",
+}
 
 
 @dataclass
@@ -57,7 +74,7 @@ class Services:
     settings: Settings
     mongo: AsyncMongoClient[dict[str, Any]]
     db: AsyncDatabase[dict[str, Any]]
-    secret: str                     # deployment-wide: signs cookies and upload URLs
+    secret: str  # deployment-wide: signs cookies and upload URLs
     identity: Identity
     orgs: Organizations
     users: Users
@@ -66,15 +83,15 @@ class Services:
     series: Series
     designs: Designs
     publisher: Publisher
-    redis: Any = None               # redis.asyncio.Redis when configured
-    pool: Any = None                # processing pool when this process runs analysis workers
-    runner: Any = None              # processing.runner.JobRunner when this process runs analysis workers
-    reviews: Any = None             # models.reviews.Reviews
-    markups: Any = None             # models.markups.Markups
-    jobs: Any = None                # models.jobs.Jobs
-    bom: Any = None                 # models.bom.BomNodes
-    realtime: Any = None            # realtime.Gateway: this process's sockets, and the models' publisher
-    channels: Any = None            # models.channels.ChannelPolicy
+    redis: Any = None  # redis.asyncio.Redis when configured
+    pool: Any = None  # processing pool when this process runs analysis workers
+    runner: Any = None  # processing.runner.JobRunner when this process runs analysis workers
+    reviews: Any = None  # models.reviews.Reviews
+    markups: Any = None  # models.markups.Markups
+    jobs: Any = None  # models.jobs.Jobs
+    bom: Any = None  # models.bom.BomNodes
+    realtime: Any = None  # realtime.Gateway: this process's sockets, and the models' publisher
+    channels: Any = None  # models.channels.ChannelPolicy
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,7 +163,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if not trusted or not _in_networks(remote, trusted):
             return remote
         hops = [h.strip() for h in self.request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
-        for hop in reversed(hops):   # rightmost address that is not one of our proxies
+        for hop in reversed(hops):  # rightmost address that is not one of our proxies
             if not _in_networks(hop, trusted):
                 return hop
         return remote
@@ -190,7 +207,7 @@ class APIHandler(BaseHandler):
         return self.config.max_json_body_bytes
 
     principal: Principal | None = None
-    rate_limited: bool = True      # health probes opt out
+    rate_limited: bool = True  # health probes opt out
 
     async def prepare(self) -> None:
         length = self.request.headers.get("Content-Length")
@@ -234,18 +251,25 @@ class APIHandler(BaseHandler):
                 sent = self.request.headers.get(XSRF_HEADER, "")
                 expected = self.get_cookie(XSRF_COOKIE, "")
                 if not sent or not expected or not hmac.compare_digest(sent, expected):
-                    raise PermissionDenied("Missing or wrong XSRF token for a cookie-authenticated request.",
-                                           code="XSRF_FAILED")
+                    raise PermissionDenied(
+                        "Missing or wrong XSRF token for a cookie-authenticated request.", code="XSRF_FAILED"
+                    )
         if principal.via == "api_key" and self.request.method not in SAFE_METHODS and "write" not in principal.scopes:
             raise PermissionDenied("This API key is read-only.")
         return principal
 
     async def _rate_limit(self) -> None:
         cfg = self.config
-        key = (f"key:{self.principal.api_key_id}" if self.principal and self.principal.api_key_id
-               else f"user:{self.principal.id}" if self.principal else f"ip:{self.client_ip}")
+        key = (
+            f"key:{self.principal.api_key_id}"
+            if self.principal and self.principal.api_key_id
+            else f"user:{self.principal.id}"
+            if self.principal
+            else f"ip:{self.client_ip}"
+        )
         decision = await self.services.limiter.hit(
-            key, (Window(cfg.rate_limit_per_hour, 3600), Window(cfg.rate_limit_per_minute, 60)))
+            key, (Window(cfg.rate_limit_per_hour, 3600), Window(cfg.rate_limit_per_minute, 60))
+        )
         for name, value in decision.headers().items():
             self.set_header(name, value)
         decision.raise_if_denied("Request")
@@ -253,8 +277,9 @@ class APIHandler(BaseHandler):
     @property
     def actor(self) -> audit.Actor:
         p = self.principal
-        return audit.Actor(p.id if p else None, p.username if p else None, self.client_ip,
-                           self.request.headers.get("User-Agent"))
+        return audit.Actor(
+            p.id if p else None, p.username if p else None, self.client_ip, self.request.headers.get("User-Agent")
+        )
 
     def require_principal(self) -> Principal:
         if self.principal is None:
@@ -281,8 +306,12 @@ class APIHandler(BaseHandler):
         raw = self.body
         ctype = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if ctype not in ("application/json", "") and not ctype.endswith("+json"):
-            raise APIError("Send the body as application/json.", status=415, code="UNSUPPORTED_MEDIA_TYPE",
-                           title="Unsupported media type")
+            raise APIError(
+                "Send the body as application/json.",
+                status=415,
+                code="UNSUPPORTED_MEDIA_TYPE",
+                title="Unsupported media type",
+            )
         if not raw.strip():
             raw = b"{}"
         try:
@@ -290,12 +319,12 @@ class APIHandler(BaseHandler):
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
             if errors and errors[0]["type"] == "json_invalid":
-                raise ValidationFailed(f"The request body is not valid JSON: {errors[0]['msg']}",
-                                       title="Malformed JSON") from None
+                raise ValidationFailed(
+                    f"The request body is not valid JSON: {errors[0]['msg']}", title="Malformed JSON"
+                ) from None
             if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
                 raise ValidationFailed("The request body must be a JSON object.", title="Malformed JSON") from None
-            raise ValidationFailed("The request body is not valid.",
-                                   field_errors=field_errors_from(exc)) from None
+            raise ValidationFailed("The request body is not valid.", field_errors=field_errors_from(exc)) from None
 
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -307,8 +336,11 @@ class APIHandler(BaseHandler):
         self.finish()
 
     def _allowed_methods(self) -> list[str]:
-        return [m.upper() for m in HTTP_METHODS
-                if m != "options" and getattr(type(self), m) is not getattr(tornado.web.RequestHandler, m)]
+        return [
+            m.upper()
+            for m in HTTP_METHODS
+            if m != "options" and getattr(type(self), m) is not getattr(tornado.web.RequestHandler, m)
+        ]
 
     def clear(self) -> None:
         kept = {k: v for k, v in getattr(self, "_headers", {}).items() if k.startswith("X-Ratelimit")}
@@ -325,8 +357,11 @@ class APIHandler(BaseHandler):
                 self.set_header(name, value)
         elif isinstance(exc, tornado.web.HTTPError) or exc is None:
             reason = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
-            detail = (exc.log_message % exc.args if exc is not None and exc.log_message and exc.args
-                      else (exc.log_message if exc is not None and exc.log_message else reason))
+            detail = (
+                exc.log_message % exc.args
+                if exc is not None and exc.log_message and exc.args
+                else (exc.log_message if exc is not None and exc.log_message else reason)
+            )
             if status_code == 405:
                 detail = f"{self.request.method} is not allowed here."
                 self.set_header("Allow", ", ".join(self._allowed_methods()))
@@ -334,9 +369,12 @@ class APIHandler(BaseHandler):
             body = {"error": reason, "detail": detail, "code": code, "field_errors": {}}
         else:
             status_code = 500
-            body = {"error": "Internal server error",
-                    "detail": f"An unexpected error occurred. Quote request id {self.request_id} when reporting it.",
-                    "code": "INTERNAL_ERROR", "field_errors": {}}
+            body = {
+                "error": "Internal server error",
+                "detail": f"An unexpected error occurred. Quote request id {self.request_id} when reporting it.",
+                "code": "INTERNAL_ERROR",
+                "field_errors": {},
+            }
         body.setdefault("request_id", self.request_id)
         self.set_status(status_code)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -344,12 +382,22 @@ class APIHandler(BaseHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, (APIError, tornado.web.HTTPError)):
-            log.info("%s %s -> %s (%s) [request %s]", self.request.method, self.request.uri,
-                     getattr(value, "status", getattr(value, "status_code", "?")),
-                     getattr(value, "code", ""), self.request_id)
+            log.info(
+                "%s %s -> %s (%s) [request %s]",
+                self.request.method,
+                self.request.uri,
+                getattr(value, "status", getattr(value, "status_code", "?")),
+                getattr(value, "code", ""),
+                self.request_id,
+            )
             return
-        log.error("unhandled error in %s %s [request %s]", self.request.method, self.request.uri,
-                  self.request_id, exc_info=(typ, value, tb))
+        log.error(
+            "unhandled error in %s %s [request %s]",
+            self.request.method,
+            self.request.uri,
+            self.request_id,
+            exc_info=(typ, value, tb),
+        )
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         # Errors raised after headers were flushed (mid-stream) can only close the connection.

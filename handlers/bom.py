@@ -1,4 +1,5 @@
 """BOM endpoints: assembly nodes (list, detail, manual corrections) and a design's nested tree with totals."""
+
 from __future__ import annotations
 
 from handlers.base import UUID, APIHandler, authenticated
@@ -17,9 +18,16 @@ class BomNodesHandler(BomBase):
     async def get(self) -> None:
         principal = self.require_principal()
         query = parse_list_query(BOM_LIST, self.request.query_arguments)
-        self.write_json(await run_list(self.db.bom_nodes, self.bom.visible_filter(principal), query,
-                                       self.bom.render_many, self.absolute_url(self.request.path),
-                                       self.request.query_arguments))
+        self.write_json(
+            await run_list(
+                self.db.bom_nodes,
+                self.bom.visible_filter(principal),
+                query,
+                self.bom.render_many,
+                self.absolute_url(self.request.path),
+                self.request.query_arguments,
+            )
+        )
 
     @authenticated
     async def post(self) -> None:

@@ -1,4 +1,5 @@
 """Design series and design asset endpoints: lists, signed streaming uploads, downloads, metadata, units."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ import tornado.ioloop
 from pydantic import Field, ValidationError
 
 from handlers.base import UUID, APIHandler, authenticated, public
-from models.designs import (CONTENT_TYPES, DESIGN_LIST, ContentReceiver, DesignIn, DesignPatch, FinalizeIn,
-                            MultipartDesignIn, UploadUrlIn)
+from models.designs import (
+    CONTENT_TYPES,
+    DESIGN_LIST,
+    ContentReceiver,
+    DesignIn,
+    DesignPatch,
+    FinalizeIn,
+    MultipartDesignIn,
+    UploadUrlIn,
+)
 from models.errors import APIError, ValidationFailed, field_errors_from
 from models.listing import parse_list_query, run_list
 from models.ratelimit import Window
@@ -35,12 +44,14 @@ class DesignsBase(APIHandler):
 
     async def upload_budget(self) -> None:
         principal = self.require_principal()
-        decision = await self.services.limiter.hit(f"upload:{principal.id}",
-                                                   (Window(self.config.uploads_per_hour, 3600),))
+        decision = await self.services.limiter.hit(
+            f"upload:{principal.id}", (Window(self.config.uploads_per_hour, 3600),)
+        )
         decision.raise_if_denied("Upload")
 
 
 # ---------------------------------------------------------------- series
+
 
 class SeriesListHandler(APIHandler):
     @authenticated
@@ -48,9 +59,14 @@ class SeriesListHandler(APIHandler):
         principal = self.require_principal()
         series = self.services.series
         query = parse_list_query(SERIES_LIST, self.request.query_arguments)
-        page = await run_list(self.db.series, series.visible_filter(principal), query,
-                              lambda docs: series.render_many(docs, principal), self.absolute_url(self.request.path),
-                              self.request.query_arguments)
+        page = await run_list(
+            self.db.series,
+            series.visible_filter(principal),
+            query,
+            lambda docs: series.render_many(docs, principal),
+            self.absolute_url(self.request.path),
+            self.request.query_arguments,
+        )
         self.write_json(page)
 
     @authenticated
@@ -96,6 +112,7 @@ class SeriesDesignsHandler(APIHandler):
 
 # ---------------------------------------------------------------- designs
 
+
 class DesignsHandler(DesignsBase):
     @property
     def body_limit(self) -> int:
@@ -107,8 +124,14 @@ class DesignsHandler(DesignsBase):
         principal = self.require_principal()
         designs = self.services.designs
         query = parse_list_query(DESIGN_LIST, self.request.query_arguments)
-        page = await run_list(self.db.designs, designs.visible_filter(principal), query, designs.render_many,
-                              self.absolute_url(self.request.path), self.request.query_arguments)
+        page = await run_list(
+            self.db.designs,
+            designs.visible_filter(principal),
+            query,
+            designs.render_many,
+            self.absolute_url(self.request.path),
+            self.request.query_arguments,
+        )
         self.write_json(page)
 
     @authenticated
@@ -132,12 +155,14 @@ class DesignsHandler(DesignsBase):
         if unknown:
             raise ValidationFailed("Unknown form field.", field_errors={k: ["Unknown field."] for k in unknown})
         try:
-            data = MultipartDesignIn.model_validate_json(json.dumps(
-                {k: v[0].decode("utf-8", "replace") for k, v in fields.items()}))
+            data = MultipartDesignIn.model_validate_json(
+                json.dumps({k: v[0].decode("utf-8", "replace") for k, v in fields.items()})
+            )
         except ValidationError as exc:
             raise ValidationFailed("The form is not valid.", field_errors=field_errors_from(exc)) from None
-        result = await self.services.designs.create_direct(self.require_principal(), data, parts[0].filename or "",
-                                                           parts[0].body, self.actor)
+        result = await self.services.designs.create_direct(
+            self.require_principal(), data, parts[0].filename or "", parts[0].body, self.actor
+        )
         self.wake_runner()
         self.write_json(await self.render_design(result), status=201)
 
@@ -147,8 +172,9 @@ class UploadUrlHandler(DesignsBase):
     async def post(self) -> None:
         body = self.parse_body(UploadUrlIn)
         await self.upload_budget()
-        self.write_json(await self.services.designs.create_upload(self.require_principal(), body, self.base_url()),
-                        status=201)
+        self.write_json(
+            await self.services.designs.create_upload(self.require_principal(), body, self.base_url()), status=201
+        )
 
 
 class UploadHandler(APIHandler):
@@ -172,8 +198,11 @@ class UploadHandler(APIHandler):
         await super().prepare()
         designs = self.services.designs
         self._upload = await designs.begin_receive(
-            self.path_args[0], self.get_query_argument("expires", ""), self.get_query_argument("signature", ""),
-            int(length) if length and length.isdigit() else None)
+            self.path_args[0],
+            self.get_query_argument("expires", ""),
+            self.get_query_argument("signature", ""),
+            int(length) if length and length.isdigit() else None,
+        )
         self._receiver = await designs.receiver(self._upload["format"], self._upload["declared_size"])
 
     async def data_received(self, chunk: bytes) -> None:
@@ -194,7 +223,7 @@ class UploadHandler(APIHandler):
             await self.services.designs.fail_receive(self._upload)
 
     def on_connection_close(self) -> None:
-        if self._receiver is not None:   # the client went away mid-body: leave nothing behind
+        if self._receiver is not None:  # the client went away mid-body: leave nothing behind
             tornado.ioloop.IOLoop.current().add_callback(self._discard)
 
     @public
@@ -221,8 +250,9 @@ class DesignHandler(DesignsBase):
     @authenticated
     async def patch(self, design_id: str) -> None:
         body = self.parse_body(DesignPatch)
-        doc = await self.services.designs.update(self.require_principal(), design_id, body, self.actor,
-                                                 self.request.headers.get("If-Match"))
+        doc = await self.services.designs.update(
+            self.require_principal(), design_id, body, self.actor, self.request.headers.get("If-Match")
+        )
         self.set_header("ETag", f'"{doc["version"]}"')
         self.write_json(await self.render_design(doc))
 
@@ -236,8 +266,7 @@ class FinalizeHandler(DesignsBase):
     @authenticated
     async def post(self, design_id: str) -> None:
         body = self.parse_body(FinalizeIn)
-        result = await self.services.designs.finalize(self.require_principal(), design_id, body.file_hash,
-                                                      self.actor)
+        result = await self.services.designs.finalize(self.require_principal(), design_id, body.file_hash, self.actor)
         self.wake_runner()
         self.write_json(result)
 
@@ -257,16 +286,21 @@ class DownloadHandler(DesignsBase):
             else:
                 start, end = max(0, size - int(last)), size
             if start >= size or start >= end:
-                raise APIError("The requested range is outside the file.", status=416,
-                               code="RANGE_NOT_SATISFIABLE", title="Range not satisfiable",
-                               headers={"Content-Range": f"bytes */{size}"})
+                raise APIError(
+                    "The requested range is outside the file.",
+                    status=416,
+                    code="RANGE_NOT_SATISFIABLE",
+                    title="Range not satisfiable",
+                    headers={"Content-Range": f"bytes */{size}"},
+                )
             self.set_status(206)
             self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         filename = doc["filename"]
-        ascii_name = re.sub(r'[^A-Za-z0-9._-]', "_", filename)
+        ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
         self.set_header("Content-Type", CONTENT_TYPES.get(doc["file_format"], "application/octet-stream"))
-        self.set_header("Content-Disposition",
-                        f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}")
+        self.set_header(
+            "Content-Disposition", f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+        )
         self.set_header("Content-Length", str(end - start))
         self.set_header("Accept-Ranges", "bytes")
         self.set_header("ETag", f'"{doc["content_sha256"]}"')
@@ -277,7 +311,7 @@ class DownloadHandler(DesignsBase):
         self.finish()
 
     def compute_etag(self) -> str | None:
-        return None   # set explicitly from the content hash; never hash a streamed body
+        return None  # set explicitly from the content hash; never hash a streamed body
 
 
 class MetadataHandler(DesignsBase):
@@ -294,8 +328,9 @@ class ConvertUnitsHandler(APIHandler):
             value = float(raw)
         except ValueError:
             raise ValidationFailed("value must be a number.", field_errors={"value": ["Must be a number."]}) from None
-        self.write_json(convert(value, self.get_query_argument("from_unit", ""),
-                                self.get_query_argument("to_unit", "")))
+        self.write_json(
+            convert(value, self.get_query_argument("from_unit", ""), self.get_query_argument("to_unit", ""))
+        )
 
 
 class MaterialIn(Input):
@@ -316,8 +351,9 @@ class MaterialsHandler(APIHandler):
         principal = self.require_principal()
         body = self.parse_body(MaterialIn)
         await self.services.orgs.get_visible(principal, body.organization)
-        material = await self.services.designs.add_material(principal, body.organization, body.name,
-                                                            body.density_kg_m3, body.category, self.actor)
+        material = await self.services.designs.add_material(
+            principal, body.organization, body.name, body.density_kg_m3, body.category, self.actor
+        )
         self.write_json(material, status=201)
 
 

@@ -1,4 +1,5 @@
 """Health endpoints: liveness for load balancers and a detailed check of every dependency."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -9,7 +10,7 @@ from models.health import check_database, check_redis
 
 
 class HealthHandler(APIHandler):
-    rate_limited = False   # load balancers probe often and anonymously
+    rate_limited = False  # load balancers probe often and anonymously
 
     @public
     async def get(self) -> None:
@@ -31,8 +32,10 @@ class DetailedHealthHandler(APIHandler):
         else:
             checks["workers"] = "disabled"
         healthy = all(value in ("ok", "disabled") for value in checks.values())
-        self.write_json({"status": "healthy" if healthy else "degraded", "checks": checks,
-                         "timestamp": utcnow()}, status=200 if healthy else 503)
+        self.write_json(
+            {"status": "healthy" if healthy else "degraded", "checks": checks, "timestamp": utcnow()},
+            status=200 if healthy else 503,
+        )
 
 
 routes = [

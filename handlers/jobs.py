@@ -1,4 +1,5 @@
 """Analysis job endpoints: lists, detail, status, progress, cancel, active jobs, metrics and failures."""
+
 from __future__ import annotations
 
 import re
@@ -7,15 +8,17 @@ from pydantic import Field
 
 from handlers.base import UUID, APIHandler, authenticated
 from models.errors import ValidationFailed
-from models.jobs import (JOB_LIST, MAX_FAILURE_DAYS, Jobs, JobType, render_job, render_progress,
-                         render_status)
+from models.jobs import JOB_LIST, MAX_FAILURE_DAYS, Jobs, JobType, render_job, render_progress, render_status
 from models.listing import each, parse_list_query, run_list
 from models.schema import Input
 
 
 class CancelIn(Input):
-    force: bool = Field(False, description="Mark the job CANCELLED now, without waiting for the process "
-                                           "running it to confirm (it may be gone).")
+    force: bool = Field(
+        False,
+        description="Mark the job CANCELLED now, without waiting for the process "
+        "running it to confirm (it may be gone).",
+    )
 
 
 class JobsBase(APIHandler):
@@ -27,8 +30,10 @@ class JobsBase(APIHandler):
         """Non-list endpoints refuse parameters they do not understand, as lists do."""
         unknown = sorted(set(self.request.query_arguments) - set(allowed))
         if unknown:
-            raise ValidationFailed(f"Unknown query parameter '{unknown[0]}'.",
-                                   field_errors={name: ["Unknown query parameter."] for name in unknown})
+            raise ValidationFailed(
+                f"Unknown query parameter '{unknown[0]}'.",
+                field_errors={name: ["Unknown query parameter."] for name in unknown},
+            )
 
 
 class JobListHandler(JobsBase):
@@ -36,9 +41,16 @@ class JobListHandler(JobsBase):
     async def get(self) -> None:
         principal = self.require_principal()
         query = parse_list_query(JOB_LIST, self.request.query_arguments)
-        self.write_json(await run_list(self.db.analysis_jobs, self.jobs.visible_filter(principal), query,
-                                       each(render_job), self.absolute_url(self.request.path),
-                                       self.request.query_arguments))
+        self.write_json(
+            await run_list(
+                self.db.analysis_jobs,
+                self.jobs.visible_filter(principal),
+                query,
+                each(render_job),
+                self.absolute_url(self.request.path),
+                self.request.query_arguments,
+            )
+        )
 
 
 class JobHandler(JobsBase):
@@ -65,19 +77,35 @@ class JobCancelHandler(JobsBase):
     async def post(self, job_id: str) -> None:
         body = self.parse_body(CancelIn)
         runner = self.services.runner
-        job, finished = await self.jobs.cancel(self.require_principal(), job_id, body.force, self.actor,
-                                               runner.cancel_local if runner is not None else None,
-                                               self.services.designs.publisher)
+        job, finished = await self.jobs.cancel(
+            self.require_principal(),
+            job_id,
+            body.force,
+            self.actor,
+            runner.cancel_local if runner is not None else None,
+            self.services.designs.publisher,
+        )
         if finished:
-            self.write_json({"message": "Job cancelled successfully" if job["status"] == "CANCELLED"
-                             else f"The job finished with status {job['status']} before it could be cancelled.",
-                             "status": job["status"]})
+            self.write_json(
+                {
+                    "message": "Job cancelled successfully"
+                    if job["status"] == "CANCELLED"
+                    else f"The job finished with status {job['status']} before it could be cancelled.",
+                    "status": job["status"],
+                }
+            )
         else:
             # Another process runs it: it kills the worker at its next lease renewal.
             wait = self.config.job_lease_seconds / 3
-            self.write_json({"message": f"Cancellation requested; the server process running the job stops it "
-                                        f"within about {wait:g} seconds.",
-                             "status": job["status"], "cancel_requested": True}, status=202)
+            self.write_json(
+                {
+                    "message": f"Cancellation requested; the server process running the job stops it "
+                    f"within about {wait:g} seconds.",
+                    "status": job["status"],
+                    "cancel_requested": True,
+                },
+                status=202,
+            )
 
 
 class ActiveJobsHandler(JobsBase):
@@ -93,8 +121,10 @@ class JobMetricsHandler(JobsBase):
         self.only_params("job_type")
         job_type = self.get_query_argument("job_type", "") or None
         if job_type is not None and job_type not in JobType.__members__:
-            raise ValidationFailed("Invalid value for 'job_type'.", field_errors={"job_type": [
-                "Must be one of: " + ", ".join(t.value for t in JobType) + "."]})
+            raise ValidationFailed(
+                "Invalid value for 'job_type'.",
+                field_errors={"job_type": ["Must be one of: " + ", ".join(t.value for t in JobType) + "."]},
+            )
         self.write_json(await self.jobs.metrics(self.require_principal(), job_type))
 
 
@@ -104,8 +134,10 @@ class JobFailuresHandler(JobsBase):
         self.only_params("days")
         raw = self.get_query_argument("days", "7")
         if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_FAILURE_DAYS:
-            raise ValidationFailed("Invalid value for 'days'.",
-                                   field_errors={"days": [f"Must be a whole number from 1 to {MAX_FAILURE_DAYS}."]})
+            raise ValidationFailed(
+                "Invalid value for 'days'.",
+                field_errors={"days": [f"Must be a whole number from 1 to {MAX_FAILURE_DAYS}."]},
+            )
         self.write_json(await self.jobs.failures(self.require_principal(), int(raw)))
 
 

@@ -1,4 +1,5 @@
 """Markup endpoints: 3D annotations, their resolution, and their reply threads."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,9 @@ class MarkupsBase(APIHandler):
 class MarkupsHandler(MarkupsBase):
     @authenticated
     async def get(self) -> None:
-        page = await self.markups.list_visible(self.require_principal(), self.request.query_arguments,
-                                               self.absolute_url(self.request.path))
+        page = await self.markups.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
+        )
         self.write_json(page)
 
     @authenticated
@@ -40,8 +42,9 @@ class MarkupHandler(MarkupsBase):
     @authenticated
     async def patch(self, markup_id: str) -> None:
         body = self.parse_body(MarkupPatch)
-        doc = await self.markups.update(self.require_principal(), int(markup_id), body, self.actor,
-                                        self.request.headers.get("If-Match"))
+        doc = await self.markups.update(
+            self.require_principal(), int(markup_id), body, self.actor, self.request.headers.get("If-Match")
+        )
         await self.write_markup(doc)
 
     @authenticated
@@ -54,16 +57,14 @@ class MarkupResolveHandler(MarkupsBase):
     @authenticated
     async def post(self, markup_id: str) -> None:
         body = self.parse_body(ResolveIn)
-        await self.write_markup(await self.markups.resolve(self.require_principal(), int(markup_id), body,
-                                                           self.actor))
+        await self.write_markup(await self.markups.resolve(self.require_principal(), int(markup_id), body, self.actor))
 
 
 class MarkupDismissHandler(MarkupsBase):
     @authenticated
     async def post(self, markup_id: str) -> None:
         body = self.parse_body(DismissIn)
-        await self.write_markup(await self.markups.dismiss(self.require_principal(), int(markup_id), body,
-                                                           self.actor))
+        await self.write_markup(await self.markups.dismiss(self.require_principal(), int(markup_id), body, self.actor))
 
 
 class MarkupRepliesHandler(MarkupsBase):
@@ -75,8 +76,9 @@ class MarkupRepliesHandler(MarkupsBase):
     @authenticated
     async def post(self, markup_id: str) -> None:
         body = self.parse_body(ReplyIn)
-        self.write_json(await self.markups.reply(self.require_principal(), int(markup_id), body, self.actor),
-                        status=201)
+        self.write_json(
+            await self.markups.reply(self.require_principal(), int(markup_id), body, self.actor), status=201
+        )
 
 
 routes = [

@@ -1,12 +1,12 @@
 """Organization endpoints: CRUD, members, roles."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from handlers.base import UUID, APIHandler, authenticated
 from models.listing import parse_list_query, run_list
-from models.organizations import (ORG_LIST, MemberIn, MemberPatch, OrganizationIn, OrganizationPatch,
-                                  list_filter)
+from models.organizations import ORG_LIST, MemberIn, MemberPatch, OrganizationIn, OrganizationPatch, list_filter
 
 
 class OrganizationsHandler(APIHandler):
@@ -14,9 +14,14 @@ class OrganizationsHandler(APIHandler):
     async def get(self) -> None:
         principal = self.require_principal()
         query = parse_list_query(ORG_LIST, self.request.query_arguments)
-        page = await run_list(self.db.organizations, list_filter(principal), query,
-                              self.services.orgs.render_many, self.absolute_url(self.request.path),
-                              self.request.query_arguments)
+        page = await run_list(
+            self.db.organizations,
+            list_filter(principal),
+            query,
+            self.services.orgs.render_many,
+            self.absolute_url(self.request.path),
+            self.request.query_arguments,
+        )
         self.write_json(page)
 
     @authenticated
@@ -38,15 +43,17 @@ class OrganizationHandler(APIHandler):
     @authenticated
     async def patch(self, org_id: str) -> None:
         body = self.parse_body(OrganizationPatch)
-        doc = await self.services.orgs.update(self.require_principal(), org_id,
-                                              body.model_dump(exclude_unset=True, mode="json"), self.actor)
+        doc = await self.services.orgs.update(
+            self.require_principal(), org_id, body.model_dump(exclude_unset=True, mode="json"), self.actor
+        )
         self.write_json(await self._render(doc))
 
     @authenticated
     async def put(self, org_id: str) -> None:
         body = self.parse_body(OrganizationIn)
-        doc = await self.services.orgs.update(self.require_principal(), org_id, body.model_dump(mode="json"),
-                                              self.actor)
+        doc = await self.services.orgs.update(
+            self.require_principal(), org_id, body.model_dump(mode="json"), self.actor
+        )
         self.write_json(await self._render(doc))
 
     @authenticated
@@ -73,8 +80,7 @@ class MemberHandler(APIHandler):
     @authenticated
     async def patch(self, org_id: str, user_id: str) -> None:
         body = self.parse_body(MemberPatch)
-        member = await self.services.orgs.change_role(self.require_principal(), org_id, int(user_id), body,
-                                                      self.actor)
+        member = await self.services.orgs.change_role(self.require_principal(), org_id, int(user_id), body, self.actor)
         self.write_json(member)
 
     @authenticated

@@ -1,11 +1,11 @@
 """Review session endpoints, including the seed's start_review/ and approve/ actions on a design."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from handlers.base import UUID, APIHandler, authenticated
-from models.reviews import (ApproveIn, CancelIn, DesignApproveIn, RejectIn, ReviewIn, ReviewPatch, Reviews,
-                            StartReviewIn)
+from models.reviews import ApproveIn, CancelIn, DesignApproveIn, RejectIn, ReviewIn, ReviewPatch, Reviews, StartReviewIn
 
 
 class ReviewsBase(APIHandler):
@@ -21,8 +21,9 @@ class ReviewsBase(APIHandler):
 class ReviewsHandler(ReviewsBase):
     @authenticated
     async def get(self) -> None:
-        page = await self.reviews.list_visible(self.require_principal(), self.request.query_arguments,
-                                               self.absolute_url(self.request.path))
+        page = await self.reviews.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
+        )
         self.write_json(page)
 
     @authenticated
@@ -39,8 +40,9 @@ class ReviewHandler(ReviewsBase):
     @authenticated
     async def patch(self, review_id: str) -> None:
         body = self.parse_body(ReviewPatch)
-        doc = await self.reviews.update(self.require_principal(), review_id, body, self.actor,
-                                        self.request.headers.get("If-Match"))
+        doc = await self.reviews.update(
+            self.require_principal(), review_id, body, self.actor, self.request.headers.get("If-Match")
+        )
         await self.write_review(doc)
 
 
@@ -70,24 +72,28 @@ class StartReviewHandler(ReviewsBase):
     async def post(self, design_id: str) -> None:
         body = self.parse_body(StartReviewIn)
         doc = await self.reviews.start_review(self.require_principal(), design_id, body, self.actor)
-        self.write_json({"review_session_id": doc["_id"], "status": "IN_REVIEW",
-                         "review": await self.reviews.render_detail(doc)}, status=201)
+        self.write_json(
+            {"review_session_id": doc["_id"], "status": "IN_REVIEW", "review": await self.reviews.render_detail(doc)},
+            status=201,
+        )
 
 
 class DesignApproveHandler(ReviewsBase):
     @authenticated
     async def post(self, design_id: str) -> None:
         vote = self.parse_body(DesignApproveIn).vote()
-        await self.write_review(await self.reviews.vote_on_design(self.require_principal(), design_id, vote,
-                                                                  self.actor))
+        await self.write_review(
+            await self.reviews.vote_on_design(self.require_principal(), design_id, vote, self.actor)
+        )
 
 
 class DesignRejectHandler(ReviewsBase):
     @authenticated
     async def post(self, design_id: str) -> None:
         vote = self.parse_body(RejectIn).vote()
-        await self.write_review(await self.reviews.vote_on_design(self.require_principal(), design_id, vote,
-                                                                  self.actor))
+        await self.write_review(
+            await self.reviews.vote_on_design(self.require_principal(), design_id, vote, self.actor)
+        )
 
 
 routes = [

@@ -1,4 +1,5 @@
 """User endpoints: the directory, one's own profile, and administration of access attributes."""
+
 from __future__ import annotations
 
 from handlers.base import APIHandler, authenticated
@@ -12,8 +13,14 @@ class UsersHandler(APIHandler):
         principal = self.require_principal()
         users = self.services.users
         query = parse_list_query(USER_LIST, self.request.query_arguments)
-        page = await run_list(self.db.users, await users.visible_filter(principal), query, users.render_many,
-                              self.absolute_url(self.request.path), self.request.query_arguments)
+        page = await run_list(
+            self.db.users,
+            await users.visible_filter(principal),
+            query,
+            users.render_many,
+            self.absolute_url(self.request.path),
+            self.request.query_arguments,
+        )
         self.write_json(page)
 
     @authenticated

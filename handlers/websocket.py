@@ -1,4 +1,5 @@
 """The /ws/ endpoint: a thin Tornado adapter between a socket and realtime.Session, where the protocol lives."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,7 +44,7 @@ class RealtimeSocketHandler(tornado.websocket.WebSocketHandler):
         return name
 
     def get_compression_options(self) -> dict[str, Any] | None:
-        return None     # shared frames cannot be compressed per connection
+        return None  # shared frames cannot be compressed per connection
 
     @property
     def max_message_size(self) -> int:
@@ -59,13 +60,17 @@ class RealtimeSocketHandler(tornado.websocket.WebSocketHandler):
 
     async def open(self, *args: str, **kwargs: str) -> None:
         assert self.ws_connection is not None and self.ws_connection.stream is not None
-        self.set_nodelay(True)      # small interactive frames: Nagle would add delayed-ACK stalls
+        self.set_nodelay(True)  # small interactive frames: Nagle would add delayed-ACK stalls
         gateway = self.gateway
         self.transport = StreamTransport(self.ws_connection.stream, self.close, gateway.flusher)
         credential = credential_from(self.request.headers.get("Authorization"), self._session_cookie())
-        self.session = gateway.open_session(self.transport, self._codec, credential=credential,
-                                            origin_allowed=self._origin_allowed,
-                                            remote=self.request.remote_ip or "")
+        self.session = gateway.open_session(
+            self.transport,
+            self._codec,
+            credential=credential,
+            origin_allowed=self._origin_allowed,
+            remote=self.request.remote_ip or "",
+        )
         await self.session.open()
 
     def _session_cookie(self) -> str | None:

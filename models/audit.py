@@ -1,4 +1,5 @@
 """The tamper-evident audit trail: append-only entries chained by SHA-256, and its verification."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,12 +20,15 @@ COLLECTION = "audit_log"
 GENESIS = "0" * 64
 MAX_APPEND_RETRIES = 50
 
-register_indexes(COLLECTION, [
-    IndexModel([("organization_id", 1), ("timestamp", DESCENDING)]),
-    IndexModel([("resource_type", 1), ("resource_id", 1)]),
-    IndexModel([("actor_id", 1), ("timestamp", DESCENDING)]),
-    IndexModel([("action", 1)]),
-])
+register_indexes(
+    COLLECTION,
+    [
+        IndexModel([("organization_id", 1), ("timestamp", DESCENDING)]),
+        IndexModel([("resource_type", 1), ("resource_id", 1)]),
+        IndexModel([("actor_id", 1), ("timestamp", DESCENDING)]),
+        IndexModel([("action", 1)]),
+    ],
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Actor:
     user_agent: str | None = None
 
     @classmethod
-    def system(cls) -> "Actor":
+    def system(cls) -> Actor:
         return cls(None, "system")
 
 
@@ -46,6 +50,7 @@ def _canonical(entry: dict[str, Any]) -> bytes:
         if isinstance(value, datetime):
             return value.isoformat()
         return str(value)
+
     body = {k: v for k, v in entry.items() if k != "hash"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=default).encode()
 
@@ -54,23 +59,36 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(entry)).hexdigest()
 
 
-async def record(db: Any, actor: Actor, action: str, resource_type: str, resource_id: Any, *,
-                 organization_id: str | None = None, changes: dict[str, Any] | None = None,
-                 classification: str | None = None) -> dict[str, Any]:
+async def record(
+    db: Any,
+    actor: Actor,
+    action: str,
+    resource_type: str,
+    resource_id: Any,
+    *,
+    organization_id: str | None = None,
+    changes: dict[str, Any] | None = None,
+    classification: str | None = None,
+) -> dict[str, Any]:
     """Append one entry. Its integer id is the chain position, so the unique _id index serialises
     concurrent writers: whoever loses the race re-reads the head and tries the next position."""
     now = utcnow()
-    timestamp = now.replace(microsecond=now.microsecond // 1000 * 1000)   # what MongoDB keeps
+    timestamp = now.replace(microsecond=now.microsecond // 1000 * 1000)  # what MongoDB keeps
     for _ in range(MAX_APPEND_RETRIES):
         head = await db[COLLECTION].find_one({}, sort=[("_id", DESCENDING)], projection={"hash": 1})
         entry: dict[str, Any] = {
             "_id": (head["_id"] + 1) if head else 1,
             "prev_hash": head["hash"] if head else GENESIS,
             "timestamp": timestamp,
-            "actor_id": actor.user_id, "actor_username": actor.username,
-            "ip_address": actor.ip_address, "user_agent": (actor.user_agent or "")[:512] or None,
-            "action": action, "resource_type": resource_type, "resource_id": str(resource_id),
-            "organization_id": organization_id, "classification": classification,
+            "actor_id": actor.user_id,
+            "actor_username": actor.username,
+            "ip_address": actor.ip_address,
+            "user_agent": (actor.user_agent or "")[:512] or None,
+            "action": action,
+            "resource_type": resource_type,
+            "resource_id": str(resource_id),
+            "organization_id": organization_id,
+            "classification": classification,
             "changes": changes or {},
         }
         entry["hash"] = entry_hash(entry)
@@ -94,9 +112,25 @@ async def verify_chain(db: Any) -> tuple[bool, int | None]:
     return True, None
 
 
-AUDIT_FIELDS: frozenset[str] = frozenset({
-    "id", "actor_id", "actor_username", "action", "action_display", "resource_type", "resource_id", "organization",
-    "ip_address", "user_agent", "changes", "timestamp", "classification", "prev_hash", "hash"})
+AUDIT_FIELDS: frozenset[str] = frozenset(
+    {
+        "id",
+        "actor_id",
+        "actor_username",
+        "action",
+        "action_display",
+        "resource_type",
+        "resource_id",
+        "organization",
+        "ip_address",
+        "user_agent",
+        "changes",
+        "timestamp",
+        "classification",
+        "prev_hash",
+        "hash",
+    }
+)
 
 
 def visible_filter(principal: Any) -> dict[str, Any]:
@@ -110,24 +144,39 @@ def visible_filter(principal: Any) -> dict[str, Any]:
 
 
 def render(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"id": entry["_id"], "actor_id": entry.get("actor_id"), "actor_username": entry.get("actor_username"),
-            "action": entry["action"], "action_display": entry["action"].replace("_", " ").capitalize(),
-            "resource_type": entry["resource_type"], "resource_id": entry["resource_id"],
-            "organization": entry.get("organization_id"), "ip_address": entry.get("ip_address"),
-            "user_agent": entry.get("user_agent"), "changes": entry.get("changes", {}),
-            "timestamp": entry["timestamp"], "classification": entry.get("classification"),
-            "prev_hash": entry["prev_hash"], "hash": entry["hash"]}
+    return {
+        "id": entry["_id"],
+        "actor_id": entry.get("actor_id"),
+        "actor_username": entry.get("actor_username"),
+        "action": entry["action"],
+        "action_display": entry["action"].replace("_", " ").capitalize(),
+        "resource_type": entry["resource_type"],
+        "resource_id": entry["resource_id"],
+        "organization": entry.get("organization_id"),
+        "ip_address": entry.get("ip_address"),
+        "user_agent": entry.get("user_agent"),
+        "changes": entry.get("changes", {}),
+        "timestamp": entry["timestamp"],
+        "classification": entry.get("classification"),
+        "prev_hash": entry["prev_hash"],
+        "hash": entry["hash"],
+    }
 
 
 AUDIT_LIST = ListSpec(
-    filters={"actor_id": Filter(Kind.INT, "actor_id"), "action": Filter(Kind.STR, "action"),
-             "resource_type": Filter(Kind.STR, "resource_type"), "resource_id": Filter(Kind.STR, "resource_id"),
-             "organization": Filter(Kind.UUID, "organization_id"),
-             "timestamp": Filter(Kind.DATETIME, "timestamp", ranges=True)},
+    filters={
+        "actor_id": Filter(Kind.INT, "actor_id"),
+        "action": Filter(Kind.STR, "action"),
+        "resource_type": Filter(Kind.STR, "resource_type"),
+        "resource_id": Filter(Kind.STR, "resource_id"),
+        "organization": Filter(Kind.UUID, "organization_id"),
+        "timestamp": Filter(Kind.DATETIME, "timestamp", ranges=True),
+    },
     search=("action", "resource_type", "resource_id", "actor_username"),
     ordering={"timestamp": "_id", "id": "_id"},
     default_ordering="-id",
-    fields=AUDIT_FIELDS)
+    fields=AUDIT_FIELDS,
+)
 
 
 async def get_visible(db: Any, principal: Any, entry_id: int) -> dict[str, Any]:
@@ -146,5 +195,4 @@ async def verify(db: Any, principal: Any) -> dict[str, Any]:
     if not principal.is_staff:
         raise PermissionDenied("Only platform administrators verify the whole trail.")
     intact, first_bad = await verify_chain(db)
-    return {"intact": intact, "first_bad_entry": first_bad,
-            "entries": await db[COLLECTION].estimated_document_count()}
+    return {"intact": intact, "first_bad_entry": first_bad, "entries": await db[COLLECTION].estimated_document_count()}

@@ -1,4 +1,5 @@
 """Upload content checks: allowed CAD extensions, safe filenames and a streaming sniffer of the bytes."""
+
 from __future__ import annotations
 
 import os
@@ -11,24 +12,27 @@ from types import MappingProxyType
 from models.errors import APIError, ValidationFailed
 
 FORMATS = ("STEP", "IGES", "STL", "BREP")
-ALLOWED_EXTENSIONS: Mapping[str, str] = MappingProxyType({
-    ".step": "STEP", ".stp": "STEP", ".iges": "IGES", ".igs": "IGES", ".stl": "STL", ".brep": "BREP"})
+ALLOWED_EXTENSIONS: Mapping[str, str] = MappingProxyType(
+    {".step": "STEP", ".stp": "STEP", ".iges": "IGES", ".igs": "IGES", ".stl": "STL", ".brep": "BREP"}
+)
 # For a download's Content-Type: the IANA model/* types where registered; BREP has none.
-MEDIA_TYPES: Mapping[str, str] = MappingProxyType({
-    "STEP": "model/step", "IGES": "model/iges", "STL": "model/stl", "BREP": "application/octet-stream"})
+MEDIA_TYPES: Mapping[str, str] = MappingProxyType(
+    {"STEP": "model/step", "IGES": "model/iges", "STL": "model/stl", "BREP": "application/octet-stream"}
+)
 MAX_FILENAME_BYTES = 255
-_MAX_EXTENSION_BYTES = 16       # a longer "extension" is part of the name, and is truncated like it
+_MAX_EXTENSION_BYTES = 16  # a longer "extension" is part of the name, and is truncated like it
 _ALLOWED_LIST = "STEP (.step, .stp), IGES (.iges, .igs), STL (.stl) or BREP (.brep)"
 # Characters Windows refuses in names, and the quote that would end a Content-Disposition parameter.
 _RESERVED_CHARS = str.maketrans({c: "_" for c in '<>:"|?*'})
-_WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                              *(f"LPT{i}" for i in range(1, 10))})
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+)
 # Control, format (e.g. U+202E right-to-left override, which disguises "exe.step" as "pets.exe"),
 # line/paragraph separators, lone surrogates (not encodable) and private use.
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
-HEAD_BYTES = 4096     # what the sniffer keeps of the start of a file ...
-TAIL_BYTES = 4096     # ... and of its end; everything else is counted and scanned, never kept
+HEAD_BYTES = 4096  # what the sniffer keeps of the start of a file ...
+TAIL_BYTES = 4096  # ... and of its end; everything else is counted and scanned, never kept
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n\f\v"
 STEP_MAGIC = b"ISO-10303-21;"
@@ -45,7 +49,7 @@ class InvalidFileFormat(APIError):
 
 
 def format_for_filename(name: str) -> str:
-    """"STEP", "IGES", "STL" or "BREP" from the extension (any case); InvalidFileFormat (400) otherwise.
+    """ "STEP", "IGES", "STL" or "BREP" from the extension (any case); InvalidFileFormat (400) otherwise.
 
     Give it the sanitized name: trailing dots and spaces are not stripped here.
     """
@@ -68,16 +72,16 @@ def sanitize_filename(name: str) -> str:
     at most 255 UTF-8 bytes with the extension kept. ValidationFailed (field ``filename``) if nothing is left.
     """
     if not isinstance(name, str):
-        raise ValidationFailed("The filename must be a string.",
-                               field_errors={"filename": ["Must be a string."]})
+        raise ValidationFailed("The filename must be a string.", field_errors={"filename": ["Must be a string."]})
     text = unicodedata.normalize("NFC", name)
     # Tabs and line breaks separate words, so they become spaces; other invisible characters just go.
-    text = "".join(" " if c.isspace() else c for c in text
-                   if c.isspace() or unicodedata.category(c) not in _DROPPED_CATEGORIES)
+    text = "".join(
+        " " if c.isspace() else c for c in text if c.isspace() or unicodedata.category(c) not in _DROPPED_CATEGORIES
+    )
     # Separators are looked for after control characters are gone, so "a\x00/../b" cannot hide one.
     text = text.replace("\\", "/").rsplit("/", 1)[-1]
     text = text.translate(_RESERVED_CHARS)
-    text = " ".join(text.split())                  # every run of Unicode whitespace becomes one space
+    text = " ".join(text.split())  # every run of Unicode whitespace becomes one space
     text = text.strip(" .")
     stem, extension = os.path.splitext(text)
     if stem.split(".", 1)[0].upper() in _WINDOWS_DEVICES:
@@ -177,7 +181,7 @@ class FormatSniffer:
             return
         self.size += len(data)
         if len(self._head) < HEAD_BYTES:
-            self._head += data[:HEAD_BYTES - len(self._head)]
+            self._head += data[: HEAD_BYTES - len(self._head)]
         self._tail = data[-TAIL_BYTES:] if len(data) >= TAIL_BYTES else (self._tail + data)[-TAIL_BYTES:]
         for scanner in self._scanners:
             scanner.feed(data)
@@ -203,41 +207,46 @@ class FormatSniffer:
         head = bytes(self._head)
         if self.fmt == "STEP":
             if not head.removeprefix(_BOM).lstrip(_WHITESPACE).startswith(STEP_MAGIC):
-                raise _invalid("STEP", "it must start with 'ISO-10303-21;' but starts with "
-                               f"{_preview(head)}.", head)
+                raise _invalid("STEP", f"it must start with 'ISO-10303-21;' but starts with {_preview(head)}.", head)
         elif self.fmt == "IGES":
             self._check_iges_head(head.removeprefix(_BOM), complete)
         elif self.fmt == "BREP":
             if not _BREP_HEADER.match(head.removeprefix(_BOM).lstrip(_WHITESPACE)):
-                raise _invalid("BREP", "it must start with 'DBRep_DrawableShape' or an OpenCascade "
-                               f"'CASCADE Topology V…' header but starts with {_preview(head)}.", head)
+                raise _invalid(
+                    "BREP",
+                    "it must start with 'DBRep_DrawableShape' or an OpenCascade "
+                    f"'CASCADE Topology V…' header but starts with {_preview(head)}.",
+                    head,
+                )
         # STL: binary or ASCII depends on the total size, so its verdict waits for finish().
 
     def _check_iges_head(self, head: bytes, complete: bool) -> None:
         if len(head) < 80 or head[72:73] != b"S":
-            raise _invalid("IGES", "its first record must be 80 columns with 'S' (Start section) in "
-                           "column 73.", head)
+            raise _invalid("IGES", "its first record must be 80 columns with 'S' (Start section) in column 73.", head)
         # Records are 80 columns, each followed by the same line ending (CRLF, LF, CR) or by nothing at all.
         separator = next((sep for sep in (b"\r\n", b"\n", b"\r") if head.startswith(sep, 80)), b"")
         width = 80 + len(separator)
         section = 0
         for number, offset in enumerate(range(0, len(head), width), start=1):
-            record, ending = head[offset:offset + 80], head[offset + 80:offset + width]
+            record, ending = head[offset : offset + 80], head[offset + 80 : offset + width]
             if len(record) < 80 or len(ending) < len(separator):
                 if not complete:
-                    break     # cut off by the head window; the next records are not kept
+                    break  # cut off by the head window; the next records are not kept
                 if not record.strip(_WHITESPACE + b"\x00\x1a"):
-                    break     # trailing blank line or end-of-file mark
+                    break  # trailing blank line or end-of-file mark
                 if len(record) < 80:
-                    raise _invalid("IGES", f"record {number} is not 80 columns long "
-                                   "(IGES uses fixed 80-column records).", head)
+                    raise _invalid(
+                        "IGES", f"record {number} is not 80 columns long (IGES uses fixed 80-column records).", head
+                    )
             elif ending != separator:
-                raise _invalid("IGES", f"record {number} is not 80 columns long "
-                               "(IGES uses fixed 80-column records).", head)
+                raise _invalid(
+                    "IGES", f"record {number} is not 80 columns long (IGES uses fixed 80-column records).", head
+                )
             position = _IGES_SECTIONS.find(record[72:73])
             if position < section or not _IGES_SEQUENCE.fullmatch(record[73:80]):
-                raise _invalid("IGES", f"record {number} has no valid section letter and sequence number "
-                               "in columns 73-80.", head)
+                raise _invalid(
+                    "IGES", f"record {number} has no valid section letter and sequence number in columns 73-80.", head
+                )
             section = position
 
     # -- per format: the verdict once the whole file was seen -----------------------------------------------
@@ -250,11 +259,12 @@ class FormatSniffer:
         tail = self._tail.rstrip(_WHITESPACE + b"\x00\x1a")
         last = tail.splitlines()[-1] if b"\n" in tail or b"\r" in tail else tail[-80:]
         if len(last) != 80 or last[72:73] != b"T":
-            raise _invalid("IGES", "its last record is not a Terminate ('T' in column 73) record "
-                           "(the upload may be truncated).")
+            raise _invalid(
+                "IGES", "its last record is not a Terminate ('T' in column 73) record (the upload may be truncated)."
+            )
 
     def _finish_brep(self) -> None:
-        pass   # the header is all a BREP file has to recognise it by
+        pass  # the header is all a BREP file has to recognise it by
 
     def _finish_stl(self) -> None:
         head = bytes(self._head)
@@ -264,13 +274,19 @@ class FormatSniffer:
                 raise _invalid("STL", "the binary STL contains no triangles.")
             return
         if head.removeprefix(_BOM).lstrip(_WHITESPACE)[:5].lower() != b"solid":
-            why = ("it is shorter than a binary STL's 84-byte header" if declared is None else
-                   f"as a binary STL its header declares {declared} triangles, which makes "
-                   f"{84 + 50 * declared} bytes, not {self.size}")
+            why = (
+                "it is shorter than a binary STL's 84-byte header"
+                if declared is None
+                else f"as a binary STL its header declares {declared} triangles, which makes "
+                f"{84 + 50 * declared} bytes, not {self.size}"
+            )
             raise _invalid("STL", f"{why}; and it does not start with 'solid' as an ASCII STL does.", head)
         if b"\x00" in head:
-            raise _invalid("STL", "it starts with 'solid' but holds binary data, and its size does not match "
-                           "the triangle count of a binary STL (the upload may be truncated).")
+            raise _invalid(
+                "STL",
+                "it starts with 'solid' but holds binary data, and its size does not match "
+                "the triangle count of a binary STL (the upload may be truncated).",
+            )
         if not self._scanners[0].found:
             raise _invalid("STL", "the ASCII STL contains no 'facet'.")
         if b"endsolid" not in self._tail.lower():

@@ -1,4 +1,5 @@
 """Who may listen on which realtime channel, and which events of a shared channel each listener may see."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,5 +47,6 @@ def event_visible(principal: Principal | None, event: Any) -> bool:
     classification = (event.data or {}).get("classification")
     if classification in (None, Classification.UNCLASSIFIED.value):
         return True
-    return classification_allows(principal.clearance, principal.is_us_person, classification,
-                                 org_is_us=ident in principal.us_orgs)
+    return classification_allows(
+        principal.clearance, principal.is_us_person, classification, org_is_us=ident in principal.us_orgs
+    )

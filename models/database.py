@@ -1,4 +1,5 @@
 """MongoDB connection, the embedded SecantusDB child process, index creation and integer id counters."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,13 @@ def _die_with_parent() -> None:
 class EmbeddedMongo:
     """A SecantusDB server run as a child process on a free loopback port."""
 
-    def __init__(self, storage_path: Path | str, command: str = "secantusd-py",
-                 start_timeout: float = 30.0, log_level: str = "WARNING") -> None:
+    def __init__(
+        self,
+        storage_path: Path | str,
+        command: str = "secantusd-py",
+        start_timeout: float = 30.0,
+        log_level: str = "WARNING",
+    ) -> None:
         self.storage_path = str(storage_path)
         self.command = command
         self.start_timeout = start_timeout
@@ -70,12 +76,23 @@ class EmbeddedMongo:
         exe = self.command
         venv_exe = Path(sys.executable).parent / self.command
         if os.sep not in exe and venv_exe.exists():
-            exe = str(venv_exe)   # prefer the copy installed beside this interpreter
+            exe = str(venv_exe)  # prefer the copy installed beside this interpreter
         self.port = free_port()
         self.process = subprocess.Popen(
-            [exe, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", self.storage_path,
-             "--log-level", self.log_level],
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            [
+                exe,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                self.storage_path,
+                "--log-level",
+                self.log_level,
+            ],
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
 
     def _check_alive(self) -> None:
         assert self.process is not None
@@ -102,8 +119,12 @@ class EmbeddedMongo:
             raise
         finally:
             await client.close()
-        log.info("embedded database (pid %s) on port %s, data in %s", self.process.pid if self.process else "?",
-                 self.port, self.storage_path)
+        log.info(
+            "embedded database (pid %s) on port %s, data in %s",
+            self.process.pid if self.process else "?",
+            self.port,
+            self.storage_path,
+        )
         return self.uri
 
     def start_blocking(self) -> str:
@@ -154,13 +175,17 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
 
 async def ensure_instance(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
     """The deployment's identity document, created on first start and kept across restarts."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     doc = await db.meta.find_one_and_update(
         {"_id": "instance"},
         # The secret signs cookies and upload URLs; every process of the deployment reads the same one.
-        {"$setOnInsert": {"instance_id": str(uuid.uuid4()), "created_at": now, "secret": secrets.token_hex(32)},
-         "$set": {"last_started_at": now}},
-        upsert=True, return_document=ReturnDocument.AFTER)
+        {
+            "$setOnInsert": {"instance_id": str(uuid.uuid4()), "created_at": now, "secret": secrets.token_hex(32)},
+            "$set": {"last_started_at": now},
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
     assert doc is not None
     return doc
 
@@ -168,10 +193,11 @@ async def ensure_instance(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
 async def next_id(db: AsyncDatabase[dict[str, Any]], sequence: str) -> int:
     """The next integer id of a sequence (users, markups, BOM nodes, audit entries), atomic across processes."""
     doc = await db.counters.find_one_and_update(
-        {"_id": sequence}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+        {"_id": sequence}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+    )
     assert doc is not None
     return int(doc["value"])
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

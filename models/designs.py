@@ -1,4 +1,5 @@
 """Design assets: signed uploads, versions, classification, status transitions, downloads and analysis results."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,23 +21,35 @@ from models.events import Publisher, access_changed, announce
 from models.jobs import JOBS, JobType, create_job
 from models.listing import Filter, Kind, ListSpec
 from models.materials import BUILTIN_MATERIALS, find_builtin, mass_kg, normalize_name
-from models.policy import (LEVEL, Classification, Clearance, Principal, can, check_classification, check_document,
-                           documents_filter, require)
+from models.policy import (
+    LEVEL,
+    Classification,
+    Clearance,
+    Principal,
+    can,
+    check_classification,
+    check_document,
+    documents_filter,
+    require,
+)
 from models.schema import Input
 from models.series import DESIGNS, Series
-from models.storage import FileTooLarge, Storage, StoredFile, StorageWriter, parse_file_hash
+from models.storage import FileTooLarge, Storage, StorageWriter, StoredFile, parse_file_hash
 
 UPLOADS = "uploads"
 MATERIALS = "materials"
 UPLOAD_TTL = timedelta(hours=1)
 
-register_indexes(DESIGNS, [
-    IndexModel([("series_id", 1), ("version_number", 1)], unique=True),
-    IndexModel([("organization_id", 1), ("created_at", -1)]),
-    IndexModel([("organization_id", 1), ("classification", 1)]),
-    IndexModel("content_sha256"),
-    IndexModel("status"),
-])
+register_indexes(
+    DESIGNS,
+    [
+        IndexModel([("series_id", 1), ("version_number", 1)], unique=True),
+        IndexModel([("organization_id", 1), ("created_at", -1)]),
+        IndexModel([("organization_id", 1), ("classification", 1)]),
+        IndexModel("content_sha256"),
+        IndexModel("status"),
+    ],
+)
 register_indexes(UPLOADS, [IndexModel("expires_at")])
 register_indexes(MATERIALS, [IndexModel([("organization_id", 1), ("name_key", 1)], unique=True)])
 
@@ -44,8 +57,8 @@ register_indexes(MATERIALS, [IndexModel([("organization_id", 1), ("name_key", 1)
 class DesignStatus(str, Enum):
     UPLOADING = "UPLOADING"
     PROCESSING = "PROCESSING"
-    READY = "READY"                 # analysed, ready for review (an extension of the seed's list)
-    FAILED = "FAILED"               # analysis failed; the job says why (an extension of the seed's list)
+    READY = "READY"  # analysed, ready for review (an extension of the seed's list)
+    FAILED = "FAILED"  # analysis failed; the job says why (an extension of the seed's list)
     IN_REVIEW = "IN_REVIEW"
     APPROVED = "APPROVED"
     REJECTED = "REJECTED"
@@ -54,13 +67,21 @@ class DesignStatus(str, Enum):
 
 # Status changes a PATCH may make; IN_REVIEW/APPROVED/REJECTED belong to the review workflow alone.
 PATCH_TRANSITIONS = {
-    DesignStatus.ARCHIVED.value: {DesignStatus.READY.value, DesignStatus.FAILED.value, DesignStatus.APPROVED.value,
-                                  DesignStatus.REJECTED.value},
-    DesignStatus.READY.value: {DesignStatus.ARCHIVED.value},     # un-archive
+    DesignStatus.ARCHIVED.value: {
+        DesignStatus.READY.value,
+        DesignStatus.FAILED.value,
+        DesignStatus.APPROVED.value,
+        DesignStatus.REJECTED.value,
+    },
+    DesignStatus.READY.value: {DesignStatus.ARCHIVED.value},  # un-archive
 }
 
-CONTENT_TYPES = {"STEP": "application/step", "IGES": "model/iges", "STL": "model/stl",
-                 "BREP": "application/octet-stream"}
+CONTENT_TYPES = {
+    "STEP": "application/step",
+    "IGES": "model/iges",
+    "STL": "model/stl",
+    "BREP": "application/octet-stream",
+}
 
 
 class UploadUrlIn(Input):
@@ -76,7 +97,7 @@ class DesignIn(Input):
     revision: str = Field("", max_length=50)
     classification: Classification = Classification.UNCLASSIFIED
     material: str = Field("", max_length=200)
-    file_path: str | None = Field(None, max_length=1000)   # accepted for the seed's clients, ignored
+    file_path: str | None = Field(None, max_length=1000)  # accepted for the seed's clients, ignored
 
 
 class MultipartDesignIn(Input):
@@ -97,30 +118,67 @@ class DesignPatch(Input):
     status: DesignStatus | None = None
 
 
-DESIGN_FIELDS = frozenset({
-    "id", "series", "organization", "part_number", "series_name", "version_number", "filename", "file_format",
-    "file_size_bytes", "file_hash", "revision", "classification", "status", "is_valid_geometry",
-    "validation_errors", "warnings", "bounding_box", "volume_cubic_mm", "surface_area_sq_mm", "center_of_mass",
-    "mass_kg", "material", "density_kg_m3", "length_unit", "analysis_job_id", "uploaded_by",
-    "uploaded_by_username", "created_at", "updated_at", "version"})
+DESIGN_FIELDS = frozenset(
+    {
+        "id",
+        "series",
+        "organization",
+        "part_number",
+        "series_name",
+        "version_number",
+        "filename",
+        "file_format",
+        "file_size_bytes",
+        "file_hash",
+        "revision",
+        "classification",
+        "status",
+        "is_valid_geometry",
+        "validation_errors",
+        "warnings",
+        "bounding_box",
+        "volume_cubic_mm",
+        "surface_area_sq_mm",
+        "center_of_mass",
+        "mass_kg",
+        "material",
+        "density_kg_m3",
+        "length_unit",
+        "analysis_job_id",
+        "uploaded_by",
+        "uploaded_by_username",
+        "created_at",
+        "updated_at",
+        "version",
+    }
+)
 
 DESIGN_LIST = ListSpec(
-    filters={"series": Filter(Kind.UUID, "series_id"),
-             "organization": Filter(Kind.UUID, "organization_id"),
-             "part_number": Filter(Kind.STR, "part_number", case_insensitive=True),
-             "version_number": Filter(Kind.INT, "version_number", ranges=True),
-             "classification": Filter(Kind.ENUM, "classification", choices=frozenset(c.value for c in Classification)),
-             "status": Filter(Kind.ENUM, "status", choices=frozenset(s.value for s in DesignStatus)),
-             "is_valid_geometry": Filter(Kind.BOOL, "is_valid_geometry"),
-             "material": Filter(Kind.STR, "material", case_insensitive=True),
-             "uploaded_by": Filter(Kind.INT, "uploaded_by"),
-             "created_at": Filter(Kind.DATETIME, "created_at", ranges=True)},
+    filters={
+        "series": Filter(Kind.UUID, "series_id"),
+        "organization": Filter(Kind.UUID, "organization_id"),
+        "part_number": Filter(Kind.STR, "part_number", case_insensitive=True),
+        "version_number": Filter(Kind.INT, "version_number", ranges=True),
+        "classification": Filter(Kind.ENUM, "classification", choices=frozenset(c.value for c in Classification)),
+        "status": Filter(Kind.ENUM, "status", choices=frozenset(s.value for s in DesignStatus)),
+        "is_valid_geometry": Filter(Kind.BOOL, "is_valid_geometry"),
+        "material": Filter(Kind.STR, "material", case_insensitive=True),
+        "uploaded_by": Filter(Kind.INT, "uploaded_by"),
+        "created_at": Filter(Kind.DATETIME, "created_at", ranges=True),
+    },
     search=("filename", "part_number", "material"),
-    ordering={"created_at": "created_at", "updated_at": "updated_at", "part_number": "part_number",
-              "version_number": "version_number", "filename": "filename", "file_size_bytes": "file_size_bytes",
-              "status": "status"},
+    ordering={
+        "created_at": "created_at",
+        "updated_at": "updated_at",
+        "part_number": "part_number",
+        "version_number": "version_number",
+        "filename": "filename",
+        "file_size_bytes": "file_size_bytes",
+        "status": "status",
+    },
     default_ordering="-created_at",
-    fields=DESIGN_FIELDS)
+    fields=DESIGN_FIELDS,
+)
 
 
 class ContentReceiver:
@@ -145,8 +203,10 @@ class ContentReceiver:
         assert self.writer is not None, "finish() after finish() or abort()"
         try:
             if self.received != self.declared_size:
-                raise ValidationFailed(f"Received {self.received} bytes but {self.declared_size} were declared.",
-                                       field_errors={"file_size": ["Does not match the body."]})
+                raise ValidationFailed(
+                    f"Received {self.received} bytes but {self.declared_size} were declared.",
+                    field_errors={"file_size": ["Does not match the body."]},
+                )
             self.sniffer.finish(self.received)
             stored = await self.writer.commit()
         except BaseException:
@@ -168,8 +228,9 @@ def _sign(secret: str, upload_id: str, expires: int) -> str:
 class Designs:
     """Repository and rules for design assets; every read and write goes through the access policy."""
 
-    def __init__(self, db: Any, storage: Storage, publisher: Publisher, *, secret: str, max_upload_bytes: int,
-                 series: Series) -> None:
+    def __init__(
+        self, db: Any, storage: Storage, publisher: Publisher, *, secret: str, max_upload_bytes: int, series: Series
+    ) -> None:
         self.db = db
         self.storage = storage
         self.publisher = publisher
@@ -184,8 +245,7 @@ class Designs:
         return documents_filter(principal)
 
     async def get_visible(self, principal: Principal, design_id: str) -> dict[str, Any]:
-        return check_document(principal, await self.db[DESIGNS].find_one({"_id": design_id}), "design.read",
-                              "Design")
+        return check_document(principal, await self.db[DESIGNS].find_one({"_id": design_id}), "design.read", "Design")
 
     async def _check_can_classify(self, principal: Principal, org_id: str, classification: str) -> None:
         # Nobody files a design they themselves could not open: that would hide it from its own author.
@@ -205,24 +265,40 @@ class Designs:
         expires_at = now + UPLOAD_TTL
         expires = int(expires_at.timestamp())
         upload: dict[str, Any] = {
-            "_id": str(uuid.uuid4()), "user_id": principal.id, "filename": filename, "format": fmt,
-            "declared_size": data.file_size, "content_type": data.content_type, "status": "PENDING",
-            "created_at": now, "expires_at": expires_at, "sha256": None, "size": None}
+            "_id": str(uuid.uuid4()),
+            "user_id": principal.id,
+            "filename": filename,
+            "format": fmt,
+            "declared_size": data.file_size,
+            "content_type": data.content_type,
+            "status": "PENDING",
+            "created_at": now,
+            "expires_at": expires_at,
+            "sha256": None,
+            "size": None,
+        }
         await self.db[UPLOADS].insert_one(upload)
         sig = _sign(self.secret, upload["_id"], expires)
-        return {"upload_url": f"{base_url}/api/uploads/{upload['_id']}/?expires={expires}&signature={sig}",
-                "upload_id": upload["_id"], "expires_at": expires_at, "max_bytes": data.file_size}
+        return {
+            "upload_url": f"{base_url}/api/uploads/{upload['_id']}/?expires={expires}&signature={sig}",
+            "upload_id": upload["_id"],
+            "expires_at": expires_at,
+            "max_bytes": data.file_size,
+        }
 
-    async def begin_receive(self, upload_id: str, expires: str, signature: str,
-                            content_length: int | None) -> dict[str, Any]:
+    async def begin_receive(
+        self, upload_id: str, expires: str, signature: str, content_length: int | None
+    ) -> dict[str, Any]:
         """Check the signed URL and claim the upload for this one request (single use)."""
         if not expires.isdigit() or not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)), signature):
             raise PermissionDenied("The upload URL signature is not valid.")
         if int(expires) < utcnow().timestamp():
             raise PermissionDenied("The upload URL has expired.")
         upload = await self.db[UPLOADS].find_one_and_update(
-            {"_id": upload_id, "status": "PENDING"}, {"$set": {"status": "RECEIVING", "receiving_at": utcnow()}},
-            return_document=ReturnDocument.AFTER)
+            {"_id": upload_id, "status": "PENDING"},
+            {"$set": {"status": "RECEIVING", "receiving_at": utcnow()}},
+            return_document=ReturnDocument.AFTER,
+        )
         if upload is None:
             raise Conflict("This upload URL was already used.")
         if content_length is not None and content_length > upload["declared_size"]:
@@ -231,8 +307,10 @@ class Designs:
         return upload
 
     async def finish_receive(self, upload: dict[str, Any], stored: StoredFile) -> dict[str, Any]:
-        await self.db[UPLOADS].update_one({"_id": upload["_id"]}, {"$set": {
-            "status": "RECEIVED", "sha256": stored.sha256, "size": stored.size, "received_at": utcnow()}})
+        await self.db[UPLOADS].update_one(
+            {"_id": upload["_id"]},
+            {"$set": {"status": "RECEIVED", "sha256": stored.sha256, "size": stored.size, "received_at": utcnow()}},
+        )
         return {"upload_id": upload["_id"], "file_hash": stored.file_hash, "file_size": stored.size}
 
     async def fail_receive(self, upload: dict[str, Any]) -> None:
@@ -245,12 +323,22 @@ class Designs:
         """Step 3: the asset exists (UPLOADING) once its bytes have arrived; nothing is analysed yet."""
         upload = await self.db[UPLOADS].find_one({"_id": data.upload_id, "user_id": principal.id})
         if upload is None or upload["status"] not in ("RECEIVED",):
-            raise ValidationFailed("No finished upload with this id.",
-                                   field_errors={"upload_id": ["Upload the file to its URL first."]})
+            raise ValidationFailed(
+                "No finished upload with this id.", field_errors={"upload_id": ["Upload the file to its URL first."]}
+            )
         series = await self._authorize_create(principal, data.series, data.classification.value)
-        return await self._create(principal, series, sanitize_filename(data.filename), upload["format"],
-                                  upload, data.revision, data.classification.value, data.material, actor,
-                                  claim_upload=data.upload_id)
+        return await self._create(
+            principal,
+            series,
+            sanitize_filename(data.filename),
+            upload["format"],
+            upload,
+            data.revision,
+            data.classification.value,
+            data.material,
+            actor,
+            claim_upload=data.upload_id,
+        )
 
     async def _authorize_create(self, principal: Principal, series_id: str, classification: str) -> dict[str, Any]:
         """The series the caller may add a version of, at a classification they could read themselves."""
@@ -259,43 +347,88 @@ class Designs:
         await self._check_can_classify(principal, series["organization_id"], classification)
         return series
 
-    async def _create(self, principal: Principal, series: dict[str, Any], filename: str, fmt: str,
-                      upload: dict[str, Any], revision: str, classification: str, material: str,
-                      actor: audit.Actor, claim_upload: str | None) -> dict[str, Any]:
+    async def _create(
+        self,
+        principal: Principal,
+        series: dict[str, Any],
+        filename: str,
+        fmt: str,
+        upload: dict[str, Any],
+        revision: str,
+        classification: str,
+        material: str,
+        actor: audit.Actor,
+        claim_upload: str | None,
+    ) -> dict[str, Any]:
         series_id = series["_id"]
         org_id = series["organization_id"]
         if format_for_filename(filename) != fmt:
-            raise ValidationFailed("The filename's extension does not match the uploaded file.",
-                                   field_errors={"filename": [f"Expected a {fmt} file name."]})
+            raise ValidationFailed(
+                "The filename's extension does not match the uploaded file.",
+                field_errors={"filename": [f"Expected a {fmt} file name."]},
+            )
         density = await self.density(org_id, material) if material else None
         if claim_upload is not None:
             claimed = await self.db[UPLOADS].find_one_and_update(
-                {"_id": claim_upload, "status": "RECEIVED"}, {"$set": {"status": "USED"}})
+                {"_id": claim_upload, "status": "RECEIVED"}, {"$set": {"status": "USED"}}
+            )
             if claimed is None:
                 raise Conflict("This upload was already used for another design.")
         version = await self.series.allocate_version(series_id)
         now = utcnow()
         doc = {
-            "_id": str(uuid.uuid4()), "organization_id": org_id, "series_id": series_id,
-            "part_number": series["part_number"], "version_number": version, "filename": filename,
-            "file_format": fmt, "file_size_bytes": upload["size"], "content_sha256": upload["sha256"],
-            "file_hash": None, "revision": revision, "classification": classification,
-            "status": DesignStatus.UPLOADING.value, "material": material, "density_kg_m3": density,
-            "is_valid_geometry": None, "validation_errors": [], "warnings": [], "bounding_box": None,
-            "volume_cubic_mm": None, "surface_area_sq_mm": None, "center_of_mass": None, "mass_kg": None,
-            "analysis": None, "analysis_job_id": None, "uploaded_by": principal.id, "created_at": now,
-            "updated_at": now, "version": 1,
+            "_id": str(uuid.uuid4()),
+            "organization_id": org_id,
+            "series_id": series_id,
+            "part_number": series["part_number"],
+            "version_number": version,
+            "filename": filename,
+            "file_format": fmt,
+            "file_size_bytes": upload["size"],
+            "content_sha256": upload["sha256"],
+            "file_hash": None,
+            "revision": revision,
+            "classification": classification,
+            "status": DesignStatus.UPLOADING.value,
+            "material": material,
+            "density_kg_m3": density,
+            "is_valid_geometry": None,
+            "validation_errors": [],
+            "warnings": [],
+            "bounding_box": None,
+            "volume_cubic_mm": None,
+            "surface_area_sq_mm": None,
+            "center_of_mass": None,
+            "mass_kg": None,
+            "analysis": None,
+            "analysis_job_id": None,
+            "uploaded_by": principal.id,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
         }
         await self.db[DESIGNS].insert_one(doc)
-        await audit.record(self.db, actor, "CREATE", "DesignAsset", doc["_id"], organization_id=org_id,
-                           classification=classification,
-                           changes={"filename": filename, "classification": classification, "version_number": version,
-                                    "file_size_bytes": upload["size"]})
+        await audit.record(
+            self.db,
+            actor,
+            "CREATE",
+            "DesignAsset",
+            doc["_id"],
+            organization_id=org_id,
+            classification=classification,
+            changes={
+                "filename": filename,
+                "classification": classification,
+                "version_number": version,
+                "file_size_bytes": upload["size"],
+            },
+        )
         await self._announce(doc, "design.created")
         return doc
 
-    async def finalize(self, principal: Principal, design_id: str, file_hash: str,
-                       actor: audit.Actor) -> dict[str, Any]:
+    async def finalize(
+        self, principal: Principal, design_id: str, file_hash: str, actor: audit.Actor
+    ) -> dict[str, Any]:
         """Step 4: the client's hash must equal what the server received; then analysis is queued."""
         doc = await self.get_visible(principal, design_id)
         require(principal, "design.create", doc["organization_id"])
@@ -304,33 +437,57 @@ class Designs:
         try:
             claimed = parse_file_hash(file_hash)
         except ValueError:
-            raise ValidationFailed("file_hash must be sha256:<64 hex digits>.",
-                                   field_errors={"file_hash": ["Expected sha256:<64 hex digits>."]}) from None
+            raise ValidationFailed(
+                "file_hash must be sha256:<64 hex digits>.",
+                field_errors={"file_hash": ["Expected sha256:<64 hex digits>."]},
+            ) from None
         if not hmac.compare_digest(claimed, doc["content_sha256"]):
-            raise Unprocessable("The file hash does not match the uploaded content; the upload stays unfinished.",
-                                field_errors={"file_hash": ["Does not match the received bytes."]})
+            raise Unprocessable(
+                "The file hash does not match the uploaded content; the upload stays unfinished.",
+                field_errors={"file_hash": ["Does not match the received bytes."]},
+            )
         return await self._start_processing(principal, doc, actor)
 
     async def _start_processing(self, principal: Principal, doc: dict[str, Any], actor: audit.Actor) -> dict[str, Any]:
         updated = await self.db[DESIGNS].find_one_and_update(
             {"_id": doc["_id"], "status": DesignStatus.UPLOADING.value},
-            {"$set": {"status": DesignStatus.PROCESSING.value, "file_hash": f"sha256:{doc['content_sha256']}",
-                      "updated_at": utcnow()}, "$inc": {"version": 1}},
-            return_document=ReturnDocument.AFTER)
+            {
+                "$set": {
+                    "status": DesignStatus.PROCESSING.value,
+                    "file_hash": f"sha256:{doc['content_sha256']}",
+                    "updated_at": utcnow(),
+                },
+                "$inc": {"version": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is None:
             raise Conflict("This upload is already finalized.")
         job = await create_job(self.db, updated, JobType.PROCESSING, created_by=principal.id)
         await self.db[DESIGNS].update_one({"_id": doc["_id"]}, {"$set": {"analysis_job_id": job["_id"]}})
-        await audit.record(self.db, actor, "FINALIZE", "DesignAsset", doc["_id"],
-                           organization_id=doc["organization_id"], classification=doc["classification"],
-                           changes={"file_hash": updated["file_hash"], "analysis_job_id": job["_id"]})
-        await self._announce(updated, "design.status", {"status": DesignStatus.PROCESSING.value,
-                                                        "analysis_job_id": job["_id"]})
-        return {"status": DesignStatus.PROCESSING.value, "analysis_job_id": job["_id"],
-                "message": "File upload finalized, processing started", "id": doc["_id"]}
+        await audit.record(
+            self.db,
+            actor,
+            "FINALIZE",
+            "DesignAsset",
+            doc["_id"],
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={"file_hash": updated["file_hash"], "analysis_job_id": job["_id"]},
+        )
+        await self._announce(
+            updated, "design.status", {"status": DesignStatus.PROCESSING.value, "analysis_job_id": job["_id"]}
+        )
+        return {
+            "status": DesignStatus.PROCESSING.value,
+            "analysis_job_id": job["_id"],
+            "message": "File upload finalized, processing started",
+            "id": doc["_id"],
+        }
 
-    async def create_direct(self, principal: Principal, data: MultipartDesignIn, filename: str,
-                            content: bytes, actor: audit.Actor) -> dict[str, Any]:
+    async def create_direct(
+        self, principal: Principal, data: MultipartDesignIn, filename: str, content: bytes, actor: audit.Actor
+    ) -> dict[str, Any]:
         """The one-request upload: steps 2-4 at once for small files and scripts. Permission comes first,
         so a caller who may not add this design never gets a byte into storage."""
         filename = sanitize_filename(filename)
@@ -345,8 +502,18 @@ class Designs:
         stored = await receiver.finish()
         upload = {"size": stored.size, "sha256": stored.sha256}
         try:
-            doc = await self._create(principal, series, filename, fmt, upload, data.revision,
-                                     data.classification.value, data.material, actor, claim_upload=None)
+            doc = await self._create(
+                principal,
+                series,
+                filename,
+                fmt,
+                upload,
+                data.revision,
+                data.classification.value,
+                data.material,
+                actor,
+                claim_upload=None,
+            )
         except BaseException:
             await self.release_content(stored.sha256)
             raise
@@ -355,14 +522,22 @@ class Designs:
 
     # ------------------------------------------------------------------ reads
 
-    async def download(self, principal: Principal, design_id: str, actor: audit.Actor,
-                       byte_range: str | None) -> dict[str, Any]:
+    async def download(
+        self, principal: Principal, design_id: str, actor: audit.Actor, byte_range: str | None
+    ) -> dict[str, Any]:
         doc = await self.get_visible(principal, design_id)
         if doc["status"] == DesignStatus.UPLOADING.value:
             raise Conflict("The upload of this design is not finalized yet.")
-        await audit.record(self.db, actor, "DOWNLOAD", "DesignAsset", design_id,
-                           organization_id=doc["organization_id"], classification=doc["classification"],
-                           changes={"range": byte_range} if byte_range else {})
+        await audit.record(
+            self.db,
+            actor,
+            "DOWNLOAD",
+            "DesignAsset",
+            design_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={"range": byte_range} if byte_range else {},
+        )
         return doc
 
     async def metadata(self, principal: Principal, design_id: str) -> dict[str, Any]:
@@ -370,28 +545,45 @@ class Designs:
         analysis = doc.get("analysis") or {}
         geometry = analysis.get("geometry") or {}
         analysed = doc["status"] not in (DesignStatus.UPLOADING.value, DesignStatus.PROCESSING.value) and analysis
-        state = "complete" if analysed else ("failed" if doc["status"] == DesignStatus.FAILED.value
-                                             else doc["status"].lower())
+        state = (
+            "complete"
+            if analysed
+            else ("failed" if doc["status"] == DesignStatus.FAILED.value else doc["status"].lower())
+        )
         return {
             "status": state,
-            "geometry": {} if not analysed else {
-                "bounding_box": doc.get("bounding_box"), "volume_cubic_mm": doc.get("volume_cubic_mm"),
-                "surface_area_sq_mm": doc.get("surface_area_sq_mm"), "center_of_mass": doc.get("center_of_mass"),
+            "geometry": {}
+            if not analysed
+            else {
+                "bounding_box": doc.get("bounding_box"),
+                "volume_cubic_mm": doc.get("volume_cubic_mm"),
+                "surface_area_sq_mm": doc.get("surface_area_sq_mm"),
+                "center_of_mass": doc.get("center_of_mass"),
                 "inertia_tensor": geometry.get("inertia_tensor"),
                 "principal_moments": geometry.get("principal_moments"),
-                "topology": analysis.get("topology"), "length_unit": analysis.get("length_unit"),
-                "source_length_unit": analysis.get("source_length_unit")},
-            "material": {"name": doc.get("material") or None, "density_kg_m3": doc.get("density_kg_m3"),
-                         "mass_kg": doc.get("mass_kg")},
-            "validation": {} if not analysed else {
+                "topology": analysis.get("topology"),
+                "length_unit": analysis.get("length_unit"),
+                "source_length_unit": analysis.get("source_length_unit"),
+            },
+            "material": {
+                "name": doc.get("material") or None,
+                "density_kg_m3": doc.get("density_kg_m3"),
+                "mass_kg": doc.get("mass_kg"),
+            },
+            "validation": {}
+            if not analysed
+            else {
                 "is_valid": doc.get("is_valid_geometry"),
-                "errors": doc.get("validation_errors", []), "warnings": doc.get("warnings", [])},
+                "errors": doc.get("validation_errors", []),
+                "warnings": doc.get("warnings", []),
+            },
         }
 
     # ------------------------------------------------------------------ writes
 
-    async def update(self, principal: Principal, design_id: str, patch: DesignPatch, actor: audit.Actor,
-                     if_match: str | None = None) -> dict[str, Any]:
+    async def update(
+        self, principal: Principal, design_id: str, patch: DesignPatch, actor: audit.Actor, if_match: str | None = None
+    ) -> dict[str, Any]:
         doc = await self.get_visible(principal, design_id)
         org_id = doc["organization_id"]
         require(principal, "design.update", org_id)
@@ -408,10 +600,15 @@ class Designs:
         new_status = values.get("status")
         if new_status is not None and new_status != doc["status"]:
             if doc["status"] not in PATCH_TRANSITIONS.get(new_status, set()):
-                raise Conflict(f"Status cannot change from {doc['status']} to {new_status} here"
-                               + (" (the review workflow decides approval)." if new_status in (
-                                   "APPROVED", "REJECTED", "IN_REVIEW") else "."),
-                               field_errors={"status": [f"Not allowed from {doc['status']}."]})
+                raise Conflict(
+                    f"Status cannot change from {doc['status']} to {new_status} here"
+                    + (
+                        " (the review workflow decides approval)."
+                        if new_status in ("APPROVED", "REJECTED", "IN_REVIEW")
+                        else "."
+                    ),
+                    field_errors={"status": [f"Not allowed from {doc['status']}."]},
+                )
             require(principal, "design.archive", org_id, hide=False)
             changes["status"] = {"old": doc["status"], "new": new_status}
         for key in ("revision", "material"):
@@ -427,23 +624,40 @@ class Designs:
             update["mass_kg"] = _mass(doc.get("volume_cubic_mm"), density)
         update["updated_at"] = utcnow()
         updated = await self.db[DESIGNS].find_one_and_update(
-            {"_id": design_id, "version": doc["version"]}, {"$set": update, "$inc": {"version": 1}},
-            return_document=ReturnDocument.AFTER)
+            {"_id": design_id, "version": doc["version"]},
+            {"$set": update, "$inc": {"version": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is None:
             raise Conflict("The design changed meanwhile; read it again and retry.")
         if "classification" in changes:
-            await self.db[JOBS].update_many({"design_id": design_id},
-                                            {"$set": {"classification": changes["classification"]["new"]}})
-            await self.db["bom_nodes"].update_many({"design_id": design_id},
-                                                   {"$set": {"classification": changes["classification"]["new"]}})
+            await self.db[JOBS].update_many(
+                {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
+            )
+            await self.db["bom_nodes"].update_many(
+                {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
+            )
             # Reviews and markups carry their design's classification so their lists filter in the query.
             for dependant in ("reviews", "markups"):
-                await self.db[dependant].update_many({"design_id": design_id},
-                                                     {"$set": {"classification": changes["classification"]["new"]}})
-        action = "DOWNGRADE_CLASSIFICATION" if "classification" in changes and _rank(
-            changes["classification"]["new"]) < _rank(changes["classification"]["old"]) else "UPDATE"
-        await audit.record(self.db, actor, action, "DesignAsset", design_id, organization_id=org_id,
-                           classification=updated["classification"], changes=changes)
+                await self.db[dependant].update_many(
+                    {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
+                )
+        action = (
+            "DOWNGRADE_CLASSIFICATION"
+            if "classification" in changes
+            and _rank(changes["classification"]["new"]) < _rank(changes["classification"]["old"])
+            else "UPDATE"
+        )
+        await audit.record(
+            self.db,
+            actor,
+            action,
+            "DesignAsset",
+            design_id,
+            organization_id=org_id,
+            classification=updated["classification"],
+            changes=changes,
+        )
         await self._announce(updated, "design.updated", {"changes": list(changes)})
         if "classification" in changes:
             # Live subscriptions to this design, its reviews and jobs are checked again under the new label.
@@ -456,16 +670,25 @@ class Designs:
         if not (doc["uploaded_by"] == principal.id and can(principal, "design.create", org_id)):
             require(principal, "design.delete_any", org_id, hide=False)
         await self.remove(doc)
-        await audit.record(self.db, actor, "DELETE", "DesignAsset", design_id, organization_id=org_id,
-                           classification=doc["classification"],
-                           changes={"filename": doc["filename"], "version_number": doc["version_number"]})
+        await audit.record(
+            self.db,
+            actor,
+            "DELETE",
+            "DesignAsset",
+            design_id,
+            organization_id=org_id,
+            classification=doc["classification"],
+            changes={"filename": doc["filename"], "version_number": doc["version_number"]},
+        )
         await self._announce(doc, "design.deleted")
 
     async def remove(self, doc: dict[str, Any]) -> None:
         """Delete a design and its dependants; the stored file goes when nothing else references it."""
         await self.db[DESIGNS].delete_one({"_id": doc["_id"]})
-        await self.db[JOBS].update_many({"design_id": doc["_id"], "status": {"$in": ["PENDING", "PROCESSING"]}},
-                                        {"$set": {"cancel_requested": True}})
+        await self.db[JOBS].update_many(
+            {"design_id": doc["_id"], "status": {"$in": ["PENDING", "PROCESSING"]}},
+            {"$set": {"cancel_requested": True}},
+        )
         await self.db["bom_nodes"].delete_many({"design_id": doc["_id"]})
         await self.db["reviews"].delete_many({"design_id": doc["_id"]})
         await self.db["markups"].delete_many({"design_id": doc["_id"]})
@@ -474,8 +697,9 @@ class Designs:
 
     async def release_content(self, sha: str) -> None:
         """Delete stored content that no design and no pending upload references any more."""
-        if not await self.db[DESIGNS].count_documents({"content_sha256": sha}, limit=1) and not \
-                await self.db[UPLOADS].count_documents({"sha256": sha, "status": "RECEIVED"}, limit=1):
+        if not await self.db[DESIGNS].count_documents({"content_sha256": sha}, limit=1) and not await self.db[
+            UPLOADS
+        ].count_documents({"sha256": sha, "status": "RECEIVED"}, limit=1):
             await self.storage.delete(sha)
 
     # ------------------------------------------------------------------ analysis results (job runner)
@@ -489,19 +713,26 @@ class Designs:
         validation = result.get("validation") or {}
         volume = geometry.get("volume_mm3")
         update = {
-            "analysis": result, "is_valid_geometry": validation.get("is_valid_geometry"),
+            "analysis": result,
+            "is_valid_geometry": validation.get("is_valid_geometry"),
             "validation_errors": validation.get("validation_errors", []),
             "warnings": validation.get("warnings", []),
             "bounding_box": {k: geometry["bounding_box"][k] for k in ("min", "max")}
-            if geometry.get("bounding_box") else None,
-            "volume_cubic_mm": volume, "surface_area_sq_mm": geometry.get("surface_area_mm2"),
-            "center_of_mass": geometry.get("center_of_mass"), "length_unit": result.get("source_length_unit"),
+            if geometry.get("bounding_box")
+            else None,
+            "volume_cubic_mm": volume,
+            "surface_area_sq_mm": geometry.get("surface_area_mm2"),
+            "center_of_mass": geometry.get("center_of_mass"),
+            "length_unit": result.get("source_length_unit"),
             "mass_kg": _mass(volume, doc.get("density_kg_m3")),
-            "status": DesignStatus.READY.value, "updated_at": utcnow(),
+            "status": DesignStatus.READY.value,
+            "updated_at": utcnow(),
         }
         updated = await self.db[DESIGNS].find_one_and_update(
-            {"_id": design_id, "status": DesignStatus.PROCESSING.value}, {"$set": update, "$inc": {"version": 1}},
-            return_document=ReturnDocument.AFTER)
+            {"_id": design_id, "status": DesignStatus.PROCESSING.value},
+            {"$set": update, "$inc": {"version": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is not None:
             await self._announce(updated, "design.status", {"status": updated["status"]})
         return updated
@@ -509,16 +740,27 @@ class Designs:
     async def mark_failed(self, design_id: str, message: str) -> None:
         updated = await self.db[DESIGNS].find_one_and_update(
             {"_id": design_id, "status": DesignStatus.PROCESSING.value},
-            {"$set": {"status": DesignStatus.FAILED.value, "processing_error": message[:2000],
-                      "updated_at": utcnow()}, "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+            {
+                "$set": {
+                    "status": DesignStatus.FAILED.value,
+                    "processing_error": message[:2000],
+                    "updated_at": utcnow(),
+                },
+                "$inc": {"version": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is not None:
             await self._announce(updated, "design.status", {"status": updated["status"], "error": message[:500]})
 
     async def series_versions(self, principal: Principal, series_id: str) -> list[dict[str, Any]]:
         """The versions of a series the caller may see, oldest first."""
         await self.series.get_visible(principal, series_id)
-        cursor = self.db[DESIGNS].find({"$and": [{"series_id": series_id}, self.visible_filter(principal)]},
-                                       sort=[("version_number", 1)], limit=10_000)
+        cursor = self.db[DESIGNS].find(
+            {"$and": [{"series_id": series_id}, self.visible_filter(principal)]},
+            sort=[("version_number", 1)],
+            limit=10_000,
+        )
         return await self.render_many([d async for d in cursor])
 
     async def delete_series(self, principal: Principal, series_id: str, force: bool, actor: audit.Actor) -> None:
@@ -534,23 +776,46 @@ class Designs:
         """Built-in materials, then the caller's organizations' own."""
         own = self.db[MATERIALS].find(
             {} if principal.is_staff else {"organization_id": {"$in": sorted(principal.memberships)}},
-            sort=[("name", 1)], limit=1000)
+            sort=[("name", 1)],
+            limit=1000,
+        )
         results = [{**m.as_dict(), "organization": None, "builtin": True} for m in BUILTIN_MATERIALS]
-        results += [{"name": m["name"], "density_kg_m3": m["density_kg_m3"], "category": m["category"],
-                     "organization": m["organization_id"], "builtin": False} async for m in own]
+        results += [
+            {
+                "name": m["name"],
+                "density_kg_m3": m["density_kg_m3"],
+                "category": m["category"],
+                "organization": m["organization_id"],
+                "builtin": False,
+            }
+            async for m in own
+        ]
         return results
 
-    async def add_material(self, principal: Principal, org_id: str, name: str, density_kg_m3: float,
-                           category: str, actor: audit.Actor) -> dict[str, Any]:
+    async def add_material(
+        self, principal: Principal, org_id: str, name: str, density_kg_m3: float, category: str, actor: audit.Actor
+    ) -> dict[str, Any]:
         require(principal, "material.manage", org_id)
-        doc = {"organization_id": org_id, "name": name, "name_key": normalize_name(name),
-               "density_kg_m3": density_kg_m3, "category": category}
-        await self.db[MATERIALS].update_one({"organization_id": org_id, "name_key": doc["name_key"]},
-                                            {"$set": doc}, upsert=True)
-        await audit.record(self.db, actor, "UPSERT", "Material", name, organization_id=org_id,
-                           changes={"density_kg_m3": density_kg_m3})
-        return {"name": name, "density_kg_m3": density_kg_m3, "category": category, "organization": org_id,
-                "builtin": False}
+        doc = {
+            "organization_id": org_id,
+            "name": name,
+            "name_key": normalize_name(name),
+            "density_kg_m3": density_kg_m3,
+            "category": category,
+        }
+        await self.db[MATERIALS].update_one(
+            {"organization_id": org_id, "name_key": doc["name_key"]}, {"$set": doc}, upsert=True
+        )
+        await audit.record(
+            self.db, actor, "UPSERT", "Material", name, organization_id=org_id, changes={"density_kg_m3": density_kg_m3}
+        )
+        return {
+            "name": name,
+            "density_kg_m3": density_kg_m3,
+            "category": category,
+            "organization": org_id,
+            "builtin": False,
+        }
 
     async def density(self, org_id: str, name: str) -> float | None:
         """An organization's own material first, then the built-in table; unknown names carry no mass."""
@@ -565,22 +830,32 @@ class Designs:
     async def render_many(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         series_ids = list({d["series_id"] for d in docs})
         user_ids = list({d["uploaded_by"] for d in docs})
-        names = {s["_id"]: s["name"] async for s in self.db["series"].find({"_id": {"$in": series_ids}},
-                                                                           projection={"name": 1})}
-        users = {u["_id"]: u["username"] async for u in self.db["users"].find({"_id": {"$in": user_ids}},
-                                                                              projection={"username": 1})}
+        names = {
+            s["_id"]: s["name"]
+            async for s in self.db["series"].find({"_id": {"$in": series_ids}}, projection={"name": 1})
+        }
+        users = {
+            u["_id"]: u["username"]
+            async for u in self.db["users"].find({"_id": {"$in": user_ids}}, projection={"username": 1})
+        }
         return [render_design(d, names.get(d["series_id"]), users.get(d["uploaded_by"])) for d in docs]
 
     async def _announce(self, doc: dict[str, Any], event: str, extra: dict[str, Any] | None = None) -> None:
-        data = {"design_id": doc["_id"], "series_id": doc["series_id"], "version_number": doc["version_number"],
-                "status": doc["status"], "classification": doc["classification"],
-                "organization_id": doc["organization_id"], **(extra or {})}
+        data = {
+            "design_id": doc["_id"],
+            "series_id": doc["series_id"],
+            "version_number": doc["version_number"],
+            "status": doc["status"],
+            "classification": doc["classification"],
+            "organization_id": doc["organization_id"],
+            **(extra or {}),
+        }
         await announce(self.publisher, [f"design:{doc['_id']}", f"org:{doc['organization_id']}"], event, data)
 
 
 def _rank(classification: str) -> int:
     if classification == Classification.ITAR.value:
-        return len(LEVEL)          # export control ranks above every clearance level for lowering purposes
+        return len(LEVEL)  # export control ranks above every clearance level for lowering purposes
     return LEVEL[Clearance(classification)]
 
 
@@ -592,17 +867,34 @@ def _mass(volume_mm3: float | None, density: float | None) -> float | None:
 
 def render_design(doc: dict[str, Any], series_name: str | None, username: str | None) -> dict[str, Any]:
     return {
-        "id": doc["_id"], "series": doc["series_id"], "organization": doc["organization_id"],
-        "part_number": doc["part_number"], "series_name": series_name, "version_number": doc["version_number"],
-        "filename": doc["filename"], "file_format": doc["file_format"], "file_size_bytes": doc["file_size_bytes"],
-        "file_hash": doc.get("file_hash"), "revision": doc.get("revision", ""),
-        "classification": doc["classification"], "status": doc["status"],
-        "is_valid_geometry": doc.get("is_valid_geometry"), "validation_errors": doc.get("validation_errors", []),
-        "warnings": doc.get("warnings", []), "bounding_box": doc.get("bounding_box"),
-        "volume_cubic_mm": doc.get("volume_cubic_mm"), "surface_area_sq_mm": doc.get("surface_area_sq_mm"),
-        "center_of_mass": doc.get("center_of_mass"), "mass_kg": doc.get("mass_kg"),
-        "material": doc.get("material", ""), "density_kg_m3": doc.get("density_kg_m3"),
-        "length_unit": doc.get("length_unit"), "analysis_job_id": doc.get("analysis_job_id"),
-        "uploaded_by": doc["uploaded_by"], "uploaded_by_username": username,
-        "created_at": doc["created_at"], "updated_at": doc["updated_at"], "version": doc["version"],
+        "id": doc["_id"],
+        "series": doc["series_id"],
+        "organization": doc["organization_id"],
+        "part_number": doc["part_number"],
+        "series_name": series_name,
+        "version_number": doc["version_number"],
+        "filename": doc["filename"],
+        "file_format": doc["file_format"],
+        "file_size_bytes": doc["file_size_bytes"],
+        "file_hash": doc.get("file_hash"),
+        "revision": doc.get("revision", ""),
+        "classification": doc["classification"],
+        "status": doc["status"],
+        "is_valid_geometry": doc.get("is_valid_geometry"),
+        "validation_errors": doc.get("validation_errors", []),
+        "warnings": doc.get("warnings", []),
+        "bounding_box": doc.get("bounding_box"),
+        "volume_cubic_mm": doc.get("volume_cubic_mm"),
+        "surface_area_sq_mm": doc.get("surface_area_sq_mm"),
+        "center_of_mass": doc.get("center_of_mass"),
+        "mass_kg": doc.get("mass_kg"),
+        "material": doc.get("material", ""),
+        "density_kg_m3": doc.get("density_kg_m3"),
+        "length_unit": doc.get("length_unit"),
+        "analysis_job_id": doc.get("analysis_job_id"),
+        "uploaded_by": doc["uploaded_by"],
+        "uploaded_by_username": username,
+        "created_at": doc["created_at"],
+        "updated_at": doc["updated_at"],
+        "version": doc["version"],
     }

@@ -1,4 +1,5 @@
 """Domain errors that every layer raises and the API renders in the one documented envelope."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -13,9 +14,17 @@ class APIError(Exception):
     code: ClassVar[str] = "VALIDATION_ERROR"
     title: ClassVar[str] = "Bad request"
 
-    def __init__(self, detail: str, *, field_errors: dict[str, list[str]] | None = None,
-                 code: str | None = None, status: int | None = None, title: str | None = None,
-                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        field_errors: dict[str, list[str]] | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field_errors = field_errors or {}
@@ -29,8 +38,13 @@ class APIError(Exception):
             self.title = title  # type: ignore[misc]
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.title, "detail": self.detail, "code": self.code,
-                "field_errors": self.field_errors, **self.extra}
+        return {
+            "error": self.title,
+            "detail": self.detail,
+            "code": self.code,
+            "field_errors": self.field_errors,
+            **self.extra,
+        }
 
 
 class ValidationFailed(APIError):

@@ -1,5 +1,6 @@
 """The publisher interface through which models/ announce domain events and access changes; server.py
 injects the realtime gateway, which implements it."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Dependency probes for the detailed health check, each bounded in time and never raising."""
+
 from __future__ import annotations
 
 import asyncio

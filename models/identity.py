@@ -1,4 +1,5 @@
 """Users, passwords, login sessions, refresh rotation, API keys, and turning a credential into a Principal."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,8 @@ from pymongo.errors import DuplicateKeyError
 
 from models import audit
 from models.database import next_id, register_indexes, utcnow
-from models.events import NullPublisher, Publisher, access_changed
 from models.errors import AuthenticationFailed, Conflict, NotFound, TokenExpired, ValidationFailed
+from models.events import NullPublisher, Publisher, access_changed
 from models.policy import Clearance, Principal, Role
 
 USERS = "users"
@@ -31,18 +32,27 @@ ORGANIZATIONS = "organizations"
 ACCESS_PREFIX = "eat_"
 REFRESH_PREFIX = "ert_"
 API_KEY_PREFIX = "ek_"
-MAX_USED_REFRESH = 50            # remembered rotated refresh tokens per session, for reuse detection
+MAX_USED_REFRESH = 50  # remembered rotated refresh tokens per session, for reuse detection
 MAX_SESSIONS_PER_USER = 50
 API_KEY_SCOPES = ("read", "write", "admin")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{1,149}$")
 
-register_indexes(USERS, [IndexModel("username_lower", unique=True),
-                         IndexModel("email_lower", unique=True, sparse=True)])
-register_indexes(SESSIONS, [IndexModel("access_hash", unique=True), IndexModel("refresh_hash", unique=True),
-                            IndexModel("used_refresh_hashes"), IndexModel([("user_id", 1), ("created_at", -1)])])
+register_indexes(
+    USERS, [IndexModel("username_lower", unique=True), IndexModel("email_lower", unique=True, sparse=True)]
+)
+register_indexes(
+    SESSIONS,
+    [
+        IndexModel("access_hash", unique=True),
+        IndexModel("refresh_hash", unique=True),
+        IndexModel("used_refresh_hashes"),
+        IndexModel([("user_id", 1), ("created_at", -1)]),
+    ],
+)
 register_indexes(API_KEYS, [IndexModel("prefix", unique=True), IndexModel("user_id")])
-register_indexes(MEMBERSHIPS, [IndexModel([("organization_id", 1), ("user_id", 1)], unique=True),
-                               IndexModel("user_id")])
+register_indexes(
+    MEMBERSHIPS, [IndexModel([("organization_id", 1), ("user_id", 1)], unique=True), IndexModel("user_id")]
+)
 
 
 def sha256(text: str) -> str:
@@ -78,6 +88,7 @@ class Passwords:
                 return self.hasher.verify(stored or self.dummy, password) and stored is not None
             except (VerificationError, InvalidHashError):
                 return False
+
         return await asyncio.to_thread(check)
 
 
@@ -105,22 +116,43 @@ class Identity:
 
     # ------------------------------------------------------------------ users
 
-    async def create_user(self, *, username: str, password: str, email: str | None = None,
-                          first_name: str = "", last_name: str = "", phone_number: str = "",
-                          is_us_person: bool = False,
-                          security_clearance_level: str = Clearance.UNCLASSIFIED.value,
-                          is_staff: bool = False) -> dict[str, Any]:
+    async def create_user(
+        self,
+        *,
+        username: str,
+        password: str,
+        email: str | None = None,
+        first_name: str = "",
+        last_name: str = "",
+        phone_number: str = "",
+        is_us_person: bool = False,
+        security_clearance_level: str = Clearance.UNCLASSIFIED.value,
+        is_staff: bool = False,
+    ) -> dict[str, Any]:
         if not USERNAME_RE.match(username):
-            raise ValidationFailed("Invalid username.", field_errors={
-                "username": ["2-150 characters: letters, digits and _ . @ + -, starting with a letter or digit."]})
+            raise ValidationFailed(
+                "Invalid username.",
+                field_errors={
+                    "username": ["2-150 characters: letters, digits and _ . @ + -, starting with a letter or digit."]
+                },
+            )
         validate_password(password, username)
         doc = {
-            "_id": await next_id(self.db, "users"), "username": username, "username_lower": username.lower(),
-            "email": email or "", "first_name": first_name, "last_name": last_name,
-            "phone_number": phone_number, "is_us_person": is_us_person,
+            "_id": await next_id(self.db, "users"),
+            "username": username,
+            "username_lower": username.lower(),
+            "email": email or "",
+            "first_name": first_name,
+            "last_name": last_name,
+            "phone_number": phone_number,
+            "is_us_person": is_us_person,
             "security_clearance_level": Clearance(security_clearance_level).value,
-            "is_staff": is_staff, "is_active": True, "date_joined": utcnow(),
-            "password_hash": await self.passwords.hash(password), "failed_logins": 0, "locked_until": None,
+            "is_staff": is_staff,
+            "is_active": True,
+            "date_joined": utcnow(),
+            "password_hash": await self.passwords.hash(password),
+            "failed_logins": 0,
+            "locked_until": None,
         }
         if email:
             doc["email_lower"] = email.lower()
@@ -128,8 +160,11 @@ class Identity:
             await self.db[USERS].insert_one(doc)
         except DuplicateKeyError as exc:
             field = "email" if "email" in str(exc) else "username"
-            raise Conflict(f"A user with this {field} already exists.", code="VALIDATION_ERROR",
-                           field_errors={field: [f"A user with this {field} already exists."]}) from None
+            raise Conflict(
+                f"A user with this {field} already exists.",
+                code="VALIDATION_ERROR",
+                field_errors={field: [f"A user with this {field} already exists."]},
+            ) from None
         return doc
 
     async def get_user(self, user_id: int) -> dict[str, Any]:
@@ -144,24 +179,26 @@ class Identity:
             return False
         username, password = spec.split(":", 1)
         try:
-            await self.create_user(username=username, password=password, is_staff=True,
-                                   is_us_person=False)
+            await self.create_user(username=username, password=password, is_staff=True, is_us_person=False)
         except Conflict:
-            return False   # another process bootstrapped it at the same moment
-        await audit.record(self.db, audit.Actor.system(), "CREATE", "User", username,
-                           changes={"is_staff": True, "bootstrap": True})
+            return False  # another process bootstrapped it at the same moment
+        await audit.record(
+            self.db, audit.Actor.system(), "CREATE", "User", username, changes={"is_staff": True, "bootstrap": True}
+        )
         return True
 
     async def set_password(self, user_id: int, password: str) -> None:
         user = await self.get_user(user_id)
         validate_password(password, user["username"])
-        await self.db[USERS].update_one({"_id": user_id},
-                                        {"$set": {"password_hash": await self.passwords.hash(password)}})
+        await self.db[USERS].update_one(
+            {"_id": user_id}, {"$set": {"password_hash": await self.passwords.hash(password)}}
+        )
 
     # ------------------------------------------------------------------ login
 
-    async def login(self, identifier: str, password: str, *, device: str, ip: str | None) -> tuple[
-            dict[str, Any], dict[str, Any]]:
+    async def login(
+        self, identifier: str, password: str, *, device: str, ip: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Check credentials and open a new session. Unknown user, wrong password, inactive or locked
         account all give the same 401 after the same amount of hashing work."""
         key = identifier.strip().lower()
@@ -172,43 +209,61 @@ class Identity:
         if user is None:
             raise failure
         if user.get("locked_until") and user["locked_until"] > now:
-            await audit.record(self.db, audit.Actor(user["_id"], user["username"], ip, device), "LOGIN_LOCKED",
-                               "User", user["_id"])
+            await audit.record(
+                self.db, audit.Actor(user["_id"], user["username"], ip, device), "LOGIN_LOCKED", "User", user["_id"]
+            )
             raise failure
         if not ok or not user.get("is_active", True):
             updated = await self.db[USERS].find_one_and_update(
-                {"_id": user["_id"]}, {"$inc": {"failed_logins": 1}}, return_document=ReturnDocument.AFTER)
+                {"_id": user["_id"]}, {"$inc": {"failed_logins": 1}}, return_document=ReturnDocument.AFTER
+            )
             failures = int(updated["failed_logins"]) if updated else 0
             changes: dict[str, Any] = {"failed_logins": failures}
             if failures >= self.config.max_failures:
                 until = now + timedelta(seconds=self.config.lockout_seconds)
-                await self.db[USERS].update_one({"_id": user["_id"]},
-                                                {"$set": {"locked_until": until, "failed_logins": 0}})
+                await self.db[USERS].update_one(
+                    {"_id": user["_id"]}, {"$set": {"locked_until": until, "failed_logins": 0}}
+                )
                 changes["locked_until"] = until
-            await audit.record(self.db, audit.Actor(user["_id"], user["username"], ip, device),
-                               "LOCKOUT" if "locked_until" in changes else "LOGIN_FAILED", "User", user["_id"],
-                               changes=changes)
+            await audit.record(
+                self.db,
+                audit.Actor(user["_id"], user["username"], ip, device),
+                "LOCKOUT" if "locked_until" in changes else "LOGIN_FAILED",
+                "User",
+                user["_id"],
+                changes=changes,
+            )
             raise failure
         if self.passwords.hasher.check_needs_rehash(user["password_hash"]):
-            await self.db[USERS].update_one({"_id": user["_id"]},
-                                            {"$set": {"password_hash": await self.passwords.hash(password)}})
-        await self.db[USERS].update_one({"_id": user["_id"]},
-                                        {"$set": {"failed_logins": 0, "locked_until": None, "last_login": now}})
+            await self.db[USERS].update_one(
+                {"_id": user["_id"]}, {"$set": {"password_hash": await self.passwords.hash(password)}}
+            )
+        await self.db[USERS].update_one(
+            {"_id": user["_id"]}, {"$set": {"failed_logins": 0, "locked_until": None, "last_login": now}}
+        )
         tokens = await self.open_session(user, device=device, ip=ip)
-        await audit.record(self.db, audit.Actor(user["_id"], user["username"], ip, device), "LOGIN", "User",
-                           user["_id"])
+        await audit.record(
+            self.db, audit.Actor(user["_id"], user["username"], ip, device), "LOGIN", "User", user["_id"]
+        )
         return user, tokens
 
     async def open_session(self, user: dict[str, Any], *, device: str, ip: str | None) -> dict[str, Any]:
         access, refresh = ACCESS_PREFIX + secrets.token_urlsafe(32), REFRESH_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         session = {
-            "_id": str(uuid.uuid4()), "user_id": user["_id"], "device": device[:256], "ip": ip,
-            "created_at": now, "last_used_at": now,
-            "access_hash": sha256(access), "access_expires_at": now + timedelta(seconds=self.config.access_ttl),
+            "_id": str(uuid.uuid4()),
+            "user_id": user["_id"],
+            "device": device[:256],
+            "ip": ip,
+            "created_at": now,
+            "last_used_at": now,
+            "access_hash": sha256(access),
+            "access_expires_at": now + timedelta(seconds=self.config.access_ttl),
             "refresh_hash": sha256(refresh),
             "refresh_expires_at": now + timedelta(seconds=self.config.refresh_ttl),
-            "used_refresh_hashes": [], "revoked_at": None, "revoked_reason": None,
+            "used_refresh_hashes": [],
+            "revoked_at": None,
+            "revoked_reason": None,
             "xsrf": secrets.token_urlsafe(24),
         }
         await self.db[SESSIONS].insert_one(session)
@@ -216,18 +271,28 @@ class Identity:
         return self._tokens(session, access, refresh)
 
     def _tokens(self, session: dict[str, Any], access: str, refresh: str) -> dict[str, Any]:
-        return {"access_token": access, "refresh_token": refresh, "expires_in": self.config.access_ttl,
-                "token_type": "Bearer", "session_id": session["_id"], "xsrf_token": session["xsrf"]}
+        return {
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": self.config.access_ttl,
+            "token_type": "Bearer",
+            "session_id": session["_id"],
+            "xsrf_token": session["xsrf"],
+        }
 
     async def _prune_sessions(self, user_id: int) -> None:
         # Bounded: the oldest live sessions beyond the cap are ended.
-        cursor = self.db[SESSIONS].find({"user_id": user_id, "revoked_at": None},
-                                        sort=[("created_at", -1)], skip=MAX_SESSIONS_PER_USER,
-                                        projection={"_id": 1})
+        cursor = self.db[SESSIONS].find(
+            {"user_id": user_id, "revoked_at": None},
+            sort=[("created_at", -1)],
+            skip=MAX_SESSIONS_PER_USER,
+            projection={"_id": 1},
+        )
         old = [doc["_id"] async for doc in cursor]
         if old:
-            await self.db[SESSIONS].update_many({"_id": {"$in": old}},
-                                                {"$set": {"revoked_at": utcnow(), "revoked_reason": "too many"}})
+            await self.db[SESSIONS].update_many(
+                {"_id": {"$in": old}}, {"$set": {"revoked_at": utcnow(), "revoked_reason": "too many"}}
+            )
 
     async def refresh(self, refresh_token: str, *, ip: str | None) -> dict[str, Any]:
         """Rotate: the presented refresh token is spent; presenting a spent one again revokes the session."""
@@ -236,48 +301,74 @@ class Identity:
         access, new_refresh = ACCESS_PREFIX + secrets.token_urlsafe(32), REFRESH_PREFIX + secrets.token_urlsafe(32)
         session = await self.db[SESSIONS].find_one_and_update(
             {"refresh_hash": digest, "revoked_at": None, "refresh_expires_at": {"$gt": now}},
-            {"$set": {"refresh_hash": sha256(new_refresh), "access_hash": sha256(access),
-                      "access_expires_at": now + timedelta(seconds=self.config.access_ttl),
-                      "refresh_expires_at": now + timedelta(seconds=self.config.refresh_ttl),
-                      "last_used_at": now, "ip": ip},
-             "$push": {"used_refresh_hashes": {"$each": [digest], "$slice": -MAX_USED_REFRESH}}},
-            return_document=ReturnDocument.AFTER)
+            {
+                "$set": {
+                    "refresh_hash": sha256(new_refresh),
+                    "access_hash": sha256(access),
+                    "access_expires_at": now + timedelta(seconds=self.config.access_ttl),
+                    "refresh_expires_at": now + timedelta(seconds=self.config.refresh_ttl),
+                    "last_used_at": now,
+                    "ip": ip,
+                },
+                "$push": {"used_refresh_hashes": {"$each": [digest], "$slice": -MAX_USED_REFRESH}},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
         if session is not None:
             return self._tokens(session, access, new_refresh)
         stolen = await self.db[SESSIONS].find_one({"used_refresh_hashes": digest})
         if stolen is not None:
             # A spent token came back: someone holds a copy. End the whole chain.
-            await self.db[SESSIONS].update_one({"_id": stolen["_id"]},
-                                               {"$set": {"revoked_at": now, "revoked_reason": "refresh reuse"}})
+            await self.db[SESSIONS].update_one(
+                {"_id": stolen["_id"]}, {"$set": {"revoked_at": now, "revoked_reason": "refresh reuse"}}
+            )
             await access_changed(self.publisher, stolen["user_id"], "session revoked")
             user = await self.db[USERS].find_one({"_id": stolen["user_id"]}) or {}
-            await audit.record(self.db, audit.Actor(stolen["user_id"], user.get("username"), ip),
-                               "TOKEN_REUSE", "Session", stolen["_id"])
+            await audit.record(
+                self.db,
+                audit.Actor(stolen["user_id"], user.get("username"), ip),
+                "TOKEN_REUSE",
+                "Session",
+                stolen["_id"],
+            )
         raise TokenExpired("The refresh token is expired, revoked or unknown.")
 
     async def revoke_session(self, user_id: int, session_id: str, reason: str) -> None:
         result = await self.db[SESSIONS].update_one(
             {"_id": session_id, "user_id": user_id, "revoked_at": None},
-            {"$set": {"revoked_at": utcnow(), "revoked_reason": reason}})
+            {"$set": {"revoked_at": utcnow(), "revoked_reason": reason}},
+        )
         if result.matched_count == 0:
             raise NotFound("Session not found.")
         await access_changed(self.publisher, user_id, "session ended")
 
     async def list_sessions(self, user_id: int) -> list[dict[str, Any]]:
-        cursor = self.db[SESSIONS].find({"user_id": user_id, "revoked_at": None,
-                                         "refresh_expires_at": {"$gt": utcnow()}},
-                                        sort=[("created_at", -1)], limit=MAX_SESSIONS_PER_USER)
+        cursor = self.db[SESSIONS].find(
+            {"user_id": user_id, "revoked_at": None, "refresh_expires_at": {"$gt": utcnow()}},
+            sort=[("created_at", -1)],
+            limit=MAX_SESSIONS_PER_USER,
+        )
         return [doc async for doc in cursor]
 
     # ------------------------------------------------------------------ API keys
 
-    async def create_api_key(self, user: dict[str, Any], name: str, scopes: list[str],
-                             expires_at: datetime | None) -> tuple[dict[str, Any], str]:
+    async def create_api_key(
+        self, user: dict[str, Any], name: str, scopes: list[str], expires_at: datetime | None
+    ) -> tuple[dict[str, Any], str]:
         prefix = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
-        doc = {"_id": str(uuid.uuid4()), "user_id": user["_id"], "name": name, "prefix": prefix,
-               "key_hash": sha256(secret), "scopes": sorted(set(scopes)), "expires_at": expires_at,
-               "created_at": utcnow(), "last_used_at": None, "revoked_at": None}
+        doc = {
+            "_id": str(uuid.uuid4()),
+            "user_id": user["_id"],
+            "name": name,
+            "prefix": prefix,
+            "key_hash": sha256(secret),
+            "scopes": sorted(set(scopes)),
+            "expires_at": expires_at,
+            "created_at": utcnow(),
+            "last_used_at": None,
+            "revoked_at": None,
+        }
         await self.db[API_KEYS].insert_one(doc)
         return doc, f"{API_KEY_PREFIX}{prefix}_{secret}"
 
@@ -287,7 +378,8 @@ class Identity:
 
     async def revoke_api_key(self, user_id: int, key_id: str) -> dict[str, Any]:
         doc = await self.db[API_KEYS].find_one_and_update(
-            {"_id": key_id, "user_id": user_id, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}})
+            {"_id": key_id, "user_id": user_id, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
+        )
         if doc is None:
             raise NotFound("API key not found.")
         await access_changed(self.publisher, user_id, "api key revoked")
@@ -300,7 +392,7 @@ class Identity:
         session = await self.db[SESSIONS].find_one({"access_hash": sha256(token)})
         if session is None or session.get("revoked_at") is not None or session["access_expires_at"] <= now:
             raise TokenExpired("The access token is expired, revoked or unknown.")
-        if (now - session["last_used_at"]).total_seconds() > 60:   # bounded write rate per session
+        if (now - session["last_used_at"]).total_seconds() > 60:  # bounded write rate per session
             await self.db[SESSIONS].update_one({"_id": session["_id"]}, {"$set": {"last_used_at": now}})
         principal = await self.principal_for(session["user_id"], via="token")
         principal.session_id = session["_id"]
@@ -309,10 +401,13 @@ class Identity:
     async def authenticate_api_key(self, key: str) -> Principal:
         match = re.fullmatch(r"ek_([0-9a-f]{8})_([A-Za-z0-9_-]{20,100})", key)
         doc = await self.db[API_KEYS].find_one({"prefix": match.group(1)}) if match else None
-        valid = (doc is not None and match is not None
-                 and hmac.compare_digest(doc["key_hash"], sha256(match.group(2)))
-                 and doc.get("revoked_at") is None
-                 and (doc.get("expires_at") is None or doc["expires_at"] > utcnow()))
+        valid = (
+            doc is not None
+            and match is not None
+            and hmac.compare_digest(doc["key_hash"], sha256(match.group(2)))
+            and doc.get("revoked_at") is None
+            and (doc.get("expires_at") is None or doc["expires_at"] > utcnow())
+        )
         if not valid or doc is None:
             raise AuthenticationFailed("Invalid or expired API key.")
         await self.db[API_KEYS].update_one({"_id": doc["_id"]}, {"$set": {"last_used_at": utcnow()}})
@@ -331,8 +426,11 @@ class Identity:
                 raise TokenExpired("The session has ended.")
         if old.api_key_id is not None:
             key = await self.db[API_KEYS].find_one({"_id": old.api_key_id})
-            if key is None or key.get("revoked_at") is not None or (
-                    key.get("expires_at") is not None and key["expires_at"] <= now):
+            if (
+                key is None
+                or key.get("revoked_at") is not None
+                or (key.get("expires_at") is not None and key["expires_at"] <= now)
+            ):
                 raise AuthenticationFailed("The API key was revoked or expired.")
         fresh = await self.principal_for(old.id, via=old.via)
         fresh.scopes, fresh.session_id, fresh.api_key_id = old.scopes, old.session_id, old.api_key_id
@@ -342,8 +440,9 @@ class Identity:
         user = await self.db[USERS].find_one({"_id": user_id}, projection={"password_hash": 0})
         if user is None or not user.get("is_active", True):
             raise AuthenticationFailed("This account is disabled.")
-        memberships = {m["organization_id"]: Role(m["role"])
-                       async for m in self.db[MEMBERSHIPS].find({"user_id": user_id})}
+        memberships = {
+            m["organization_id"]: Role(m["role"]) async for m in self.db[MEMBERSHIPS].find({"user_id": user_id})
+        }
         org_filter: dict[str, Any] = {"is_us_organization": True}
         if not user.get("is_staff"):
             org_filter["_id"] = {"$in": list(memberships)}
@@ -352,12 +451,24 @@ class Identity:
 
 
 def render_session(doc: dict[str, Any], current_id: str | None) -> dict[str, Any]:
-    return {"id": doc["_id"], "device": doc.get("device", ""), "ip_address": doc.get("ip"),
-            "created_at": doc["created_at"], "last_used_at": doc["last_used_at"],
-            "expires_at": doc["refresh_expires_at"], "current": doc["_id"] == current_id}
+    return {
+        "id": doc["_id"],
+        "device": doc.get("device", ""),
+        "ip_address": doc.get("ip"),
+        "created_at": doc["created_at"],
+        "last_used_at": doc["last_used_at"],
+        "expires_at": doc["refresh_expires_at"],
+        "current": doc["_id"] == current_id,
+    }
 
 
 def render_api_key(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"id": doc["_id"], "name": doc["name"], "prefix": f"{API_KEY_PREFIX}{doc['prefix']}_…",
-            "scopes": doc["scopes"], "expires_at": doc.get("expires_at"), "created_at": doc["created_at"],
-            "last_used_at": doc.get("last_used_at")}
+    return {
+        "id": doc["_id"],
+        "name": doc["name"],
+        "prefix": f"{API_KEY_PREFIX}{doc['prefix']}_…",
+        "scopes": doc["scopes"],
+        "expires_at": doc.get("expires_at"),
+        "created_at": doc["created_at"],
+        "last_used_at": doc.get("last_used_at"),
+    }

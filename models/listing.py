@@ -1,11 +1,12 @@
 """The list-query layer: pagination, filters, search, ordering and projection, safe from injection."""
+
 from __future__ import annotations
 
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 from urllib.parse import urlencode
@@ -36,8 +37,8 @@ class Filter:
     kind: Kind
     path: str
     choices: frozenset[str] = frozenset()
-    ranges: bool = False          # also accept <name>__gte / <name>__lte
-    nullable: bool = False        # accept "null" to match a missing/None value
+    ranges: bool = False  # also accept <name>__gte / <name>__lte
+    nullable: bool = False  # accept "null" to match a missing/None value
     case_insensitive: bool = False
 
 
@@ -47,9 +48,9 @@ class ListSpec:
 
     filters: Mapping[str, Filter] = field(default_factory=dict)
     search: Sequence[str] = ()
-    ordering: Mapping[str, str] = field(default_factory=dict)   # public name -> stored path
+    ordering: Mapping[str, str] = field(default_factory=dict)  # public name -> stored path
     default_ordering: str = "-created_at"
-    fields: frozenset[str] = frozenset()                        # output fields `fields=` may name
+    fields: frozenset[str] = frozenset()  # output fields `fields=` may name
 
 
 @dataclass
@@ -82,12 +83,14 @@ def _positive_int(name: str, raw: str, default: int, maximum: int | None = None)
     if raw == "":
         return default
     if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < 1:
-        raise ValidationFailed(f"'{name}' must be a positive integer.",
-                               field_errors={name: ["Must be a positive integer."]})
+        raise ValidationFailed(
+            f"'{name}' must be a positive integer.", field_errors={name: ["Must be a positive integer."]}
+        )
     value = int(raw)
     if maximum is not None and value > maximum:
-        raise ValidationFailed(f"'{name}' must be at most {maximum}.",
-                               field_errors={name: [f"Must be at most {maximum}."]})
+        raise ValidationFailed(
+            f"'{name}' must be at most {maximum}.", field_errors={name: [f"Must be at most {maximum}."]}
+        )
     return value
 
 
@@ -97,8 +100,8 @@ def parse_datetime(raw: str) -> datetime:
         text = text[:-1] + "+00:00"
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def _convert(name: str, spec: Filter, raw: str) -> Any:
@@ -144,8 +147,9 @@ def parse_list_query(spec: ListSpec, args: Mapping[str, Sequence[bytes | str]]) 
         base, _, op = name.partition("__")
         fspec = spec.filters.get(base)
         if fspec is None or (op and (op not in ("gte", "lte") or not fspec.ranges)):
-            raise ValidationFailed(f"Unknown query parameter '{name}'.",
-                                   field_errors={name: ["Unknown query parameter."]})
+            raise ValidationFailed(
+                f"Unknown query parameter '{name}'.", field_errors={name: ["Unknown query parameter."]}
+            )
         converted = _convert(name, fspec, value)
         if op:
             filters.setdefault(fspec.path, {})
@@ -170,21 +174,27 @@ def parse_list_query(spec: ListSpec, args: Mapping[str, Sequence[bytes | str]]) 
 
     sort = parse_ordering(spec, _one(args, "ordering") if "ordering" in args else "")
     page = _positive_int("page", _one(args, "page") if "page" in args else "", 1)
-    page_size = _positive_int("page_size", _one(args, "page_size") if "page_size" in args else "",
-                              DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    page_size = _positive_int(
+        "page_size", _one(args, "page_size") if "page_size" in args else "", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+    )
 
     fields: list[str] | None = None
     if "fields" in args and _one(args, "fields").strip():
         fields = [f.strip() for f in _one(args, "fields").split(",") if f.strip()]
         unknown = [f for f in fields if f not in spec.fields]
         if unknown:
-            raise ValidationFailed("Unknown field in 'fields': " + ", ".join(unknown) + ".",
-                                   field_errors={"fields": [f"Unknown field '{f}'." for f in unknown]})
+            raise ValidationFailed(
+                "Unknown field in 'fields': " + ", ".join(unknown) + ".",
+                field_errors={"fields": [f"Unknown field '{f}'." for f in unknown]},
+            )
 
     query: dict[str, Any] = dict(filters)
     if conditions:
-        query = {"$and": [query, *conditions]} if query else (
-            {"$and": conditions} if len(conditions) > 1 else conditions[0])
+        query = (
+            {"$and": [query, *conditions]}
+            if query
+            else ({"$and": conditions} if len(conditions) > 1 else conditions[0])
+        )
     return ListQuery(filter=query, sort=sort, page=page, page_size=page_size, fields=fields)
 
 
@@ -199,12 +209,14 @@ def parse_ordering(spec: ListSpec, raw: str) -> list[tuple[str, int]]:
         path = spec.ordering.get(name)
         if path is None:
             allowed = ", ".join(sorted(spec.ordering)) or "none"
-            raise ValidationFailed(f"Cannot order by '{name}'. Allowed: {allowed}.",
-                                   field_errors={"ordering": [f"Unknown ordering field '{name}'."]})
+            raise ValidationFailed(
+                f"Cannot order by '{name}'. Allowed: {allowed}.",
+                field_errors={"ordering": [f"Unknown ordering field '{name}'."]},
+            )
         if all(p != path for p, _ in sort):
             sort.append((path, direction))
     if all(p != "_id" for p, _ in sort):
-        sort.append(("_id", 1))   # a total order, so pages never overlap or skip
+        sort.append(("_id", 1))  # a total order, so pages never overlap or skip
     return sort
 
 
@@ -212,11 +224,11 @@ def project(item: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
     return item if fields is None else {k: item[k] for k in fields if k in item}
 
 
-def page_links(base_url: str, args: Mapping[str, Sequence[bytes | str]], page: int, page_size: int,
-               count: int) -> tuple[str | None, str | None]:
+def page_links(
+    base_url: str, args: Mapping[str, Sequence[bytes | str]], page: int, page_size: int, count: int
+) -> tuple[str | None, str | None]:
     """Absolute next/previous URLs that keep every other parameter the client sent."""
-    kept = [(k, (v.decode() if isinstance(v, bytes) else v)) for k, vs in args.items() if k != "page"
-            for v in vs]
+    kept = [(k, (v.decode() if isinstance(v, bytes) else v)) for k, vs in args.items() if k != "page" for v in vs]
 
     def link(target: int) -> str:
         return base_url + "?" + urlencode(kept + [("page", str(target))])
@@ -227,16 +239,20 @@ def page_links(base_url: str, args: Mapping[str, Sequence[bytes | str]], page: i
     return nxt, prev
 
 
-async def run_list(collection: Any, base_filter: dict[str, Any], query: ListQuery,
-                   render_page: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
-                   base_url: str, args: Mapping[str, Sequence[bytes | str]]) -> dict[str, Any]:
+async def run_list(
+    collection: Any,
+    base_filter: dict[str, Any],
+    query: ListQuery,
+    render_page: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+    base_url: str,
+    args: Mapping[str, Sequence[bytes | str]],
+) -> dict[str, Any]:
     """Run a validated query inside `base_filter` (the caller's visibility) and build the page envelope.
 
     The access filter is combined with $and so a client filter can only narrow what the policy allows.
     A page is rendered as a whole so related data is fetched once per page, not once per item.
     """
-    combined = {"$and": [base_filter, query.filter]} if base_filter and query.filter else (
-        base_filter or query.filter)
+    combined = {"$and": [base_filter, query.filter]} if base_filter and query.filter else (base_filter or query.filter)
     count = await collection.count_documents(combined)
     cursor = collection.find(combined).sort(query.sort).skip(query.skip).limit(query.page_size)
     docs = [doc async for doc in cursor]
@@ -245,9 +261,12 @@ async def run_list(collection: Any, base_filter: dict[str, Any], query: ListQuer
     return {"count": count, "next": nxt, "previous": prev, "results": results}
 
 
-def each(render: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[list[dict[str, Any]]],
-                                                                         Awaitable[list[dict[str, Any]]]]:
+def each(
+    render: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]:
     """Adapt a one-document renderer to run_list's page renderer."""
+
     async def render_page(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [render(d) for d in docs]
+
     return render_page

@@ -1,4 +1,5 @@
 """Markups: 3D annotations in review sessions, their threads of replies, resolution, and who may touch them."""
+
 from __future__ import annotations
 
 import math
@@ -16,22 +17,34 @@ from models.events import Publisher, announce
 from models.identity import USERS
 from models.listing import Filter, Kind, ListSpec, parse_list_query, run_list
 from models.policy import Principal, check_document, documents_filter
-from models.reviews import (MARKUPS, UUID_PATTERN, RequiredText, ReviewVoteCommand, Reviews, Text, parse_payload,
-                            refuse_nulls, require_write)
+from models.reviews import (
+    MARKUPS,
+    UUID_PATTERN,
+    RequiredText,
+    Reviews,
+    ReviewVoteCommand,
+    Text,
+    parse_payload,
+    refuse_nulls,
+    require_write,
+)
 from models.schema import Input
 from models.series import DESIGNS
 
 BOM_NODES = "bom_nodes"
 MAX_REPLIES = 500
-MAX_COORDINATE = 1e9         # mm: a thousand kilometres is beyond any model; bigger values are garbage
+MAX_COORDINATE = 1e9  # mm: a thousand kilometres is beyond any model; bigger values are garbage
 MAX_FACE_INDEX = 10_000_000
 
-register_indexes(MARKUPS, [
-    IndexModel([("review_id", 1), ("created_at", 1)]),
-    IndexModel([("design_id", 1), ("created_at", 1)]),
-    IndexModel([("organization_id", 1), ("created_at", -1)]),
-    IndexModel([("author_id", 1), ("created_at", -1)]),
-])
+register_indexes(
+    MARKUPS,
+    [
+        IndexModel([("review_id", 1), ("created_at", 1)]),
+        IndexModel([("design_id", 1), ("created_at", 1)]),
+        IndexModel([("organization_id", 1), ("created_at", -1)]),
+        IndexModel([("author_id", 1), ("created_at", -1)]),
+    ],
+)
 
 
 class Severity(str, Enum):
@@ -63,7 +76,7 @@ class CameraIn(Input):
 
     position: Vec3
     target: Vec3
-    up: Vec3 = Vec3(x=0.0, y=1.0, z=0.0)      # glTF, which the viewer renders, is Y-up
+    up: Vec3 = Vec3(x=0.0, y=1.0, z=0.0)  # glTF, which the viewer renders, is Y-up
     fov: float | None = Field(None, gt=0, lt=180)
     orthographic_scale: float | None = Field(None, gt=0, le=MAX_COORDINATE)
 
@@ -73,7 +86,7 @@ class MarkupIn(Input):
     design_asset: str | None = Field(None, pattern=UUID_PATTERN)
     position: Vec3
     camera: CameraIn | None = None
-    camera_position: Vec3 | None = None        # the seed's flat form of camera.position / camera.target
+    camera_position: Vec3 | None = None  # the seed's flat form of camera.position / camera.target
     camera_target: Vec3 | None = None
     bom_node: int | None = Field(None, ge=1, le=2**53)
     face_index: int | None = Field(None, ge=0, le=MAX_FACE_INDEX)
@@ -90,7 +103,7 @@ class MarkupPatch(Input):
     face_index: int | None = Field(None, ge=0, le=MAX_FACE_INDEX)
     annotation_text: RequiredText | None = None
     severity: Severity | None = None
-    status: Literal["OPEN"] | None = None       # reopening; resolve/ and dismiss/ close a markup
+    status: Literal["OPEN"] | None = None  # reopening; resolve/ and dismiss/ close a markup
 
 
 class ResolveIn(Input):
@@ -118,26 +131,59 @@ class MarkupDismissCommand(DismissIn):
     id: int = Field(ge=1, le=2**53)
 
 
-MARKUP_FIELDS = frozenset({
-    "id", "design_asset", "review_session", "organization", "classification", "author", "author_username",
-    "position", "camera", "camera_position", "camera_target", "bom_node", "face_index", "annotation_text",
-    "severity", "status", "resolution_notes", "resolved_by", "resolved_at", "dismiss_reason", "dismissed_by",
-    "dismissed_at", "reply_count", "created_at", "updated_at", "version"})
+MARKUP_FIELDS = frozenset(
+    {
+        "id",
+        "design_asset",
+        "review_session",
+        "organization",
+        "classification",
+        "author",
+        "author_username",
+        "position",
+        "camera",
+        "camera_position",
+        "camera_target",
+        "bom_node",
+        "face_index",
+        "annotation_text",
+        "severity",
+        "status",
+        "resolution_notes",
+        "resolved_by",
+        "resolved_at",
+        "dismiss_reason",
+        "dismissed_by",
+        "dismissed_at",
+        "reply_count",
+        "created_at",
+        "updated_at",
+        "version",
+    }
+)
 
 MARKUP_LIST = ListSpec(
-    filters={"design_asset": Filter(Kind.UUID, "design_id"),
-             "review_session": Filter(Kind.UUID, "review_id"),
-             "organization": Filter(Kind.UUID, "organization_id"),
-             "author": Filter(Kind.INT, "author_id"),
-             "severity": Filter(Kind.ENUM, "severity", choices=frozenset(s.value for s in Severity)),
-             "status": Filter(Kind.ENUM, "status", choices=frozenset(s.value for s in MarkupStatus)),
-             "bom_node": Filter(Kind.INT, "bom_node", nullable=True),
-             "created_at": Filter(Kind.DATETIME, "created_at", ranges=True)},
+    filters={
+        "design_asset": Filter(Kind.UUID, "design_id"),
+        "review_session": Filter(Kind.UUID, "review_id"),
+        "organization": Filter(Kind.UUID, "organization_id"),
+        "author": Filter(Kind.INT, "author_id"),
+        "severity": Filter(Kind.ENUM, "severity", choices=frozenset(s.value for s in Severity)),
+        "status": Filter(Kind.ENUM, "status", choices=frozenset(s.value for s in MarkupStatus)),
+        "bom_node": Filter(Kind.INT, "bom_node", nullable=True),
+        "created_at": Filter(Kind.DATETIME, "created_at", ranges=True),
+    },
     search=("annotation_text",),
-    ordering={"created_at": "created_at", "updated_at": "updated_at", "severity": "severity_rank",
-              "status": "status", "id": "_id"},
+    ordering={
+        "created_at": "created_at",
+        "updated_at": "updated_at",
+        "severity": "severity_rank",
+        "status": "status",
+        "id": "_id",
+    },
     default_ordering="created_at",
-    fields=MARKUP_FIELDS)
+    fields=MARKUP_FIELDS,
+)
 
 
 def _vec(v: Vec3 | None) -> dict[str, float] | None:
@@ -147,31 +193,48 @@ def _vec(v: Vec3 | None) -> dict[str, float] | None:
 def _camera(camera: CameraIn | None, position: Vec3 | None, target: Vec3 | None) -> dict[str, Any] | None:
     """One stored camera from either the nested form or the seed's flat camera_position/camera_target."""
     if camera is not None and (position is not None or target is not None):
-        raise ValidationFailed("Give either camera or camera_position/camera_target, not both.",
-                               field_errors={"camera": ["Conflicts with camera_position/camera_target."]})
+        raise ValidationFailed(
+            "Give either camera or camera_position/camera_target, not both.",
+            field_errors={"camera": ["Conflicts with camera_position/camera_target."]},
+        )
     if camera is None:
         if position is None and target is None:
             return None
         if position is None or target is None:
             missing = "camera_target" if position is not None else "camera_position"
-            raise ValidationFailed("camera_position and camera_target go together.",
-                                   field_errors={missing: ["Required with the other camera field."]})
+            raise ValidationFailed(
+                "camera_position and camera_target go together.",
+                field_errors={missing: ["Required with the other camera field."]},
+            )
         camera = CameraIn(position=position, target=target, fov=None, orthographic_scale=None)
     if camera.fov is not None and camera.orthographic_scale is not None:
-        raise ValidationFailed("A camera is perspective (fov) or orthographic (orthographic_scale), not both.",
-                               field_errors={"camera": ["Give fov or orthographic_scale, not both."]})
-    view = (camera.target.x - camera.position.x, camera.target.y - camera.position.y,
-            camera.target.z - camera.position.z)
+        raise ValidationFailed(
+            "A camera is perspective (fov) or orthographic (orthographic_scale), not both.",
+            field_errors={"camera": ["Give fov or orthographic_scale, not both."]},
+        )
+    view = (
+        camera.target.x - camera.position.x,
+        camera.target.y - camera.position.y,
+        camera.target.z - camera.position.z,
+    )
     up = (camera.up.x, camera.up.y, camera.up.z)
     if math.hypot(*view) == 0:
-        raise ValidationFailed("The camera's position and target coincide.",
-                               field_errors={"camera": ["position and target must differ."]})
+        raise ValidationFailed(
+            "The camera's position and target coincide.", field_errors={"camera": ["position and target must differ."]}
+        )
     cross = (view[1] * up[2] - view[2] * up[1], view[2] * up[0] - view[0] * up[2], view[0] * up[1] - view[1] * up[0])
     if math.hypot(*up) == 0 or math.hypot(*cross) == 0:
-        raise ValidationFailed("The camera's up vector is zero or along the line of sight.",
-                               field_errors={"camera": ["up must be non-zero and not parallel to the view."]})
-    return {"position": _vec(camera.position), "target": _vec(camera.target), "up": _vec(camera.up),
-            "fov": camera.fov, "orthographic_scale": camera.orthographic_scale}
+        raise ValidationFailed(
+            "The camera's up vector is zero or along the line of sight.",
+            field_errors={"camera": ["up must be non-zero and not parallel to the view."]},
+        )
+    return {
+        "position": _vec(camera.position),
+        "target": _vec(camera.target),
+        "up": _vec(camera.up),
+        "fov": camera.fov,
+        "orthographic_scale": camera.orthographic_scale,
+    }
 
 
 class Markups:
@@ -204,15 +267,19 @@ class Markups:
 
     async def _check_anchors(self, design_id: str, bom_node: int | None, face_index: int | None) -> None:
         if bom_node is not None and not await self.db[BOM_NODES].count_documents(
-                {"_id": bom_node, "design_id": design_id}, limit=1):
-            raise ValidationFailed("No such BOM node in this design.",
-                                   field_errors={"bom_node": ["Not a BOM node of this design."]})
+            {"_id": bom_node, "design_id": design_id}, limit=1
+        ):
+            raise ValidationFailed(
+                "No such BOM node in this design.", field_errors={"bom_node": ["Not a BOM node of this design."]}
+            )
         if face_index is not None:
             design = await self.db[DESIGNS].find_one({"_id": design_id}, projection={"analysis.topology.faces": 1})
             faces = (((design or {}).get("analysis") or {}).get("topology") or {}).get("faces")
             if isinstance(faces, int) and face_index >= faces:
-                raise ValidationFailed("The face index is beyond the design's faces.",
-                                       field_errors={"face_index": [f"The design has {faces} faces (0-{faces - 1})."]})
+                raise ValidationFailed(
+                    "The face index is beyond the design's faces.",
+                    field_errors={"face_index": [f"The design has {faces} faces (0-{faces - 1})."]},
+                )
 
     # ------------------------------------------------------------------ writes
 
@@ -220,8 +287,10 @@ class Markups:
         require_write(principal)
         review = await self.reviews.get_visible(principal, data.review_session)
         if data.design_asset is not None and data.design_asset != review["design_id"]:
-            raise ValidationFailed("The markup's design_asset is not the design under review in review_session.",
-                                   field_errors={"design_asset": ["Does not match the review session's design."]})
+            raise ValidationFailed(
+                "The markup's design_asset is not the design under review in review_session.",
+                field_errors={"design_asset": ["Does not match the review session's design."]},
+            )
         if not (self.reviews.is_participant(principal, review) or self.reviews.may_moderate(principal, review)):
             raise PermissionDenied("Only the review's creator, its reviewers and ADMIN/OWNER create markups.")
         self.reviews.require_open(review)
@@ -229,26 +298,54 @@ class Markups:
         await self._check_anchors(review["design_id"], data.bom_node, data.face_index)
         now = utcnow()
         doc = {
-            "_id": await next_id(self.db, MARKUPS), "organization_id": review["organization_id"],
-            "design_id": review["design_id"], "review_id": review["_id"], "classification": review["classification"],
-            "author_id": principal.id, "position": _vec(data.position), "camera": camera, "bom_node": data.bom_node,
-            "face_index": data.face_index, "annotation_text": data.annotation_text, "severity": data.severity.value,
-            "severity_rank": SEVERITY_RANK[data.severity.value], "status": MarkupStatus.OPEN.value,
-            "resolution_notes": None, "resolved_by": None, "resolved_at": None, "dismiss_reason": None,
-            "dismissed_by": None, "dismissed_at": None, "replies": [], "reply_count": 0,
-            "created_at": now, "updated_at": now, "version": 1,
+            "_id": await next_id(self.db, MARKUPS),
+            "organization_id": review["organization_id"],
+            "design_id": review["design_id"],
+            "review_id": review["_id"],
+            "classification": review["classification"],
+            "author_id": principal.id,
+            "position": _vec(data.position),
+            "camera": camera,
+            "bom_node": data.bom_node,
+            "face_index": data.face_index,
+            "annotation_text": data.annotation_text,
+            "severity": data.severity.value,
+            "severity_rank": SEVERITY_RANK[data.severity.value],
+            "status": MarkupStatus.OPEN.value,
+            "resolution_notes": None,
+            "resolved_by": None,
+            "resolved_at": None,
+            "dismiss_reason": None,
+            "dismissed_by": None,
+            "dismissed_at": None,
+            "replies": [],
+            "reply_count": 0,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
         }
         await self.db[MARKUPS].insert_one(doc)
         await self.reviews.mark_in_progress(review)
-        await audit.record(self.db, actor, "CREATE", "Markup", doc["_id"], organization_id=doc["organization_id"],
-                           classification=doc["classification"],
-                           changes={"review_id": doc["review_id"], "severity": doc["severity"],
-                                    "annotation_text": doc["annotation_text"][:500]})
+        await audit.record(
+            self.db,
+            actor,
+            "CREATE",
+            "Markup",
+            doc["_id"],
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={
+                "review_id": doc["review_id"],
+                "severity": doc["severity"],
+                "annotation_text": doc["annotation_text"][:500],
+            },
+        )
         await self._announce(doc, "markup.created", {"markup": await self.render_one(doc)})
         return doc
 
-    async def update(self, principal: Principal, markup_id: int, patch: MarkupPatch, actor: audit.Actor,
-                     if_match: str | None = None) -> dict[str, Any]:
+    async def update(
+        self, principal: Principal, markup_id: int, patch: MarkupPatch, actor: audit.Actor, if_match: str | None = None
+    ) -> dict[str, Any]:
         """The author edits their own markup's content; any participant reopens (status OPEN)."""
         require_write(principal)
         doc = await self.get_visible(principal, markup_id)
@@ -280,27 +377,56 @@ class Markups:
             changes["severity_rank"] = SEVERITY_RANK[changes["severity"]]
         reopened = values.get("status") == MarkupStatus.OPEN.value and doc["status"] != MarkupStatus.OPEN.value
         if reopened:
-            changes.update(status=MarkupStatus.OPEN.value, resolution_notes=None, resolved_by=None, resolved_at=None,
-                           dismiss_reason=None, dismissed_by=None, dismissed_at=None)
+            changes.update(
+                status=MarkupStatus.OPEN.value,
+                resolution_notes=None,
+                resolved_by=None,
+                resolved_at=None,
+                dismiss_reason=None,
+                dismissed_by=None,
+                dismissed_at=None,
+            )
         changes = {k: v for k, v in changes.items() if doc.get(k) != v}
         if not changes:
             return doc
         updated = await self.db[MARKUPS].find_one_and_update(
             {"_id": markup_id, "version": doc["version"]},
-            {"$set": {**changes, "updated_at": utcnow()}, "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+            {"$set": {**changes, "updated_at": utcnow()}, "$inc": {"version": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is None:
             raise Conflict("The markup changed meanwhile; read it again and retry.")
-        audited = {k: {"old": doc.get(k), "new": v} for k, v in changes.items()
-                   if k not in ("severity_rank",) and not k.startswith(("resolved_", "dismissed_"))}
-        await audit.record(self.db, actor, "REOPEN" if reopened else "UPDATE", "Markup", markup_id,
-                           organization_id=doc["organization_id"], classification=doc["classification"],
-                           changes=audited)
-        await self._announce(updated, "markup.updated", {"markup": await self.render_one(updated),
-                                                         "changes": sorted(audited), "reopened": reopened})
+        audited = {
+            k: {"old": doc.get(k), "new": v}
+            for k, v in changes.items()
+            if k not in ("severity_rank",) and not k.startswith(("resolved_", "dismissed_"))
+        }
+        await audit.record(
+            self.db,
+            actor,
+            "REOPEN" if reopened else "UPDATE",
+            "Markup",
+            markup_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes=audited,
+        )
+        await self._announce(
+            updated,
+            "markup.updated",
+            {"markup": await self.render_one(updated), "changes": sorted(audited), "reopened": reopened},
+        )
         return updated
 
-    async def _close(self, principal: Principal, markup_id: int, status: MarkupStatus, fields: dict[str, Any],
-                     actor: audit.Actor, event: str) -> dict[str, Any]:
+    async def _close(
+        self,
+        principal: Principal,
+        markup_id: int,
+        status: MarkupStatus,
+        fields: dict[str, Any],
+        actor: audit.Actor,
+        event: str,
+    ) -> dict[str, Any]:
         require_write(principal)
         doc = await self.get_visible(principal, markup_id)
         await self._session(principal, doc, "resolve or dismiss")
@@ -310,26 +436,51 @@ class Markups:
         who = "resolved" if status is MarkupStatus.RESOLVED else "dismissed"
         updated = await self.db[MARKUPS].find_one_and_update(
             {"_id": markup_id, "status": MarkupStatus.OPEN.value},
-            {"$set": {"status": status.value, f"{who}_by": principal.id, f"{who}_at": now, **fields,
-                      "updated_at": now}, "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+            {
+                "$set": {
+                    "status": status.value,
+                    f"{who}_by": principal.id,
+                    f"{who}_at": now,
+                    **fields,
+                    "updated_at": now,
+                },
+                "$inc": {"version": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is None:
             raise Conflict("This markup was resolved or dismissed meanwhile.")
-        await audit.record(self.db, actor, "RESOLVE" if status is MarkupStatus.RESOLVED else "DISMISS",
-                           "Markup", markup_id, organization_id=doc["organization_id"],
-                           classification=doc["classification"],
-                           changes={"status": {"old": doc["status"], "new": status.value}, **fields})
+        await audit.record(
+            self.db,
+            actor,
+            "RESOLVE" if status is MarkupStatus.RESOLVED else "DISMISS",
+            "Markup",
+            markup_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={"status": {"old": doc["status"], "new": status.value}, **fields},
+        )
         await self._announce(updated, event, {"markup": await self.render_one(updated)})
         return updated
 
-    async def resolve(self, principal: Principal, markup_id: int, data: ResolveIn,
-                      actor: audit.Actor) -> dict[str, Any]:
-        return await self._close(principal, markup_id, MarkupStatus.RESOLVED,
-                                 {"resolution_notes": data.resolution_notes}, actor, "markup.resolved")
+    async def resolve(
+        self, principal: Principal, markup_id: int, data: ResolveIn, actor: audit.Actor
+    ) -> dict[str, Any]:
+        return await self._close(
+            principal,
+            markup_id,
+            MarkupStatus.RESOLVED,
+            {"resolution_notes": data.resolution_notes},
+            actor,
+            "markup.resolved",
+        )
 
-    async def dismiss(self, principal: Principal, markup_id: int, data: DismissIn,
-                      actor: audit.Actor) -> dict[str, Any]:
-        return await self._close(principal, markup_id, MarkupStatus.DISMISSED, {"dismiss_reason": data.reason},
-                                 actor, "markup.dismissed")
+    async def dismiss(
+        self, principal: Principal, markup_id: int, data: DismissIn, actor: audit.Actor
+    ) -> dict[str, Any]:
+        return await self._close(
+            principal, markup_id, MarkupStatus.DISMISSED, {"dismiss_reason": data.reason}, actor, "markup.dismissed"
+        )
 
     async def delete(self, principal: Principal, markup_id: int, actor: audit.Actor) -> None:
         """The author deletes their own markup; ADMIN/OWNER may remove anyone's."""
@@ -341,10 +492,20 @@ class Markups:
         result = await self.db[MARKUPS].delete_one({"_id": markup_id})
         if not result.deleted_count:
             raise NotFound("Markup not found.")
-        await audit.record(self.db, actor, "DELETE", "Markup", markup_id, organization_id=doc["organization_id"],
-                           classification=doc["classification"],
-                           changes={"author_id": doc["author_id"], "annotation_text": doc["annotation_text"][:500],
-                                    "reply_count": doc.get("reply_count", 0)})
+        await audit.record(
+            self.db,
+            actor,
+            "DELETE",
+            "Markup",
+            markup_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={
+                "author_id": doc["author_id"],
+                "annotation_text": doc["annotation_text"][:500],
+                "reply_count": doc.get("reply_count", 0),
+            },
+        )
         await self._announce(doc, "markup.deleted", {"markup_id": markup_id})
 
     async def reply(self, principal: Principal, markup_id: int, data: ReplyIn, actor: audit.Actor) -> dict[str, Any]:
@@ -353,38 +514,52 @@ class Markups:
         doc = await self.get_visible(principal, markup_id)
         await self._session(principal, doc, "reply to")
         now = utcnow()
-        reply = {"id": await next_id(self.db, "markup_replies"), "author_id": principal.id, "text": data.text,
-                 "created_at": now}
+        reply = {
+            "id": await next_id(self.db, "markup_replies"),
+            "author_id": principal.id,
+            "text": data.text,
+            "created_at": now,
+        }
         result = await self.db[MARKUPS].update_one(
             {"_id": markup_id, "reply_count": {"$lt": MAX_REPLIES}},
             # Replies do not bump `version`: they never conflict with an edit of the markup itself.
-            {"$push": {"replies": reply}, "$inc": {"reply_count": 1}, "$set": {"updated_at": now}})
+            {"$push": {"replies": reply}, "$inc": {"reply_count": 1}, "$set": {"updated_at": now}},
+        )
         if not result.modified_count:
             if await self.db[MARKUPS].count_documents({"_id": markup_id}, limit=1):
                 raise Conflict(f"This thread has reached its limit of {MAX_REPLIES} replies.")
             raise NotFound("Markup not found.")
-        await audit.record(self.db, actor, "REPLY", "Markup", markup_id, organization_id=doc["organization_id"],
-                           classification=doc["classification"], changes={"reply_id": reply["id"],
-                                                                          "text": data.text[:500]})
+        await audit.record(
+            self.db,
+            actor,
+            "REPLY",
+            "Markup",
+            markup_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={"reply_id": reply["id"], "text": data.text[:500]},
+        )
         rendered = render_reply(reply, principal.username)
         await self._announce(doc, "markup.reply", {"markup_id": markup_id, "reply": rendered})
         return rendered
 
     # ------------------------------------------------------------------ reads
 
-    async def list_visible(self, principal: Principal, args: Mapping[str, Sequence[bytes | str]],
-                           base_url: str) -> dict[str, Any]:
+    async def list_visible(
+        self, principal: Principal, args: Mapping[str, Sequence[bytes | str]], base_url: str
+    ) -> dict[str, Any]:
         query = parse_list_query(MARKUP_LIST, args)
-        return await run_list(self.db[MARKUPS], self.visible_filter(principal), query, self.render_many, base_url,
-                              args)
+        return await run_list(self.db[MARKUPS], self.visible_filter(principal), query, self.render_many, base_url, args)
 
     async def replies(self, principal: Principal, markup_id: int) -> list[dict[str, Any]]:
         doc = await self.get_visible(principal, markup_id)
         return (await self.render_detail(doc))["replies"]
 
     async def _names(self, ids: set[int]) -> dict[int, str]:
-        return {u["_id"]: u["username"] async for u in self.db[USERS].find({"_id": {"$in": sorted(ids)}},
-                                                                           projection={"username": 1})}
+        return {
+            u["_id"]: u["username"]
+            async for u in self.db[USERS].find({"_id": {"$in": sorted(ids)}}, projection={"username": 1})
+        }
 
     async def render_many(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         names = await self._names({d["author_id"] for d in docs})
@@ -401,32 +576,56 @@ class Markups:
         return out
 
     async def _announce(self, doc: Mapping[str, Any], event: str, extra: dict[str, Any]) -> None:
-        data = {"markup_id": doc["_id"], "review_id": doc["review_id"], "design_id": doc["design_id"],
-                "classification": doc["classification"], **extra}
+        data = {
+            "markup_id": doc["_id"],
+            "review_id": doc["review_id"],
+            "design_id": doc["design_id"],
+            "classification": doc["classification"],
+            **extra,
+        }
         await announce(self.publisher, [f"review:{doc['review_id']}"], event, data)
 
 
 def render_markup(doc: Mapping[str, Any], username: str | None) -> dict[str, Any]:
     camera = doc.get("camera")
     return {
-        "id": doc["_id"], "design_asset": doc["design_id"], "review_session": doc["review_id"],
-        "organization": doc["organization_id"], "classification": doc["classification"],
-        "author": doc["author_id"], "author_username": username, "position": doc["position"], "camera": camera,
+        "id": doc["_id"],
+        "design_asset": doc["design_id"],
+        "review_session": doc["review_id"],
+        "organization": doc["organization_id"],
+        "classification": doc["classification"],
+        "author": doc["author_id"],
+        "author_username": username,
+        "position": doc["position"],
+        "camera": camera,
         "camera_position": camera["position"] if camera else None,
         "camera_target": camera["target"] if camera else None,
-        "bom_node": doc.get("bom_node"), "face_index": doc.get("face_index"),
-        "annotation_text": doc["annotation_text"], "severity": doc["severity"], "status": doc["status"],
-        "resolution_notes": doc.get("resolution_notes"), "resolved_by": doc.get("resolved_by"),
-        "resolved_at": doc.get("resolved_at"), "dismiss_reason": doc.get("dismiss_reason"),
-        "dismissed_by": doc.get("dismissed_by"), "dismissed_at": doc.get("dismissed_at"),
-        "reply_count": doc.get("reply_count", 0), "created_at": doc["created_at"], "updated_at": doc["updated_at"],
+        "bom_node": doc.get("bom_node"),
+        "face_index": doc.get("face_index"),
+        "annotation_text": doc["annotation_text"],
+        "severity": doc["severity"],
+        "status": doc["status"],
+        "resolution_notes": doc.get("resolution_notes"),
+        "resolved_by": doc.get("resolved_by"),
+        "resolved_at": doc.get("resolved_at"),
+        "dismiss_reason": doc.get("dismiss_reason"),
+        "dismissed_by": doc.get("dismissed_by"),
+        "dismissed_at": doc.get("dismissed_at"),
+        "reply_count": doc.get("reply_count", 0),
+        "created_at": doc["created_at"],
+        "updated_at": doc["updated_at"],
         "version": doc["version"],
     }
 
 
 def render_reply(reply: Mapping[str, Any], username: str | None) -> dict[str, Any]:
-    return {"id": reply["id"], "author": reply["author_id"], "author_username": username, "text": reply["text"],
-            "created_at": reply["created_at"]}
+    return {
+        "id": reply["id"],
+        "author": reply["author_id"],
+        "author_username": username,
+        "text": reply["text"],
+        "created_at": reply["created_at"],
+    }
 
 
 SocketCommand = Callable[[Principal, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -450,8 +649,9 @@ def socket_commands(reviews: Reviews, markups: Markups) -> dict[str, SocketComma
 
     async def markup_resolve(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
         cmd = parse_payload(MarkupResolveCommand, payload)
-        doc = await markups.resolve(principal, cmd.id, ResolveIn(resolution_notes=cmd.resolution_notes),
-                                    actor(principal))
+        doc = await markups.resolve(
+            principal, cmd.id, ResolveIn(resolution_notes=cmd.resolution_notes), actor(principal)
+        )
         return await markups.render_detail(doc)
 
     async def markup_dismiss(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
@@ -464,5 +664,10 @@ def socket_commands(reviews: Reviews, markups: Markups) -> dict[str, SocketComma
         doc = await reviews.vote(principal, cmd.review_id, cmd, actor(principal))
         return await reviews.render_detail(doc)
 
-    return {"markup.create": markup_create, "markup.update": markup_update, "markup.resolve": markup_resolve,
-            "markup.dismiss": markup_dismiss, "review.vote": review_vote}
+    return {
+        "markup.create": markup_create,
+        "markup.update": markup_update,
+        "markup.resolve": markup_resolve,
+        "markup.dismiss": markup_dismiss,
+        "review.vote": review_vote,
+    }

@@ -1,4 +1,5 @@
 """Organizations and memberships: tenancy, roles, limits, and the last-owner rule."""
+
 from __future__ import annotations
 
 import uuid
@@ -11,8 +12,8 @@ from pymongo.errors import DuplicateKeyError
 
 from models import audit
 from models.database import next_id, register_indexes, utcnow
-from models.events import NullPublisher, Publisher, access_changed
 from models.errors import Conflict, LimitExceeded, NotFound, PermissionDenied, ValidationFailed
+from models.events import NullPublisher, Publisher, access_changed
 from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS
 from models.listing import Filter, Kind, ListSpec
 from models.policy import Principal, Role, require
@@ -60,8 +61,7 @@ class OrganizationPatch(Input):
 
 
 # What only platform staff may set: the export-control attestation and the commercial limits.
-STAFF_ONLY_FIELDS = frozenset({"is_us_organization", "subscription_tier", "max_users", "max_storage_gb",
-                               "is_active"})
+STAFF_ONLY_FIELDS = frozenset({"is_us_organization", "subscription_tier", "max_users", "max_storage_gb", "is_active"})
 
 
 class MemberIn(Input):
@@ -74,16 +74,36 @@ class MemberPatch(Input):
 
 
 ORG_LIST = ListSpec(
-    filters={"is_active": Filter(Kind.BOOL, "is_active"),
-             "is_us_organization": Filter(Kind.BOOL, "is_us_organization"),
-             "subscription_tier": Filter(Kind.ENUM, "subscription_tier", choices=frozenset(t.value for t in Tier))},
+    filters={
+        "is_active": Filter(Kind.BOOL, "is_active"),
+        "is_us_organization": Filter(Kind.BOOL, "is_us_organization"),
+        "subscription_tier": Filter(Kind.ENUM, "subscription_tier", choices=frozenset(t.value for t in Tier)),
+    },
     search=("name", "slug", "description"),
     ordering={"name": "name", "slug": "slug", "created_at": "created_at", "updated_at": "updated_at"},
     default_ordering="name",
-    fields=frozenset({"id", "name", "slug", "description", "is_active", "is_us_organization",
-                      "subscription_tier", "max_users", "max_storage_gb", "member_count", "storage_used_gb",
-                      "contact_email", "contact_phone", "require_password_to_sign", "allow_self_approval",
-                      "created_at", "updated_at"}))
+    fields=frozenset(
+        {
+            "id",
+            "name",
+            "slug",
+            "description",
+            "is_active",
+            "is_us_organization",
+            "subscription_tier",
+            "max_users",
+            "max_storage_gb",
+            "member_count",
+            "storage_used_gb",
+            "contact_email",
+            "contact_phone",
+            "require_password_to_sign",
+            "allow_self_approval",
+            "created_at",
+            "updated_at",
+        }
+    ),
+)
 
 
 def list_filter(principal: Principal) -> dict[str, Any]:
@@ -115,21 +135,38 @@ class Organizations:
             if staff_set:
                 raise PermissionDenied("Only platform administrators set " + ", ".join(sorted(staff_set)) + ".")
         now = utcnow()
-        doc = {"_id": str(uuid.uuid4()), **data.model_dump(mode="json"), "created_at": now, "updated_at": now,
-               "version": 1, "created_by": principal.id}
+        doc = {
+            "_id": str(uuid.uuid4()),
+            **data.model_dump(mode="json"),
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+            "created_by": principal.id,
+        }
         try:
             await self.db[ORGANIZATIONS].insert_one(doc)
         except DuplicateKeyError:
-            raise Conflict("An organization with this slug already exists.", code="VALIDATION_ERROR",
-                           field_errors={"slug": ["Already taken."]}) from None
+            raise Conflict(
+                "An organization with this slug already exists.",
+                code="VALIDATION_ERROR",
+                field_errors={"slug": ["Already taken."]},
+            ) from None
         await self._insert_member(doc["_id"], principal.id, Role.OWNER)
         principal.memberships[doc["_id"]] = Role.OWNER
-        await audit.record(self.db, actor, "CREATE", "Organization", doc["_id"], organization_id=doc["_id"],
-                           changes={"name": doc["name"], "slug": doc["slug"]})
+        await audit.record(
+            self.db,
+            actor,
+            "CREATE",
+            "Organization",
+            doc["_id"],
+            organization_id=doc["_id"],
+            changes={"name": doc["name"], "slug": doc["slug"]},
+        )
         return doc
 
-    async def update(self, principal: Principal, org_id: str, patch: dict[str, Any],
-                     actor: audit.Actor) -> dict[str, Any]:
+    async def update(
+        self, principal: Principal, org_id: str, patch: dict[str, Any], actor: audit.Actor
+    ) -> dict[str, Any]:
         doc = await self.get_visible(principal, org_id)
         require(principal, "org.update", org_id)
         staff_set = sorted(f for f in patch if f in STAFF_ONLY_FIELDS and patch[f] != doc.get(f))
@@ -140,13 +177,17 @@ class Organizations:
             return doc
         try:
             updated = await self.db[ORGANIZATIONS].find_one_and_update(
-                {"_id": org_id}, {"$set": {**patch, "updated_at": utcnow()}, "$inc": {"version": 1}},
-                return_document=True)
+                {"_id": org_id},
+                {"$set": {**patch, "updated_at": utcnow()}, "$inc": {"version": 1}},
+                return_document=True,
+            )
         except DuplicateKeyError:
-            raise Conflict("An organization with this slug already exists.", code="VALIDATION_ERROR",
-                           field_errors={"slug": ["Already taken."]}) from None
-        await audit.record(self.db, actor, "UPDATE", "Organization", org_id, organization_id=org_id,
-                           changes=changes)
+            raise Conflict(
+                "An organization with this slug already exists.",
+                code="VALIDATION_ERROR",
+                field_errors={"slug": ["Already taken."]},
+            ) from None
+        await audit.record(self.db, actor, "UPDATE", "Organization", org_id, organization_id=org_id, changes=changes)
         return updated
 
     async def delete(self, principal: Principal, org_id: str, actor: audit.Actor) -> None:
@@ -156,15 +197,27 @@ class Organizations:
             raise Conflict("The organization still holds design series; delete or move them first.")
         await self.db[MEMBERSHIPS].delete_many({"organization_id": org_id})
         await self.db[ORGANIZATIONS].delete_one({"_id": org_id})
-        await audit.record(self.db, actor, "DELETE", "Organization", org_id, organization_id=org_id,
-                           changes={"name": doc["name"], "slug": doc["slug"]})
+        await audit.record(
+            self.db,
+            actor,
+            "DELETE",
+            "Organization",
+            org_id,
+            organization_id=org_id,
+            changes={"name": doc["name"], "slug": doc["slug"]},
+        )
         await access_changed(self.publisher, None, "organization_deleted")
 
     # ------------------------------------------------------------------ members
 
     async def _insert_member(self, org_id: str, user_id: int, role: Role) -> dict[str, Any]:
-        member = {"_id": await next_id(self.db, "memberships"), "organization_id": org_id, "user_id": user_id,
-                  "role": role.value, "joined_at": utcnow()}
+        member = {
+            "_id": await next_id(self.db, "memberships"),
+            "organization_id": org_id,
+            "user_id": user_id,
+            "role": role.value,
+            "joined_at": utcnow(),
+        }
         try:
             await self.db[MEMBERSHIPS].insert_one(member)
         except DuplicateKeyError:
@@ -175,12 +228,15 @@ class Organizations:
         await self.get_visible(principal, org_id)
         require(principal, "member.read", org_id)
         members = [m async for m in self.db[MEMBERSHIPS].find({"organization_id": org_id}, sort=[("_id", 1)])]
-        users = {u["_id"]: u async for u in self.db[USERS].find(
-            {"_id": {"$in": [m["user_id"] for m in members]}}, projection={"username": 1, "email": 1})}
+        users = {
+            u["_id"]: u
+            async for u in self.db[USERS].find(
+                {"_id": {"$in": [m["user_id"] for m in members]}}, projection={"username": 1, "email": 1}
+            )
+        }
         return [render_member(m, users.get(m["user_id"], {})) for m in members]
 
-    async def add_member(self, principal: Principal, org_id: str, data: MemberIn,
-                         actor: audit.Actor) -> dict[str, Any]:
+    async def add_member(self, principal: Principal, org_id: str, data: MemberIn, actor: audit.Actor) -> dict[str, Any]:
         org = await self.get_visible(principal, org_id)
         require(principal, "member.manage", org_id)
         if data.role is Role.OWNER:
@@ -193,8 +249,15 @@ class Organizations:
         if await self.db[MEMBERSHIPS].count_documents({"organization_id": org_id}) >= org["max_users"]:
             raise LimitExceeded(f"The organization has reached its limit of {org['max_users']} users.")
         member = await self._insert_member(org_id, data.user_id, data.role)
-        await audit.record(self.db, actor, "ADD_MEMBER", "Organization", org_id, organization_id=org_id,
-                           changes={"user_id": data.user_id, "role": data.role.value})
+        await audit.record(
+            self.db,
+            actor,
+            "ADD_MEMBER",
+            "Organization",
+            org_id,
+            organization_id=org_id,
+            changes={"user_id": data.user_id, "role": data.role.value},
+        )
         return render_member(member, user)
 
     async def _membership(self, org_id: str, user_id: int) -> dict[str, Any]:
@@ -203,8 +266,9 @@ class Organizations:
             raise NotFound("Membership not found.")
         return member
 
-    async def _check_member_change(self, principal: Principal, org_id: str, member: dict[str, Any],
-                                   new_role: Role | None) -> None:
+    async def _check_member_change(
+        self, principal: Principal, org_id: str, member: dict[str, Any], new_role: Role | None
+    ) -> None:
         require(principal, "member.manage", org_id)
         touches_owner = member["role"] == Role.OWNER.value or new_role is Role.OWNER
         if touches_owner:
@@ -214,19 +278,28 @@ class Organizations:
             if owners <= 1:
                 raise Conflict("An organization must keep at least one OWNER.")
 
-    async def change_role(self, principal: Principal, org_id: str, user_id: int, data: MemberPatch,
-                          actor: audit.Actor) -> dict[str, Any]:
+    async def change_role(
+        self, principal: Principal, org_id: str, user_id: int, data: MemberPatch, actor: audit.Actor
+    ) -> dict[str, Any]:
         await self.get_visible(principal, org_id)
         member = await self._membership(org_id, user_id)
         await self._check_member_change(principal, org_id, member, data.role)
         # The guard on the old role makes a concurrent demotion of the other last owner lose, not both win.
         result = await self.db[MEMBERSHIPS].find_one_and_update(
-            {"_id": member["_id"], "role": member["role"]}, {"$set": {"role": data.role.value}}, return_document=True)
+            {"_id": member["_id"], "role": member["role"]}, {"$set": {"role": data.role.value}}, return_document=True
+        )
         if result is None:
             raise Conflict("The membership changed meanwhile; try again.")
         await self._recheck_owner(org_id, member)
-        await audit.record(self.db, actor, "CHANGE_ROLE", "Organization", org_id, organization_id=org_id,
-                           changes={"user_id": user_id, "role": {"old": member["role"], "new": data.role.value}})
+        await audit.record(
+            self.db,
+            actor,
+            "CHANGE_ROLE",
+            "Organization",
+            org_id,
+            organization_id=org_id,
+            changes={"user_id": user_id, "role": {"old": member["role"], "new": data.role.value}},
+        )
         await access_changed(self.publisher, user_id, "role_changed")
         user = await self.db[USERS].find_one({"_id": user_id}, projection={"username": 1, "email": 1}) or {}
         return render_member(result, user)
@@ -237,42 +310,77 @@ class Organizations:
         await self._check_member_change(principal, org_id, member, None)
         await self.db[MEMBERSHIPS].delete_one({"_id": member["_id"]})
         await self._recheck_owner(org_id, member)
-        await audit.record(self.db, actor, "REMOVE_MEMBER", "Organization", org_id, organization_id=org_id,
-                           changes={"user_id": user_id, "role": member["role"]})
+        await audit.record(
+            self.db,
+            actor,
+            "REMOVE_MEMBER",
+            "Organization",
+            org_id,
+            organization_id=org_id,
+            changes={"user_id": user_id, "role": member["role"]},
+        )
         await access_changed(self.publisher, user_id, "removed_from_organization")
 
     async def _recheck_owner(self, org_id: str, before: dict[str, Any]) -> None:
         # Two owners demoting each other at once could both pass the count check; undo ours if so.
         if before["role"] == Role.OWNER.value and not await self.db[MEMBERSHIPS].count_documents(
-                {"organization_id": org_id, "role": Role.OWNER.value}):
+            {"organization_id": org_id, "role": Role.OWNER.value}
+        ):
             await self.db[MEMBERSHIPS].replace_one({"_id": before["_id"]}, before, upsert=True)
             raise Conflict("An organization must keep at least one OWNER.")
 
     async def render_many(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Render a page of organizations with their computed counts in two queries, not two per item."""
         ids = [d["_id"] for d in docs]
-        counts = {row["_id"]: row["n"] async for row in await self.db[MEMBERSHIPS].aggregate(
-            [{"$match": {"organization_id": {"$in": ids}}}, {"$group": {"_id": "$organization_id", "n": {"$sum": 1}}}])}
-        sizes = {row["_id"]: row["bytes"] async for row in await self.db["designs"].aggregate(
-            [{"$match": {"organization_id": {"$in": ids}}},
-             {"$group": {"_id": "$organization_id", "bytes": {"$sum": "$file_size_bytes"}}}])}
+        counts = {
+            row["_id"]: row["n"]
+            async for row in await self.db[MEMBERSHIPS].aggregate(
+                [
+                    {"$match": {"organization_id": {"$in": ids}}},
+                    {"$group": {"_id": "$organization_id", "n": {"$sum": 1}}},
+                ]
+            )
+        }
+        sizes = {
+            row["_id"]: row["bytes"]
+            async for row in await self.db["designs"].aggregate(
+                [
+                    {"$match": {"organization_id": {"$in": ids}}},
+                    {"$group": {"_id": "$organization_id", "bytes": {"$sum": "$file_size_bytes"}}},
+                ]
+            )
+        }
         return [render_org(d, counts.get(d["_id"], 0), sizes.get(d["_id"], 0)) for d in docs]
 
 
 def render_org(doc: dict[str, Any], member_count: int, storage_bytes: int) -> dict[str, Any]:
     return {
-        "id": doc["_id"], "name": doc["name"], "slug": doc["slug"], "description": doc.get("description", ""),
-        "is_active": doc.get("is_active", True), "is_us_organization": doc.get("is_us_organization", False),
-        "subscription_tier": doc.get("subscription_tier"), "max_users": doc.get("max_users"),
-        "max_storage_gb": doc.get("max_storage_gb"), "member_count": member_count,
-        "storage_used_gb": round(storage_bytes / 1024 ** 3, 3),
-        "contact_email": doc.get("contact_email"), "contact_phone": doc.get("contact_phone", ""),
+        "id": doc["_id"],
+        "name": doc["name"],
+        "slug": doc["slug"],
+        "description": doc.get("description", ""),
+        "is_active": doc.get("is_active", True),
+        "is_us_organization": doc.get("is_us_organization", False),
+        "subscription_tier": doc.get("subscription_tier"),
+        "max_users": doc.get("max_users"),
+        "max_storage_gb": doc.get("max_storage_gb"),
+        "member_count": member_count,
+        "storage_used_gb": round(storage_bytes / 1024**3, 3),
+        "contact_email": doc.get("contact_email"),
+        "contact_phone": doc.get("contact_phone", ""),
         "require_password_to_sign": doc.get("require_password_to_sign", False),
         "allow_self_approval": doc.get("allow_self_approval", False),
-        "created_at": doc["created_at"], "updated_at": doc["updated_at"],
+        "created_at": doc["created_at"],
+        "updated_at": doc["updated_at"],
     }
 
 
 def render_member(member: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
-    return {"id": member["_id"], "user": member["user_id"], "username": user.get("username"),
-            "email": user.get("email"), "role": member["role"], "joined_at": member["joined_at"]}
+    return {
+        "id": member["_id"],
+        "user": member["user_id"],
+        "username": user.get("username"),
+        "email": user.get("email"),
+        "role": member["role"],
+        "joined_at": member["joined_at"],
+    }

@@ -1,4 +1,5 @@
 """The access policy: roles as data, one permission function, and the classification/ITAR rule."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -36,9 +37,20 @@ ROLE_RANK = {Role.VIEWER: 0, Role.MEMBER: 1, Role.ADMIN: 2, Role.OWNER: 3}
 
 _READ = {"org.read", "member.read", "design.read", "review.read", "markup.read", "job.read", "audit.read.own"}
 _WRITE = {"design.create", "design.update", "review.create", "markup.create", "bom.edit", "job.create"}
-_ADMIN = {"org.update", "member.manage", "user.attributes", "user.create", "webhook.manage", "audit.read",
-          "design.archive", "design.lower_classification", "design.delete_any", "review.manage",
-          "material.manage", "series.delete"}
+_ADMIN = {
+    "org.update",
+    "member.manage",
+    "user.attributes",
+    "user.create",
+    "webhook.manage",
+    "audit.read",
+    "design.archive",
+    "design.lower_classification",
+    "design.delete_any",
+    "review.manage",
+    "material.manage",
+    "series.delete",
+}
 
 # Roles are data: what each role may do inside its organization. One function below reads it.
 ROLE_ACTIONS: Mapping[Role, frozenset[str]] = {
@@ -56,9 +68,9 @@ class Principal:
     """Who is asking: the user, how they authenticated, and their role in each organization."""
 
     user: dict[str, Any]
-    memberships: dict[str, Role] = field(default_factory=dict)   # organization id -> role
-    us_orgs: frozenset[str] = frozenset()      # visible US organizations (where ITAR may be readable)
-    via: str = "token"                                            # token | api_key | cookie
+    memberships: dict[str, Role] = field(default_factory=dict)  # organization id -> role
+    us_orgs: frozenset[str] = frozenset()  # visible US organizations (where ITAR may be readable)
+    via: str = "token"  # token | api_key | cookie
     scopes: frozenset[str] = frozenset({"read", "write", "admin"})
     session_id: str | None = None
     api_key_id: str | None = None
@@ -114,8 +126,7 @@ def allowed_classifications(clearance: Clearance) -> list[str]:
     return [c.value for c in Clearance if LEVEL[c] <= LEVEL[clearance]]
 
 
-def classification_allows(clearance: Clearance, is_us_person: bool, classification: str,
-                          org_is_us: bool) -> bool:
+def classification_allows(clearance: Clearance, is_us_person: bool, classification: str, org_is_us: bool) -> bool:
     """The classification rule for one document: clearance levels are ordered; ITAR needs a US person
     in a US organization (export control is about nationality, not clearance level)."""
     if classification == Classification.ITAR.value:
@@ -123,7 +134,7 @@ def classification_allows(clearance: Clearance, is_us_person: bool, classificati
     try:
         needed = Clearance(classification)
     except ValueError:
-        return False   # an unknown label is never readable
+        return False  # an unknown label is never readable
     return LEVEL[clearance] >= LEVEL[needed]
 
 
@@ -133,14 +144,15 @@ def check_classification(principal: Principal, classification: str, org_is_us: b
     if classification_allows(principal.clearance, principal.is_us_person, classification, org_is_us):
         return
     if classification == Classification.ITAR.value:
-        raise ITARViolation("Access denied: ITAR-controlled designs require US person status "
-                            "in a US organization.")
-    raise PermissionDenied(f"Access denied: this design is {classification}; your clearance is "
-                           f"{principal.clearance.value}.")
+        raise ITARViolation("Access denied: ITAR-controlled designs require US person status in a US organization.")
+    raise PermissionDenied(
+        f"Access denied: this design is {classification}; your clearance is {principal.clearance.value}."
+    )
 
 
-def classification_filter(principal: Principal, field_name: str = "classification",
-                          org_field: str = "organization_id") -> dict[str, Any]:
+def classification_filter(
+    principal: Principal, field_name: str = "classification", org_field: str = "organization_id"
+) -> dict[str, Any]:
     """The same rule as a Mongo filter, so lists and counts never include what the caller may not see."""
     allowed: dict[str, Any] = {field_name: {"$in": allowed_classifications(principal.clearance)}}
     if principal.is_us_person and principal.us_orgs:

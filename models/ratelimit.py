@@ -1,4 +1,5 @@
 """Fixed-window rate limits per caller: Redis-backed (shared by all processes) or in-process."""
+
 from __future__ import annotations
 
 import time
@@ -20,20 +21,25 @@ class Decision:
     allowed: bool
     limit: int
     remaining: int
-    reset: int          # unix time the binding window resets
+    reset: int  # unix time the binding window resets
     retry_after: int
 
     def headers(self) -> dict[str, str]:
-        return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining),
-                "X-RateLimit-Reset": str(self.reset)}
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset),
+        }
 
     def raise_if_denied(self, what: str = "Request") -> None:
         if self.allowed:
             return
         minutes = max(1, round(self.retry_after / 60))
-        raise RateLimited(f"{what} limit is {self.limit}. Try again in {self.retry_after} s (about {minutes} min).",
-                          headers={**self.headers(), "Retry-After": str(self.retry_after)},
-                          extra={"retry_after": self.retry_after})
+        raise RateLimited(
+            f"{what} limit is {self.limit}. Try again in {self.retry_after} s (about {minutes} min).",
+            headers={**self.headers(), "Retry-After": str(self.retry_after)},
+            extra={"retry_after": self.retry_after},
+        )
 
 
 class RateLimiter(ABC):
@@ -43,11 +49,18 @@ class RateLimiter(ABC):
         now = time.time()
         counts = await self._incr(key, windows, now, cost)
         decisions = []
-        for window, count in zip(windows, counts):
+        for window, count in zip(windows, counts, strict=True):
             start = int(now // window.seconds) * window.seconds
             reset = start + window.seconds
-            decisions.append(Decision(count <= window.limit, window.limit, max(0, window.limit - count), reset,
-                                      max(1, int(reset - now + 0.999))))
+            decisions.append(
+                Decision(
+                    count <= window.limit,
+                    window.limit,
+                    max(0, window.limit - count),
+                    reset,
+                    max(1, int(reset - now + 0.999)),
+                )
+            )
         denied = [d for d in decisions if not d.allowed]
         if denied:
             return max(denied, key=lambda d: d.reset)

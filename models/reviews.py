@@ -1,4 +1,5 @@
 """Review sessions: reviewers, signed votes and decision rules, the design's review status, and who may read them."""
+
 from __future__ import annotations
 
 import json
@@ -15,18 +16,26 @@ from pymongo.errors import DuplicateKeyError
 from models import audit
 from models.database import register_indexes, utcnow
 from models.designs import DesignStatus
-from models.errors import (Conflict, PermissionDenied, RateLimited, ValidationFailed,
-                           field_errors_from)
+from models.errors import Conflict, PermissionDenied, RateLimited, ValidationFailed, field_errors_from
 from models.events import Publisher, announce
 from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS, Passwords
 from models.listing import Filter, Kind, ListSpec, parse_list_query, run_list
-from models.policy import (Classification, Clearance, Principal, can, check_document, classification_allows,
-                           combine, documents_filter, require)
+from models.policy import (
+    Classification,
+    Clearance,
+    Principal,
+    can,
+    check_document,
+    classification_allows,
+    combine,
+    documents_filter,
+    require,
+)
 from models.schema import Input
 from models.series import DESIGNS
 
 REVIEWS = "reviews"
-MARKUPS = "markups"          # owned by models/markups.py; named here so review details can count them
+MARKUPS = "markups"  # owned by models/markups.py; named here so review details can count them
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 MAX_REVIEWERS = 50
 MAX_TEXT = 5000
@@ -35,14 +44,17 @@ MAX_DUE_AHEAD = timedelta(days=3660)
 MAX_SIGNATURE_FAILURES = 5
 SIGNATURE_FAILURE_WINDOW = timedelta(minutes=15)
 
-register_indexes(REVIEWS, [
-    # The database's own guarantee of one open session per design version (the status guard is the first).
-    IndexModel("design_id", unique=True, partialFilterExpression={"open": True}, name="one_open_review_per_design"),
-    IndexModel([("design_id", 1), ("created_at", -1)]),
-    IndexModel([("organization_id", 1), ("created_at", -1)]),
-    IndexModel("reviewers"),
-    IndexModel([("status", 1), ("due_date", 1)]),
-])
+register_indexes(
+    REVIEWS,
+    [
+        # The database's own guarantee of one open session per design version (the status guard is the first).
+        IndexModel("design_id", unique=True, partialFilterExpression={"open": True}, name="one_open_review_per_design"),
+        IndexModel([("design_id", 1), ("created_at", -1)]),
+        IndexModel([("organization_id", 1), ("created_at", -1)]),
+        IndexModel("reviewers"),
+        IndexModel([("status", 1), ("due_date", 1)]),
+    ],
+)
 
 
 class ReviewStatus(str, Enum):
@@ -56,9 +68,9 @@ OPEN_STATUSES = (ReviewStatus.PENDING.value, ReviewStatus.IN_PROGRESS.value)
 
 
 class DecisionRule(str, Enum):
-    ALL = "ALL"                  # every reviewer approves
-    ANY = "ANY"                  # one approval suffices
-    THRESHOLD = "THRESHOLD"      # `threshold` approvals out of all reviewers
+    ALL = "ALL"  # every reviewer approves
+    ANY = "ANY"  # one approval suffices
+    THRESHOLD = "THRESHOLD"  # `threshold` approvals out of all reviewers
 
 
 class Decision(str, Enum):
@@ -103,7 +115,7 @@ class ReviewIn(Input):
     notes: Text = ""
     decision_rule: DecisionRule = DecisionRule.ALL
     threshold: int | None = Field(None, ge=1, le=MAX_REVIEWERS)
-    veto: bool = True            # any reject completes the session as rejected, whatever the rule
+    veto: bool = True  # any reject completes the session as rejected, whatever the rule
 
 
 class StartReviewIn(Input):
@@ -117,9 +129,15 @@ class StartReviewIn(Input):
     veto: bool = True
 
     def for_design(self, design_id: str) -> ReviewIn:
-        return ReviewIn(design_asset=design_id, reviewers=self.reviewer_ids, due_date=self.due_date,
-                        notes=self.notes, decision_rule=self.decision_rule, threshold=self.threshold,
-                        veto=self.veto)
+        return ReviewIn(
+            design_asset=design_id,
+            reviewers=self.reviewer_ids,
+            due_date=self.due_date,
+            notes=self.notes,
+            decision_rule=self.decision_rule,
+            threshold=self.threshold,
+            veto=self.veto,
+        )
 
 
 class ReviewPatch(Input):
@@ -156,8 +174,10 @@ class ApproveIn(Input):
 
     def vote(self) -> VoteIn:
         if not self.approved:
-            raise ValidationFailed("To reject, POST to reject/ with a reason.",
-                                   field_errors={"approved": ["Must be true here; use reject/ to reject."]})
+            raise ValidationFailed(
+                "To reject, POST to reject/ with a reason.",
+                field_errors={"approved": ["Must be true here; use reject/ to reject."]},
+            )
         return VoteIn(decision=Decision.APPROVE, comments=self.comments, password=self.password)
 
 
@@ -195,8 +215,9 @@ def parse_payload(model: type[M], payload: Mapping[str, Any]) -> M:
     try:
         raw = json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError):
-        raise ValidationFailed("The payload must be plain JSON data (finite numbers, strings, lists, objects).") \
-            from None
+        raise ValidationFailed(
+            "The payload must be plain JSON data (finite numbers, strings, lists, objects)."
+        ) from None
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -209,27 +230,62 @@ def require_write(principal: Principal) -> None:
         raise PermissionDenied("This API key is read-only.")
 
 
-REVIEW_FIELDS = frozenset({
-    "id", "design_asset", "organization", "series", "design_version_number", "classification", "reviewers",
-    "reviewer_details", "status", "outcome", "decision_rule", "threshold", "veto", "required_approvals", "tally",
-    "due_date", "is_overdue", "notes", "created_by", "created_by_username", "created_at", "updated_at",
-    "started_at", "completed_at", "cancelled_at", "cancelled_by", "cancel_reason", "version"})
+REVIEW_FIELDS = frozenset(
+    {
+        "id",
+        "design_asset",
+        "organization",
+        "series",
+        "design_version_number",
+        "classification",
+        "reviewers",
+        "reviewer_details",
+        "status",
+        "outcome",
+        "decision_rule",
+        "threshold",
+        "veto",
+        "required_approvals",
+        "tally",
+        "due_date",
+        "is_overdue",
+        "notes",
+        "created_by",
+        "created_by_username",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+        "cancelled_at",
+        "cancelled_by",
+        "cancel_reason",
+        "version",
+    }
+)
 
 REVIEW_LIST = ListSpec(
-    filters={"design_asset": Filter(Kind.UUID, "design_id"),
-             "organization": Filter(Kind.UUID, "organization_id"),
-             "status": Filter(Kind.ENUM, "status", choices=frozenset(s.value for s in ReviewStatus)),
-             "outcome": Filter(Kind.ENUM, "outcome", choices=frozenset(o.value for o in Outcome), nullable=True),
-             "decision_rule": Filter(Kind.ENUM, "decision_rule", choices=frozenset(r.value for r in DecisionRule)),
-             "reviewers": Filter(Kind.INT, "reviewers"),
-             "created_by": Filter(Kind.INT, "created_by"),
-             "due_date": Filter(Kind.DATETIME, "due_date", ranges=True, nullable=True),
-             "created_at": Filter(Kind.DATETIME, "created_at", ranges=True)},
+    filters={
+        "design_asset": Filter(Kind.UUID, "design_id"),
+        "organization": Filter(Kind.UUID, "organization_id"),
+        "status": Filter(Kind.ENUM, "status", choices=frozenset(s.value for s in ReviewStatus)),
+        "outcome": Filter(Kind.ENUM, "outcome", choices=frozenset(o.value for o in Outcome), nullable=True),
+        "decision_rule": Filter(Kind.ENUM, "decision_rule", choices=frozenset(r.value for r in DecisionRule)),
+        "reviewers": Filter(Kind.INT, "reviewers"),
+        "created_by": Filter(Kind.INT, "created_by"),
+        "due_date": Filter(Kind.DATETIME, "due_date", ranges=True, nullable=True),
+        "created_at": Filter(Kind.DATETIME, "created_at", ranges=True),
+    },
     search=("notes",),
-    ordering={"created_at": "created_at", "updated_at": "updated_at", "due_date": "due_date",
-              "completed_at": "completed_at", "status": "status"},
+    ordering={
+        "created_at": "created_at",
+        "updated_at": "updated_at",
+        "due_date": "due_date",
+        "completed_at": "completed_at",
+        "status": "status",
+    },
     default_ordering="-created_at",
-    fields=REVIEW_FIELDS)
+    fields=REVIEW_FIELDS,
+)
 
 
 def required_approvals(doc: Mapping[str, Any]) -> int:
@@ -247,8 +303,13 @@ def tally(doc: Mapping[str, Any]) -> dict[str, int]:
     current = [v for k, v in (doc.get("votes") or {}).items() if k in reviewers]
     approved = sum(1 for v in current if v["decision"] == Decision.APPROVE.value)
     rejected = sum(1 for v in current if v["decision"] == Decision.REJECT.value)
-    return {"approved": approved, "rejected": rejected, "pending": len(reviewers) - approved - rejected,
-            "required": required_approvals(doc), "reviewers": len(reviewers)}
+    return {
+        "approved": approved,
+        "rejected": rejected,
+        "pending": len(reviewers) - approved - rejected,
+        "required": required_approvals(doc),
+        "reviewers": len(reviewers),
+    }
 
 
 def decide(doc: Mapping[str, Any]) -> Outcome | None:
@@ -260,7 +321,7 @@ def decide(doc: Mapping[str, Any]) -> Outcome | None:
     if t["approved"] >= t["required"]:
         return Outcome.APPROVED
     if t["rejected"] > t["reviewers"] - t["required"]:
-        return Outcome.REJECTED      # the required approvals can no longer be reached
+        return Outcome.REJECTED  # the required approvals can no longer be reached
     return None
 
 
@@ -272,14 +333,20 @@ def is_overdue(doc: Mapping[str, Any], now: Any = None) -> bool:
 def _check_rule(rule: str, threshold: int | None, reviewers: Sequence[int]) -> None:
     if rule == DecisionRule.THRESHOLD.value:
         if threshold is None:
-            raise ValidationFailed("A THRESHOLD rule needs a threshold.",
-                                   field_errors={"threshold": ["Required for decision_rule THRESHOLD."]})
+            raise ValidationFailed(
+                "A THRESHOLD rule needs a threshold.",
+                field_errors={"threshold": ["Required for decision_rule THRESHOLD."]},
+            )
         if threshold > len(reviewers):
-            raise ValidationFailed("The threshold exceeds the number of reviewers.",
-                                   field_errors={"threshold": [f"At most {len(reviewers)} (the reviewers)."]})
+            raise ValidationFailed(
+                "The threshold exceeds the number of reviewers.",
+                field_errors={"threshold": [f"At most {len(reviewers)} (the reviewers)."]},
+            )
     elif threshold is not None:
-        raise ValidationFailed("Only a THRESHOLD rule takes a threshold.",
-                               field_errors={"threshold": ["Only with decision_rule THRESHOLD."]})
+        raise ValidationFailed(
+            "Only a THRESHOLD rule takes a threshold.",
+            field_errors={"threshold": ["Only with decision_rule THRESHOLD."]},
+        )
 
 
 def refuse_nulls(values: Mapping[str, Any], keys: Sequence[str]) -> None:
@@ -335,9 +402,13 @@ class Reviews:
             raise Conflict(f"This review session is {doc['status']}; nothing in it may {what} any more.")
 
     async def _org(self, org_id: str) -> dict[str, Any]:
-        return await self.db[ORGANIZATIONS].find_one(
-            {"_id": org_id}, projection={"is_us_organization": 1, "require_password_to_sign": 1,
-                                         "allow_self_approval": 1}) or {}
+        return (
+            await self.db[ORGANIZATIONS].find_one(
+                {"_id": org_id},
+                projection={"is_us_organization": 1, "require_password_to_sign": 1, "allow_self_approval": 1},
+            )
+            or {}
+        )
 
     # ------------------------------------------------------------------ creating
 
@@ -347,8 +418,11 @@ class Reviews:
         org_id = design["organization_id"]
         require(principal, "review.create", org_id)
         if design["status"] != DesignStatus.READY.value:
-            detail = ("This design already has an open review." if design["status"] == DesignStatus.IN_REVIEW.value
-                      else f"Only a READY design can go to review; this one is {design['status']}.")
+            detail = (
+                "This design already has an open review."
+                if design["status"] == DesignStatus.IN_REVIEW.value
+                else f"Only a READY design can go to review; this one is {design['status']}."
+            )
             raise Conflict(detail)
         _check_rule(data.decision_rule.value, data.threshold, data.reviewers)
         _check_due(data.due_date)
@@ -358,42 +432,80 @@ class Reviews:
         review_id = str(uuid.uuid4())
         claimed = await self.db[DESIGNS].find_one_and_update(
             {"_id": design["_id"], "status": DesignStatus.READY.value},
-            {"$set": {"status": DesignStatus.IN_REVIEW.value, "review_id": review_id, "updated_at": now},
-             "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+            {
+                "$set": {"status": DesignStatus.IN_REVIEW.value, "review_id": review_id, "updated_at": now},
+                "$inc": {"version": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
         if claimed is None:
             raise Conflict("This design already has an open review, or its status changed meanwhile.")
         doc = {
-            "_id": review_id, "organization_id": org_id, "design_id": design["_id"], "series_id": design["series_id"],
-            "design_version_number": design["version_number"], "classification": design["classification"],
-            "reviewers": list(data.reviewers), "status": ReviewStatus.PENDING.value, "open": True, "outcome": None,
-            "decision_rule": data.decision_rule.value, "threshold": data.threshold, "veto": data.veto,
-            "due_date": data.due_date, "notes": data.notes, "votes": {}, "created_by": principal.id,
-            "created_at": now, "updated_at": now, "started_at": None, "completed_at": None, "cancelled_at": None,
-            "cancelled_by": None, "cancel_reason": None, "version": 1,
+            "_id": review_id,
+            "organization_id": org_id,
+            "design_id": design["_id"],
+            "series_id": design["series_id"],
+            "design_version_number": design["version_number"],
+            "classification": design["classification"],
+            "reviewers": list(data.reviewers),
+            "status": ReviewStatus.PENDING.value,
+            "open": True,
+            "outcome": None,
+            "decision_rule": data.decision_rule.value,
+            "threshold": data.threshold,
+            "veto": data.veto,
+            "due_date": data.due_date,
+            "notes": data.notes,
+            "votes": {},
+            "created_by": principal.id,
+            "created_at": now,
+            "updated_at": now,
+            "started_at": None,
+            "completed_at": None,
+            "cancelled_at": None,
+            "cancelled_by": None,
+            "cancel_reason": None,
+            "version": 1,
         }
         try:
             await self.db[REVIEWS].insert_one(doc)
         except DuplicateKeyError:
             await self.db[DESIGNS].update_one(
                 {"_id": design["_id"], "review_id": review_id, "status": DesignStatus.IN_REVIEW.value},
-                {"$set": {"status": DesignStatus.READY.value, "updated_at": utcnow()}, "$inc": {"version": 1}})
+                {"$set": {"status": DesignStatus.READY.value, "updated_at": utcnow()}, "$inc": {"version": 1}},
+            )
             raise Conflict("This design already has an open review.") from None
-        await audit.record(self.db, actor, "CREATE", "ReviewSession", review_id, organization_id=org_id,
-                           classification=doc["classification"],
-                           changes={"design_id": design["_id"], "reviewers": doc["reviewers"],
-                                    "decision_rule": doc["decision_rule"], "threshold": doc["threshold"],
-                                    "veto": doc["veto"], "due_date": doc["due_date"]})
+        await audit.record(
+            self.db,
+            actor,
+            "CREATE",
+            "ReviewSession",
+            review_id,
+            organization_id=org_id,
+            classification=doc["classification"],
+            changes={
+                "design_id": design["_id"],
+                "reviewers": doc["reviewers"],
+                "decision_rule": doc["decision_rule"],
+                "threshold": doc["threshold"],
+                "veto": doc["veto"],
+                "due_date": doc["due_date"],
+            },
+        )
         await self._design_status(claimed, design["status"], review_id, actor)
-        await self._announce(doc, "review.created", {"reviewers": doc["reviewers"], "created_by": principal.id},
-                             status_change=True)
+        await self._announce(
+            doc, "review.created", {"reviewers": doc["reviewers"], "created_by": principal.id}, status_change=True
+        )
         return doc
 
-    async def start_review(self, principal: Principal, design_id: str, data: StartReviewIn,
-                           actor: audit.Actor) -> dict[str, Any]:
+    async def start_review(
+        self, principal: Principal, design_id: str, data: StartReviewIn, actor: audit.Actor
+    ) -> dict[str, Any]:
         return await self.create(principal, data.for_design(design_id), actor)
 
-    async def _check_reviewers(self, reviewers: Sequence[int], design: Mapping[str, Any],
-                               org: Mapping[str, Any]) -> None:
+    async def _check_reviewers(
+        self, reviewers: Sequence[int], design: Mapping[str, Any], org: Mapping[str, Any]
+    ) -> None:
         """Every reviewer must belong to the design's organization and be cleared for it; the refusal names
         each one refused, so the requester knows whom to replace."""
         if len(set(reviewers)) != len(reviewers):
@@ -401,8 +513,12 @@ class Reviews:
         ids = list(reviewers)
         fields = {"username": 1, "is_active": 1, "is_us_person": 1, "security_clearance_level": 1}
         users = {u["_id"]: u async for u in self.db[USERS].find({"_id": {"$in": ids}}, projection=fields)}
-        members = {m["user_id"] async for m in self.db[MEMBERSHIPS].find(
-            {"organization_id": design["organization_id"], "user_id": {"$in": ids}}, projection={"user_id": 1})}
+        members = {
+            m["user_id"]
+            async for m in self.db[MEMBERSHIPS].find(
+                {"organization_id": design["organization_id"], "user_id": {"$in": ids}}, projection={"user_id": 1}
+            )
+        }
         classification = design["classification"]
         org_is_us = bool(org.get("is_us_organization"))
         problems = []
@@ -414,19 +530,28 @@ class Reviews:
             who = f"{user['username']} (user {uid})"
             if not user.get("is_active", True):
                 problems.append(f"{who} is deactivated.")
-            elif not classification_allows(Clearance(user.get("security_clearance_level", "UNCLASSIFIED")),
-                                           bool(user.get("is_us_person")), classification, org_is_us):
+            elif not classification_allows(
+                Clearance(user.get("security_clearance_level", "UNCLASSIFIED")),
+                bool(user.get("is_us_person")),
+                classification,
+                org_is_us,
+            ):
                 if classification == Classification.ITAR.value:
                     problems.append(f"{who} may not see this ITAR-controlled design (US persons only).")
                 else:
-                    problems.append(f"{who} has {user.get('security_clearance_level', 'UNCLASSIFIED')} clearance; "
-                                    f"this design is {classification}.")
+                    problems.append(
+                        f"{who} has {user.get('security_clearance_level', 'UNCLASSIFIED')} clearance; "
+                        f"this design is {classification}."
+                    )
             elif uid == design["uploaded_by"] and not org.get("allow_self_approval"):
-                problems.append(f"{who} uploaded this design and may not approve it "
-                                "(the organization does not allow self-approval).")
+                problems.append(
+                    f"{who} uploaded this design and may not approve it "
+                    "(the organization does not allow self-approval)."
+                )
         if problems:
-            raise ValidationFailed("Some reviewers cannot review this design: " + " ".join(problems),
-                                   field_errors={"reviewers": problems})
+            raise ValidationFailed(
+                "Some reviewers cannot review this design: " + " ".join(problems), field_errors={"reviewers": problems}
+            )
 
     # ------------------------------------------------------------------ managing
 
@@ -435,16 +560,19 @@ class Reviews:
         if not (creator or self.may_moderate(principal, doc)):
             raise PermissionDenied(f"Only the session's creator or an ADMIN/OWNER may {what} it.")
 
-    async def update(self, principal: Principal, review_id: str, patch: ReviewPatch, actor: audit.Actor,
-                     if_match: str | None = None) -> dict[str, Any]:
+    async def update(
+        self, principal: Principal, review_id: str, patch: ReviewPatch, actor: audit.Actor, if_match: str | None = None
+    ) -> dict[str, Any]:
         require_write(principal)
         doc = await self.get_visible(principal, review_id)
         self._require_manager(principal, doc, "change")
         values = patch.model_dump(exclude_unset=True)
         if values.get("status") == ReviewStatus.CANCELLED.value:
             if len(values) > 1:
-                raise ValidationFailed("Cancel on its own, without other changes.",
-                                       field_errors={"status": ["Send CANCELLED without other fields."]})
+                raise ValidationFailed(
+                    "Cancel on its own, without other changes.",
+                    field_errors={"status": ["Send CANCELLED without other fields."]},
+                )
             return await self.cancel(principal, review_id, CancelIn(), actor)
         self.require_open(doc)
         if if_match is not None and if_match.strip('W/"') != str(doc["version"]):
@@ -485,12 +613,21 @@ class Reviews:
         update["updated_at"] = now
         updated = await self.db[REVIEWS].find_one_and_update(
             {"_id": review_id, "version": doc["version"], "status": {"$in": list(OPEN_STATUSES)}},
-            {"$set": update, "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+            {"$set": update, "$inc": {"version": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is None:
             raise Conflict("The review session changed meanwhile; read it again and retry.")
-        await audit.record(self.db, actor, "UPDATE", "ReviewSession", review_id,
-                           organization_id=doc["organization_id"], classification=doc["classification"],
-                           changes=changes)
+        await audit.record(
+            self.db,
+            actor,
+            "UPDATE",
+            "ReviewSession",
+            review_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes=changes,
+        )
         await self._announce(updated, "review.updated", {"changes": sorted(changes)})
         return updated
 
@@ -498,9 +635,13 @@ class Reviews:
         """The first activity (a vote or a markup) moves a PENDING session to IN_PROGRESS."""
         if doc["status"] == ReviewStatus.PENDING.value:
             now = utcnow()
-            await self.db[REVIEWS].update_one({"_id": doc["_id"], "status": ReviewStatus.PENDING.value},
-                                              {"$set": {"status": ReviewStatus.IN_PROGRESS.value, "started_at": now,
-                                                        "updated_at": now}, "$inc": {"version": 1}})
+            await self.db[REVIEWS].update_one(
+                {"_id": doc["_id"], "status": ReviewStatus.PENDING.value},
+                {
+                    "$set": {"status": ReviewStatus.IN_PROGRESS.value, "started_at": now, "updated_at": now},
+                    "$inc": {"version": 1},
+                },
+            )
 
     async def cancel(self, principal: Principal, review_id: str, data: CancelIn, actor: audit.Actor) -> dict[str, Any]:
         require_write(principal)
@@ -510,23 +651,41 @@ class Reviews:
         now = utcnow()
         updated = await self.db[REVIEWS].find_one_and_update(
             {"_id": review_id, "status": {"$in": list(OPEN_STATUSES)}},
-            {"$set": {"status": ReviewStatus.CANCELLED.value, "cancelled_at": now, "cancelled_by": principal.id,
-                      "cancel_reason": data.reason, "updated_at": now},
-             "$unset": {"open": ""}, "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+            {
+                "$set": {
+                    "status": ReviewStatus.CANCELLED.value,
+                    "cancelled_at": now,
+                    "cancelled_by": principal.id,
+                    "cancel_reason": data.reason,
+                    "updated_at": now,
+                },
+                "$unset": {"open": ""},
+                "$inc": {"version": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
         if updated is None:
             raise Conflict("This review session was completed or cancelled meanwhile.")
-        await audit.record(self.db, actor, "CANCEL", "ReviewSession", review_id,
-                           organization_id=doc["organization_id"], classification=doc["classification"],
-                           changes={"status": {"old": doc["status"], "new": ReviewStatus.CANCELLED.value},
-                                    "reason": data.reason})
+        await audit.record(
+            self.db,
+            actor,
+            "CANCEL",
+            "ReviewSession",
+            review_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={"status": {"old": doc["status"], "new": ReviewStatus.CANCELLED.value}, "reason": data.reason},
+        )
         design = await self.db[DESIGNS].find_one_and_update(
             {"_id": doc["design_id"], "status": DesignStatus.IN_REVIEW.value, "review_id": review_id},
             {"$set": {"status": DesignStatus.READY.value, "updated_at": now}, "$inc": {"version": 1}},
-            return_document=ReturnDocument.AFTER)
+            return_document=ReturnDocument.AFTER,
+        )
         if design is not None:
             await self._design_status(design, DesignStatus.IN_REVIEW.value, review_id, actor)
-        await self._announce(updated, "review.cancelled", {"cancelled_by": principal.id, "reason": data.reason},
-                             status_change=True)
+        await self._announce(
+            updated, "review.cancelled", {"cancelled_by": principal.id, "reason": data.reason}, status_change=True
+        )
         return updated
 
     # ------------------------------------------------------------------ voting
@@ -541,29 +700,45 @@ class Reviews:
         if data.decision is Decision.REJECT and data.reason is None:
             raise ValidationFailed("A rejection needs a reason.", field_errors={"reason": ["This field is required."]})
         if data.decision is Decision.APPROVE and data.reason is not None:
-            raise ValidationFailed("An approval takes no rejection reason.",
-                                   field_errors={"reason": ["Only for rejections."]})
-        design = await self.db[DESIGNS].find_one({"_id": doc["design_id"]},
-                                                 projection={"uploaded_by": 1, "file_hash": 1, "version": 1})
+            raise ValidationFailed(
+                "An approval takes no rejection reason.", field_errors={"reason": ["Only for rejections."]}
+            )
+        design = await self.db[DESIGNS].find_one(
+            {"_id": doc["design_id"]}, projection={"uploaded_by": 1, "file_hash": 1, "version": 1}
+        )
         if design is None:
             raise Conflict("The design of this review no longer exists.")
         org = await self._org(doc["organization_id"])
-        if data.decision is Decision.APPROVE and design["uploaded_by"] == principal.id \
-                and not org.get("allow_self_approval"):
-            raise PermissionDenied("You uploaded this design; your organization does not allow approving "
-                                   "one's own design.")
+        if (
+            data.decision is Decision.APPROVE
+            and design["uploaded_by"] == principal.id
+            and not org.get("allow_self_approval")
+        ):
+            raise PermissionDenied(
+                "You uploaded this design; your organization does not allow approving one's own design."
+            )
         if org.get("require_password_to_sign"):
             await self._check_signature(principal, doc, data.password, actor)
         now = utcnow()
         key = str(principal.id)
-        vote = {"user_id": principal.id, "decision": data.decision.value, "comments": data.comments,
-                "reason": data.reason.value if data.reason else None, "file_hash": design.get("file_hash"),
-                "design_version": design.get("version"), "signed": bool(org.get("require_password_to_sign")),
-                "voted_at": now}
+        vote = {
+            "user_id": principal.id,
+            "decision": data.decision.value,
+            "comments": data.comments,
+            "reason": data.reason.value if data.reason else None,
+            "file_hash": design.get("file_hash"),
+            "design_version": design.get("version"),
+            "signed": bool(org.get("require_password_to_sign")),
+            "voted_at": now,
+        }
         after = await self.db[REVIEWS].find_one_and_update(
             {"_id": review_id, "status": {"$in": list(OPEN_STATUSES)}, "reviewers": principal.id},
-            {"$set": {f"votes.{key}": vote, "status": ReviewStatus.IN_PROGRESS.value, "updated_at": now},
-             "$inc": {"version": 1}}, return_document=ReturnDocument.AFTER)
+            {
+                "$set": {f"votes.{key}": vote, "status": ReviewStatus.IN_PROGRESS.value, "updated_at": now},
+                "$inc": {"version": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
         if after is None:
             current = await self.db[REVIEWS].find_one({"_id": review_id}, projection={"status": 1}) or {}
             raise Conflict(f"This review session is {current.get('status', 'gone')}; votes are closed.")
@@ -572,49 +747,89 @@ class Reviews:
             await self.db[REVIEWS].update_one({"_id": review_id, "started_at": None}, {"$set": {"started_at": now}})
         # The vote this one replaces, as read above; only the voter changes it, so the read is current.
         previous = (doc.get("votes") or {}).get(key)
-        await audit.record(self.db, actor, "VOTE", "ReviewSession", review_id,
-                           organization_id=doc["organization_id"], classification=doc["classification"],
-                           changes={"decision": vote["decision"], "reason": vote["reason"],
-                                    "comments": vote["comments"], "file_hash": vote["file_hash"],
-                                    "signed": vote["signed"],
-                                    "previous": previous and {"decision": previous["decision"],
-                                                              "reason": previous.get("reason"),
-                                                              "voted_at": previous["voted_at"]}})
-        await self._announce(after, "review.vote", {"reviewer": principal.id, "username": principal.username,
-                                                    "decision": vote["decision"], "reason": vote["reason"],
-                                                    "comments": vote["comments"], "changed": previous is not None,
-                                                    "voted_at": now, "tally": tally(after)})
+        await audit.record(
+            self.db,
+            actor,
+            "VOTE",
+            "ReviewSession",
+            review_id,
+            organization_id=doc["organization_id"],
+            classification=doc["classification"],
+            changes={
+                "decision": vote["decision"],
+                "reason": vote["reason"],
+                "comments": vote["comments"],
+                "file_hash": vote["file_hash"],
+                "signed": vote["signed"],
+                "previous": previous
+                and {
+                    "decision": previous["decision"],
+                    "reason": previous.get("reason"),
+                    "voted_at": previous["voted_at"],
+                },
+            },
+        )
+        await self._announce(
+            after,
+            "review.vote",
+            {
+                "reviewer": principal.id,
+                "username": principal.username,
+                "decision": vote["decision"],
+                "reason": vote["reason"],
+                "comments": vote["comments"],
+                "changed": previous is not None,
+                "voted_at": now,
+                "tally": tally(after),
+            },
+        )
         return await self._settle(after, actor)
 
-    async def vote_on_design(self, principal: Principal, design_id: str, data: VoteIn,
-                             actor: audit.Actor) -> dict[str, Any]:
+    async def vote_on_design(
+        self, principal: Principal, design_id: str, data: VoteIn, actor: audit.Actor
+    ) -> dict[str, Any]:
         """POST /api/designs/{id}/approve/: a vote in that design's open review."""
         design = await self.designs.get_visible(principal, design_id)
-        open_review = await self.db[REVIEWS].find_one({"design_id": design["_id"], "open": True},
-                                                      projection={"_id": 1})
+        open_review = await self.db[REVIEWS].find_one({"design_id": design["_id"], "open": True}, projection={"_id": 1})
         if open_review is None:
             raise Conflict("This design has no open review to vote in.")
         return await self.vote(principal, open_review["_id"], data, actor)
 
-    async def _check_signature(self, principal: Principal, doc: Mapping[str, Any], password: str | None,
-                               actor: audit.Actor) -> None:
+    async def _check_signature(
+        self, principal: Principal, doc: Mapping[str, Any], password: str | None, actor: audit.Actor
+    ) -> None:
         if not password:
-            raise ValidationFailed("This organization requires your password to sign a review vote.",
-                                   field_errors={"password": ["Re-enter your password to sign."]})
+            raise ValidationFailed(
+                "This organization requires your password to sign a review vote.",
+                field_errors={"password": ["Re-enter your password to sign."]},
+            )
         since = utcnow() - SIGNATURE_FAILURE_WINDOW
         failures = await self.db[audit.COLLECTION].count_documents(
-            {"actor_id": principal.id, "action": "SIGNATURE_FAILED", "timestamp": {"$gte": since}})
+            {"actor_id": principal.id, "action": "SIGNATURE_FAILED", "timestamp": {"$gte": since}}
+        )
         if failures >= MAX_SIGNATURE_FAILURES:
             retry = int(SIGNATURE_FAILURE_WINDOW.total_seconds())
-            raise RateLimited(f"Too many failed signatures; try again in {retry // 60} minutes.",
-                              headers={"Retry-After": str(retry)}, extra={"retry_after": retry})
+            raise RateLimited(
+                f"Too many failed signatures; try again in {retry // 60} minutes.",
+                headers={"Retry-After": str(retry)},
+                extra={"retry_after": retry},
+            )
         user = await self.db[USERS].find_one({"_id": principal.id}, projection={"password_hash": 1}) or {}
         if not await self.passwords.verify(user.get("password_hash"), password):
-            await audit.record(self.db, actor, "SIGNATURE_FAILED", "ReviewSession", doc["_id"],
-                               organization_id=doc["organization_id"], classification=doc["classification"],
-                               changes={"reason": "wrong password"})
-            raise PermissionDenied("The password is not correct; the vote was not signed.",
-                                   field_errors={"password": ["Incorrect password."]})
+            await audit.record(
+                self.db,
+                actor,
+                "SIGNATURE_FAILED",
+                "ReviewSession",
+                doc["_id"],
+                organization_id=doc["organization_id"],
+                classification=doc["classification"],
+                changes={"reason": "wrong password"},
+            )
+            raise PermissionDenied(
+                "The password is not correct; the vote was not signed.",
+                field_errors={"password": ["Incorrect password."]},
+            )
 
     async def _settle(self, doc: dict[str, Any], actor: audit.Actor) -> dict[str, Any]:
         """Complete the session if its rule is met. The completion is guarded by the version the decision was
@@ -632,9 +847,18 @@ class Reviews:
             now = utcnow()
             done = await self.db[REVIEWS].find_one_and_update(
                 {"_id": doc["_id"], "version": doc["version"], "status": {"$in": list(OPEN_STATUSES)}},
-                {"$set": {"status": ReviewStatus.COMPLETED.value, "outcome": outcome.value, "completed_at": now,
-                          "updated_at": now}, "$unset": {"open": ""}, "$inc": {"version": 1}},
-                return_document=ReturnDocument.AFTER)
+                {
+                    "$set": {
+                        "status": ReviewStatus.COMPLETED.value,
+                        "outcome": outcome.value,
+                        "completed_at": now,
+                        "updated_at": now,
+                    },
+                    "$unset": {"open": ""},
+                    "$inc": {"version": 1},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
             if done is not None:
                 await self._complete_design(done, outcome, actor)
                 return done
@@ -645,34 +869,64 @@ class Reviews:
         raise Conflict("The review session is changing too fast; read it again.")
 
     async def _complete_design(self, review: dict[str, Any], outcome: Outcome, actor: audit.Actor) -> None:
-        await audit.record(self.db, actor, "COMPLETE", "ReviewSession", review["_id"],
-                           organization_id=review["organization_id"], classification=review["classification"],
-                           changes={"outcome": outcome.value, "tally": tally(review),
-                                    "decision_rule": review["decision_rule"], "threshold": review["threshold"],
-                                    "veto": review["veto"]})
+        await audit.record(
+            self.db,
+            actor,
+            "COMPLETE",
+            "ReviewSession",
+            review["_id"],
+            organization_id=review["organization_id"],
+            classification=review["classification"],
+            changes={
+                "outcome": outcome.value,
+                "tally": tally(review),
+                "decision_rule": review["decision_rule"],
+                "threshold": review["threshold"],
+                "veto": review["veto"],
+            },
+        )
         design = await self.db[DESIGNS].find_one_and_update(
             {"_id": review["design_id"], "status": DesignStatus.IN_REVIEW.value, "review_id": review["_id"]},
             {"$set": {"status": outcome.value, "updated_at": review["completed_at"]}, "$inc": {"version": 1}},
-            return_document=ReturnDocument.AFTER)
+            return_document=ReturnDocument.AFTER,
+        )
         if design is not None:
             await self._design_status(design, DesignStatus.IN_REVIEW.value, review["_id"], actor)
-        await self._announce(review, "review.completed", {"outcome": outcome.value, "tally": tally(review)},
-                             status_change=True)
+        await self._announce(
+            review, "review.completed", {"outcome": outcome.value, "tally": tally(review)}, status_change=True
+        )
 
     async def _design_status(self, design: Mapping[str, Any], old: str, review_id: str, actor: audit.Actor) -> None:
-        await audit.record(self.db, actor, "STATUS_CHANGE", "DesignAsset", design["_id"],
-                           organization_id=design["organization_id"], classification=design["classification"],
-                           changes={"status": {"old": old, "new": design["status"]}, "review_id": review_id})
-        data = {"design_id": design["_id"], "series_id": design["series_id"],
-                "version_number": design["version_number"], "status": design["status"],
-                "classification": design["classification"], "review_id": review_id}
-        await announce(self.publisher, channels(design["_id"], design["organization_id"], design["classification"],
-                                                review_id=None), "design.status", data)
+        await audit.record(
+            self.db,
+            actor,
+            "STATUS_CHANGE",
+            "DesignAsset",
+            design["_id"],
+            organization_id=design["organization_id"],
+            classification=design["classification"],
+            changes={"status": {"old": old, "new": design["status"]}, "review_id": review_id},
+        )
+        data = {
+            "design_id": design["_id"],
+            "series_id": design["series_id"],
+            "version_number": design["version_number"],
+            "status": design["status"],
+            "classification": design["classification"],
+            "review_id": review_id,
+        }
+        await announce(
+            self.publisher,
+            channels(design["_id"], design["organization_id"], design["classification"], review_id=None),
+            "design.status",
+            data,
+        )
 
     # ------------------------------------------------------------------ reading
 
-    async def list_visible(self, principal: Principal, args: Mapping[str, Sequence[bytes | str]],
-                           base_url: str) -> dict[str, Any]:
+    async def list_visible(
+        self, principal: Principal, args: Mapping[str, Sequence[bytes | str]], base_url: str
+    ) -> dict[str, Any]:
         """The visible sessions; `is_overdue` is computed against now, so it is a filter of its own."""
         rest = {k: v for k, v in args.items() if k != "is_overdue"}
         extra: dict[str, Any] = {}
@@ -680,53 +934,75 @@ class Reviews:
             values = args["is_overdue"]
             raw = values[0].decode() if values and isinstance(values[0], bytes) else (values[0] if values else "")
             if len(values) != 1 or str(raw).lower() not in ("true", "false", "1", "0"):
-                raise ValidationFailed("Invalid value for 'is_overdue'.",
-                                       field_errors={"is_overdue": ["Must be true or false."]})
+                raise ValidationFailed(
+                    "Invalid value for 'is_overdue'.", field_errors={"is_overdue": ["Must be true or false."]}
+                )
             now = utcnow()
             overdue = {"status": {"$in": list(OPEN_STATUSES)}, "due_date": {"$lt": now}}
             extra = overdue if str(raw).lower() in ("true", "1") else {"$nor": [overdue]}
         query = parse_list_query(REVIEW_LIST, rest)
-        return await run_list(self.db[REVIEWS], combine(self.visible_filter(principal), extra), query,
-                              self.render_many, base_url, args)
+        return await run_list(
+            self.db[REVIEWS], combine(self.visible_filter(principal), extra), query, self.render_many, base_url, args
+        )
 
     async def render_many(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ids = sorted({d["created_by"] for d in docs} | {r for d in docs for r in d["reviewers"]})
-        names = {u["_id"]: u["username"]
-                 async for u in self.db[USERS].find({"_id": {"$in": ids}}, projection={"username": 1})}
+        names = {
+            u["_id"]: u["username"]
+            async for u in self.db[USERS].find({"_id": {"$in": ids}}, projection={"username": 1})
+        }
         now = utcnow()
         return [render_review(d, names, now) for d in docs]
 
     async def render_detail(self, doc: dict[str, Any]) -> dict[str, Any]:
         """One session with each reviewer's current vote, the tally, and its markups counted by status and
         severity (the markups of a visible session are exactly as visible as the session)."""
-        names = {u["_id"]: u["username"] async for u in self.db[USERS].find(
-            {"_id": {"$in": [doc["created_by"], *doc["reviewers"]]}}, projection={"username": 1})}
+        names = {
+            u["_id"]: u["username"]
+            async for u in self.db[USERS].find(
+                {"_id": {"$in": [doc["created_by"], *doc["reviewers"]]}}, projection={"username": 1}
+            )
+        }
         out = render_review(doc, names, utcnow())
         votes = doc.get("votes") or {}
         out["votes"] = [render_vote(uid, names.get(uid), votes.get(str(uid))) for uid in doc["reviewers"]]
         by_status = {s: 0 for s in ("OPEN", "RESOLVED", "DISMISSED")}
         by_severity = {s: 0 for s in ("INFO", "MINOR", "MAJOR", "CRITICAL")}
         open_by_severity = dict(by_severity)
-        cursor = await self.db[MARKUPS].aggregate([
-            {"$match": {"review_id": doc["_id"]}},
-            {"$group": {"_id": {"status": "$status", "severity": "$severity"}, "n": {"$sum": 1}}}])
+        cursor = await self.db[MARKUPS].aggregate(
+            [
+                {"$match": {"review_id": doc["_id"]}},
+                {"$group": {"_id": {"status": "$status", "severity": "$severity"}, "n": {"$sum": 1}}},
+            ]
+        )
         async for row in cursor:
             status, severity, n = row["_id"]["status"], row["_id"]["severity"], int(row["n"])
             by_status[status] = by_status.get(status, 0) + n
             by_severity[severity] = by_severity.get(severity, 0) + n
             if status == "OPEN":
                 open_by_severity[severity] = open_by_severity.get(severity, 0) + n
-        out["markup_counts"] = {"total": sum(by_status.values()), "by_status": by_status,
-                                "by_severity": by_severity, "open_by_severity": open_by_severity}
+        out["markup_counts"] = {
+            "total": sum(by_status.values()),
+            "by_status": by_status,
+            "by_severity": by_severity,
+            "open_by_severity": open_by_severity,
+        }
         return out
 
     # ------------------------------------------------------------------ events
 
-    async def _announce(self, doc: Mapping[str, Any], event: str, extra: dict[str, Any] | None = None, *,
-                        status_change: bool = False) -> None:
-        data = {"review_id": doc["_id"], "design_id": doc["design_id"], "organization_id": doc["organization_id"],
-                "status": doc["status"], "outcome": doc.get("outcome"), "classification": doc["classification"],
-                **(extra or {})}
+    async def _announce(
+        self, doc: Mapping[str, Any], event: str, extra: dict[str, Any] | None = None, *, status_change: bool = False
+    ) -> None:
+        data = {
+            "review_id": doc["_id"],
+            "design_id": doc["design_id"],
+            "organization_id": doc["organization_id"],
+            "status": doc["status"],
+            "outcome": doc.get("outcome"),
+            "classification": doc["classification"],
+            **(extra or {}),
+        }
         if status_change:
             chans = channels(doc["design_id"], doc["organization_id"], doc["classification"], review_id=doc["_id"])
         else:
@@ -746,25 +1022,56 @@ def channels(design_id: str, org_id: str, classification: str, *, review_id: str
 
 def render_vote(user_id: int, username: str | None, vote: Mapping[str, Any] | None) -> dict[str, Any]:
     if vote is None:
-        return {"reviewer": user_id, "username": username, "decision": None, "comments": None, "reason": None,
-                "file_hash": None, "signed": None, "voted_at": None}
-    return {"reviewer": user_id, "username": username, "decision": vote["decision"], "comments": vote["comments"],
-            "reason": vote.get("reason"), "file_hash": vote.get("file_hash"), "signed": vote.get("signed", False),
-            "voted_at": vote["voted_at"]}
+        return {
+            "reviewer": user_id,
+            "username": username,
+            "decision": None,
+            "comments": None,
+            "reason": None,
+            "file_hash": None,
+            "signed": None,
+            "voted_at": None,
+        }
+    return {
+        "reviewer": user_id,
+        "username": username,
+        "decision": vote["decision"],
+        "comments": vote["comments"],
+        "reason": vote.get("reason"),
+        "file_hash": vote.get("file_hash"),
+        "signed": vote.get("signed", False),
+        "voted_at": vote["voted_at"],
+    }
 
 
 def render_review(doc: Mapping[str, Any], names: Mapping[int, str], now: Any) -> dict[str, Any]:
     return {
-        "id": doc["_id"], "design_asset": doc["design_id"], "organization": doc["organization_id"],
-        "series": doc["series_id"], "design_version_number": doc["design_version_number"],
-        "classification": doc["classification"], "reviewers": list(doc["reviewers"]),
+        "id": doc["_id"],
+        "design_asset": doc["design_id"],
+        "organization": doc["organization_id"],
+        "series": doc["series_id"],
+        "design_version_number": doc["design_version_number"],
+        "classification": doc["classification"],
+        "reviewers": list(doc["reviewers"]),
         "reviewer_details": [{"id": r, "username": names.get(r)} for r in doc["reviewers"]],
-        "status": doc["status"], "outcome": doc.get("outcome"), "decision_rule": doc["decision_rule"],
-        "threshold": doc.get("threshold"), "veto": doc.get("veto", True), "required_approvals": required_approvals(doc),
-        "tally": tally(doc), "due_date": doc.get("due_date"), "is_overdue": is_overdue(doc, now),
-        "notes": doc.get("notes", ""), "created_by": doc["created_by"],
-        "created_by_username": names.get(doc["created_by"]), "created_at": doc["created_at"],
-        "updated_at": doc["updated_at"], "started_at": doc.get("started_at"), "completed_at": doc.get("completed_at"),
-        "cancelled_at": doc.get("cancelled_at"), "cancelled_by": doc.get("cancelled_by"),
-        "cancel_reason": doc.get("cancel_reason"), "version": doc["version"],
+        "status": doc["status"],
+        "outcome": doc.get("outcome"),
+        "decision_rule": doc["decision_rule"],
+        "threshold": doc.get("threshold"),
+        "veto": doc.get("veto", True),
+        "required_approvals": required_approvals(doc),
+        "tally": tally(doc),
+        "due_date": doc.get("due_date"),
+        "is_overdue": is_overdue(doc, now),
+        "notes": doc.get("notes", ""),
+        "created_by": doc["created_by"],
+        "created_by_username": names.get(doc["created_by"]),
+        "created_at": doc["created_at"],
+        "updated_at": doc["updated_at"],
+        "started_at": doc.get("started_at"),
+        "completed_at": doc.get("completed_at"),
+        "cancelled_at": doc.get("cancelled_at"),
+        "cancelled_by": doc.get("cancelled_by"),
+        "cancel_reason": doc.get("cancel_reason"),
+        "version": doc["version"],
     }

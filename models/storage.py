@@ -1,4 +1,5 @@
 """Content-addressed storage of uploads under their SHA-256: one interface, filesystem and GridFS backends."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,8 +34,8 @@ READ_CHUNK = 1 << 20
 # pressure), sha256 of 1 MiB ~0.7 ms. Hopping per 64 KiB body chunk would cost more than the work; doing
 # 1 MiB of hashing and writing inline would stall the loop ~3 ms. One hop per MiB keeps both small.
 WRITE_BUFFER = 1 << 20
-GRIDFS_CHUNK_SIZE = 255 * 1024       # the GridFS default: a chunk document stays well under 16 MB
-FILE_MODE = 0o440                    # stored content is immutable; the group may be the workers' user
+GRIDFS_CHUNK_SIZE = 255 * 1024  # the GridFS default: a chunk document stays well under 16 MB
+FILE_MODE = 0o440  # stored content is immutable; the group may be the workers' user
 DIR_MODE = 0o750
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FILE_HASH = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
@@ -60,8 +61,7 @@ def check_sha256(value: Any) -> str:
         return value
     shown = repr(value[:80]) if isinstance(value, str) else type(value).__name__
     message = "must be a SHA-256 digest: 64 lowercase hexadecimal characters."
-    raise ValidationFailed(f"{shown} is not a valid file hash: it {message}",
-                           field_errors={"file_hash": [message]})
+    raise ValidationFailed(f"{shown} is not a valid file hash: it {message}", field_errors={"file_hash": [message]})
 
 
 def parse_file_hash(value: Any) -> str:
@@ -115,7 +115,7 @@ class StorageWriter(ABC):
         self._size = 0
         self._max_size = max_size
         self._buffer = bytearray()
-        self._state = "open"      # open -> committed | aborted
+        self._state = "open"  # open -> committed | aborted
         self._lock = asyncio.Lock()
 
     @property
@@ -132,8 +132,9 @@ class StorageWriter(ABC):
         try:
             length = memoryview(chunk).nbytes
             if self._max_size is not None and self._size + length > self._max_size:
-                raise FileTooLarge(f"The file exceeds the limit of {self._max_size} bytes.",
-                                   extra={"max_size": self._max_size})
+                raise FileTooLarge(
+                    f"The file exceeds the limit of {self._max_size} bytes.", extra={"max_size": self._max_size}
+                )
             self._size += length
             self._buffer += chunk
             if len(self._buffer) >= WRITE_BUFFER:
@@ -171,8 +172,9 @@ class StorageWriter(ABC):
     async def __aenter__(self) -> StorageWriter:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.abort()
 
     def _check_open(self) -> None:
@@ -236,10 +238,11 @@ class Storage(ABC):
 
 # -- filesystem ----------------------------------------------------------------------------------------------
 
+
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class _FileSystemWriter(StorageWriter):
@@ -385,7 +388,7 @@ class FileSystemStorage(Storage):
                         os.unlink(entry.path)
                         removed += 1
                 except FileNotFoundError:
-                    continue   # finished or aborted meanwhile
+                    continue  # finished or aborted meanwhile
         return removed
 
     async def purge_incomplete(self, older_than: float = 86400.0) -> int:
@@ -393,6 +396,7 @@ class FileSystemStorage(Storage):
 
 
 # -- GridFS --------------------------------------------------------------------------------------------------
+
 
 class _GridFSWriter(StorageWriter):
     """Writes GridFS-spec chunk documents itself, one insert per ~1 MiB, and the files document last.
@@ -419,7 +423,7 @@ class _GridFSWriter(StorageWriter):
         del self._buffer[:whole]
         await _to_thread_settled(self._hash.update, data)
         if final:
-            self._tail = data   # written by _install, unless that content is already stored
+            self._tail = data  # written by _install, unless that content is already stored
         else:
             await self._insert_chunks(data)
 
@@ -429,8 +433,10 @@ class _GridFSWriter(StorageWriter):
             # Registered before the first chunk, so purge_incomplete() finds chunks a crash orphaned.
             await storage.uploads.insert_one({"_id": self._file_id})
             self._marked = True
-        docs = [{"files_id": self._file_id, "n": self._chunks_written + i, "data": data[offset:offset + size]}
-                for i, offset in enumerate(range(0, len(data), size))]
+        docs = [
+            {"files_id": self._file_id, "n": self._chunks_written + i, "data": data[offset : offset + size]}
+            for i, offset in enumerate(range(0, len(data), size))
+        ]
         await storage.chunks.insert_many(docs)
         self._chunks_written += len(docs)
 
@@ -443,12 +449,18 @@ class _GridFSWriter(StorageWriter):
             await self._insert_chunks(self._tail)
             self._tail = b""
         try:
-            await storage.files.insert_one({
-                "_id": self._file_id, "filename": stored.sha256, "length": Int64(stored.size),
-                "chunkSize": self._chunk_size, "uploadDate": datetime.now(timezone.utc),
-                "metadata": {"sha256": stored.sha256}})
+            await storage.files.insert_one(
+                {
+                    "_id": self._file_id,
+                    "filename": stored.sha256,
+                    "length": Int64(stored.size),
+                    "chunkSize": self._chunk_size,
+                    "uploadDate": datetime.now(UTC),
+                    "metadata": {"sha256": stored.sha256},
+                }
+            )
         except DuplicateKeyError:
-            await self._discard()   # an identical upload committed between our check and our insert
+            await self._discard()  # an identical upload committed between our check and our insert
             return
         await storage.uploads.delete_one({"_id": self._file_id})
 
@@ -467,8 +479,14 @@ class GridFSStorage(Storage):
     local_path() copies the content to a temporary file under ``tmp_dir`` (default: the system's).
     """
 
-    def __init__(self, db: AsyncDatabase[Any], bucket: str = "cadfiles", *, tmp_dir: Path | str | None = None,
-                 chunk_size: int = GRIDFS_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Any],
+        bucket: str = "cadfiles",
+        *,
+        tmp_dir: Path | str | None = None,
+        chunk_size: int = GRIDFS_CHUNK_SIZE,
+    ) -> None:
         if not 0 < chunk_size <= READ_CHUNK:
             raise ValueError(f"chunk_size must be between 1 and {READ_CHUNK}")
         self.db = db
@@ -485,8 +503,7 @@ class GridFSStorage(Storage):
         """The unique filename index is what makes concurrent identical uploads store one copy. Idempotent."""
         if not self._indexed:
             await self.files.create_indexes([IndexModel([("filename", ASCENDING)], unique=True)])
-            await self.chunks.create_indexes([IndexModel([("files_id", ASCENDING), ("n", ASCENDING)],
-                                                         unique=True)])
+            await self.chunks.create_indexes([IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)])
             self._indexed = True
 
     async def writer(self, max_size: int | None = None) -> StorageWriter:
@@ -494,8 +511,7 @@ class GridFSStorage(Storage):
         return _GridFSWriter(self, max_size)
 
     async def _file_doc(self, sha256: str) -> dict[str, Any] | None:
-        return await self.files.find_one({"filename": check_sha256(sha256)},
-                                         {"_id": 1, "length": 1, "chunkSize": 1})
+        return await self.files.find_one({"filename": check_sha256(sha256)}, {"_id": 1, "length": 1, "chunkSize": 1})
 
     async def exists(self, sha256: str) -> bool:
         return await self._file_doc(sha256) is not None
@@ -516,8 +532,11 @@ class GridFSStorage(Storage):
         if start == stop:
             return
         first, last = start // chunk_size, (stop - 1) // chunk_size
-        cursor = self.chunks.find({"files_id": doc["_id"], "n": {"$gte": first, "$lte": last}},
-                                  sort=[("n", ASCENDING)], batch_size=max(1, READ_CHUNK // chunk_size))
+        cursor = self.chunks.find(
+            {"files_id": doc["_id"], "n": {"$gte": first, "$lte": last}},
+            sort=[("n", ASCENDING)],
+            batch_size=max(1, READ_CHUNK // chunk_size),
+        )
         expected, offset = first, first * chunk_size
         try:
             async for chunk in cursor:
@@ -545,8 +564,9 @@ class GridFSStorage(Storage):
         digest = check_sha256(sha256)
         if not await self.exists(digest):
             raise ContentNotFound(digest)
-        fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix=f"enginel-{digest[:16]}-", suffix=".tmp",
-                                           dir=self.tmp_dir)
+        fd, name = await asyncio.to_thread(
+            tempfile.mkstemp, prefix=f"enginel-{digest[:16]}-", suffix=".tmp", dir=self.tmp_dir
+        )
         path = Path(name)
         try:
             try:
@@ -566,7 +586,7 @@ class GridFSStorage(Storage):
 
     async def purge_incomplete(self, older_than: float = 86400.0, limit: int = 1000) -> int:
         # An upload's ObjectId carries its start time, so age needs no extra field.
-        cutoff = ObjectId.from_datetime(datetime.now(timezone.utc) - timedelta(seconds=older_than))
+        cutoff = ObjectId.from_datetime(datetime.now(UTC) - timedelta(seconds=older_than))
         stale = await self.uploads.find({"_id": {"$lt": cutoff}}, {"_id": 1}).limit(limit).to_list()
         for doc in stale:
             # A files document means the commit finished and only the marker's removal was lost.
@@ -579,9 +599,15 @@ class GridFSStorage(Storage):
 STORAGE_KINDS = ("filesystem", "gridfs")
 
 
-def make_storage(kind: str, *, root: Path | str | None = None, db: AsyncDatabase[Any] | None = None,
-                 bucket: str = "cadfiles", tmp_dir: Path | str | None = None,
-                 durable: bool = True) -> Storage:
+def make_storage(
+    kind: str,
+    *,
+    root: Path | str | None = None,
+    db: AsyncDatabase[Any] | None = None,
+    bucket: str = "cadfiles",
+    tmp_dir: Path | str | None = None,
+    durable: bool = True,
+) -> Storage:
     """Build the configured backend: "filesystem" needs ``root``; "gridfs" needs ``db``."""
     if kind == "filesystem":
         if root is None:

@@ -1,4 +1,5 @@
 """Unit conversion over a fixed whitelist of length, area, volume and mass units, computed by pint."""
+
 from __future__ import annotations
 
 import math
@@ -11,14 +12,25 @@ from models.errors import ValidationFailed
 
 # Our spelling -> (dimension, pint expression). Nothing outside this table reaches pint's parser.
 UNITS: dict[str, tuple[str, str]] = {
-    "mm": ("length", "millimeter"), "cm": ("length", "centimeter"), "m": ("length", "meter"),
-    "in": ("length", "inch"), "ft": ("length", "foot"),
-    "mm2": ("area", "millimeter ** 2"), "cm2": ("area", "centimeter ** 2"), "m2": ("area", "meter ** 2"),
-    "in2": ("area", "inch ** 2"), "ft2": ("area", "foot ** 2"),
-    "mm3": ("volume", "millimeter ** 3"), "cm3": ("volume", "centimeter ** 3"),
-    "m3": ("volume", "meter ** 3"), "in3": ("volume", "inch ** 3"), "ft3": ("volume", "foot ** 3"),
-    "g": ("mass", "gram"), "kg": ("mass", "kilogram"),
-    "lb": ("mass", "pound"), "oz": ("mass", "ounce"),      # pint's are avoirdupois: 0.45359237 kg, lb/16
+    "mm": ("length", "millimeter"),
+    "cm": ("length", "centimeter"),
+    "m": ("length", "meter"),
+    "in": ("length", "inch"),
+    "ft": ("length", "foot"),
+    "mm2": ("area", "millimeter ** 2"),
+    "cm2": ("area", "centimeter ** 2"),
+    "m2": ("area", "meter ** 2"),
+    "in2": ("area", "inch ** 2"),
+    "ft2": ("area", "foot ** 2"),
+    "mm3": ("volume", "millimeter ** 3"),
+    "cm3": ("volume", "centimeter ** 3"),
+    "m3": ("volume", "meter ** 3"),
+    "in3": ("volume", "inch ** 3"),
+    "ft3": ("volume", "foot ** 3"),
+    "g": ("mass", "gram"),
+    "kg": ("mass", "kilogram"),
+    "lb": ("mass", "pound"),
+    "oz": ("mass", "ounce"),  # pint's are avoirdupois: 0.45359237 kg, lb/16
 }
 # Results are rounded to this many significant digits: far beyond any CAD measurement, and it removes the
 # binary floating-point noise of pint's route through base units (1 lb is 0.45359237 kg, not ...0000001).
@@ -63,8 +75,7 @@ def convert(value: float, from_unit: str, to_unit: str) -> dict[str, Any]:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         message = "Must be a finite number."
-        raise ValidationFailed("The value to convert is not a finite number.",
-                               field_errors={"value": [message]})
+        raise ValidationFailed("The value to convert is not a finite number.", field_errors={"value": [message]})
     source, target = _unit(from_unit, "from_unit"), _unit(to_unit, "to_unit")
     (source_dim, source_expr), (target_dim, target_expr) = UNITS[source], UNITS[target]
     if source_dim != target_dim:
@@ -76,5 +87,10 @@ def convert(value: float, from_unit: str, to_unit: str) -> dict[str, Any]:
     if not math.isfinite(converted):
         message = "The converted value is too large to represent."
         raise ValidationFailed(message, field_errors={"value": [message]})
-    return {"original_value": value, "from_unit": source, "to_unit": target,
-            "converted_value": _significant(converted), "conversion_factor": _significant(factor)}
+    return {
+        "original_value": value,
+        "from_unit": source,
+        "to_unit": target,
+        "converted_value": _significant(converted),
+        "conversion_factor": _significant(factor),
+    }

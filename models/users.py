@@ -1,4 +1,5 @@
 """User directory and administration: who may see whom, and who may change clearance and US-person status."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,27 +7,45 @@ from typing import Any
 from pydantic import Field
 
 from models import audit
-from models.events import NullPublisher, Publisher, access_changed, user_disabled
 from models.errors import LimitExceeded, NotFound, PermissionDenied, ValidationFailed
+from models.events import NullPublisher, Publisher, access_changed, user_disabled
 from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS, Identity
 from models.listing import Filter, Kind, ListSpec
 from models.organizations import MemberIn, Organizations
 from models.policy import Clearance, Principal, Role, can
 from models.schema import EMAIL_PATTERN, Input
 
-USER_FIELDS = frozenset({"id", "username", "email", "first_name", "last_name", "is_us_person",
-                         "security_clearance_level", "organization", "phone_number", "date_joined",
-                         "organizations", "is_active", "is_staff"})
+USER_FIELDS = frozenset(
+    {
+        "id",
+        "username",
+        "email",
+        "first_name",
+        "last_name",
+        "is_us_person",
+        "security_clearance_level",
+        "organization",
+        "phone_number",
+        "date_joined",
+        "organizations",
+        "is_active",
+        "is_staff",
+    }
+)
 
 USER_LIST = ListSpec(
-    filters={"is_us_person": Filter(Kind.BOOL, "is_us_person"),
-             "security_clearance_level": Filter(Kind.ENUM, "security_clearance_level",
-                                                choices=frozenset(c.value for c in Clearance)),
-             "is_active": Filter(Kind.BOOL, "is_active")},
+    filters={
+        "is_us_person": Filter(Kind.BOOL, "is_us_person"),
+        "security_clearance_level": Filter(
+            Kind.ENUM, "security_clearance_level", choices=frozenset(c.value for c in Clearance)
+        ),
+        "is_active": Filter(Kind.BOOL, "is_active"),
+    },
     search=("username", "email", "first_name", "last_name"),
     ordering={"id": "_id", "username": "username_lower", "date_joined": "date_joined"},
     default_ordering="id",
-    fields=USER_FIELDS)
+    fields=USER_FIELDS,
+)
 
 # Attributes that grant access: never settable by the user they describe.
 PRIVILEGED = ("is_us_person", "security_clearance_level", "is_active")
@@ -57,7 +76,7 @@ class UserCreate(Input):
     is_us_person: bool = False
     security_clearance_level: Clearance = Clearance.UNCLASSIFIED
     is_staff: bool = False
-    organization: str | None = None      # add the new user to this organization
+    organization: str | None = None  # add the new user to this organization
     role: Role = Role.MEMBER
 
 
@@ -72,8 +91,12 @@ class Users:
         """Users who share an organization with the caller (the caller included); staff see everyone."""
         if principal.is_staff:
             return {}
-        ids = {m["user_id"] async for m in self.db[MEMBERSHIPS].find(
-            {"organization_id": {"$in": sorted(principal.memberships)}}, projection={"user_id": 1})}
+        ids = {
+            m["user_id"]
+            async for m in self.db[MEMBERSHIPS].find(
+                {"organization_id": {"$in": sorted(principal.memberships)}}, projection={"user_id": 1}
+            )
+        }
         ids.add(principal.id)
         return {"_id": {"$in": sorted(ids)}}
 
@@ -90,43 +113,60 @@ class Users:
         orgs = [m["organization_id"] async for m in self.db[MEMBERSHIPS].find({"user_id": user_id})]
         return any(can(principal, "user.attributes", org) for org in orgs)
 
-    async def update(self, principal: Principal, user_id: int, patch: UserAdminPatch,
-                     actor: audit.Actor) -> dict[str, Any]:
+    async def update(
+        self, principal: Principal, user_id: int, patch: UserAdminPatch, actor: audit.Actor
+    ) -> dict[str, Any]:
         user = await self.get_visible(principal, user_id)
         values = patch.model_dump(exclude_unset=True, mode="json")
         privileged = {k: values[k] for k in PRIVILEGED if k in values}
         if privileged:
             if user_id == principal.id and not principal.is_staff:
-                await audit.record(self.db, actor, "ESCALATION_DENIED", "User", user_id,
-                                   changes={k: {"old": user.get(k), "new": v} for k, v in privileged.items()})
+                await audit.record(
+                    self.db,
+                    actor,
+                    "ESCALATION_DENIED",
+                    "User",
+                    user_id,
+                    changes={k: {"old": user.get(k), "new": v} for k, v in privileged.items()},
+                )
                 raise PermissionDenied("You cannot change your own US-person status, clearance or activation.")
             if not await self._administers(principal, user_id):
-                await audit.record(self.db, actor, "ESCALATION_DENIED", "User", user_id,
-                                   changes={k: {"old": user.get(k), "new": v} for k, v in privileged.items()})
+                await audit.record(
+                    self.db,
+                    actor,
+                    "ESCALATION_DENIED",
+                    "User",
+                    user_id,
+                    changes={k: {"old": user.get(k), "new": v} for k, v in privileged.items()},
+                )
                 raise PermissionDenied("Only an OWNER or ADMIN of the user's organization changes these.")
         elif user_id != principal.id and not await self._administers(principal, user_id):
             raise PermissionDenied("You may only edit your own profile.")
         return await self._apply(principal, user, values, actor)
 
-    async def _apply(self, principal: Principal, user: dict[str, Any], values: dict[str, Any],
-                     actor: audit.Actor) -> dict[str, Any]:
+    async def _apply(
+        self, principal: Principal, user: dict[str, Any], values: dict[str, Any], actor: audit.Actor
+    ) -> dict[str, Any]:
         current, new = values.pop("current_password", None), values.pop("new_password", None)
         if new is not None:
             if user["_id"] != principal.id:
                 raise PermissionDenied("Users change their own passwords.")
             if current is None or not await self.identity.passwords.verify(
-                    (await self.db[USERS].find_one({"_id": user["_id"]}) or {}).get("password_hash"), current):
+                (await self.db[USERS].find_one({"_id": user["_id"]}) or {}).get("password_hash"), current
+            ):
                 await audit.record(self.db, actor, "PASSWORD_CHANGE_DENIED", "User", user["_id"])
                 raise PermissionDenied("The current password is wrong.")
             await self.identity.set_password(user["_id"], new)
             await audit.record(self.db, actor, "PASSWORD_CHANGE", "User", user["_id"])
         elif current is not None:
-            raise ValidationFailed("Give new_password with current_password.",
-                                   field_errors={"new_password": ["This field is required."]})
+            raise ValidationFailed(
+                "Give new_password with current_password.", field_errors={"new_password": ["This field is required."]}
+            )
         if "email" in values:
             values["email_lower"] = (values["email"] or "").lower()
-        changes = {k: {"old": user.get(k), "new": v} for k, v in values.items()
-                   if k != "email_lower" and user.get(k) != v}
+        changes = {
+            k: {"old": user.get(k), "new": v} for k, v in values.items() if k != "email_lower" and user.get(k) != v
+        }
         if changes:
             await self.db[USERS].update_one({"_id": user["_id"]}, {"$set": values})
             action = "UPDATE_PRIVILEGES" if any(k in PRIVILEGED for k in changes) else "UPDATE"
@@ -149,44 +189,76 @@ class Users:
                 raise PermissionDenied("Only an OWNER makes another OWNER.")
             org = await self.db[ORGANIZATIONS].find_one({"_id": data.organization}) or {}
             if await self.db[MEMBERSHIPS].count_documents({"organization_id": data.organization}) >= org.get(
-                    "max_users", 0):
+                "max_users", 0
+            ):
                 raise LimitExceeded(f"The organization has reached its limit of {org.get('max_users')} users.")
         if data.is_staff and not principal.is_staff:
             raise PermissionDenied("Only platform administrators create platform administrators.")
         user = await self.identity.create_user(
-            username=data.username, password=data.password, email=data.email, first_name=data.first_name,
-            last_name=data.last_name, phone_number=data.phone_number, is_us_person=data.is_us_person,
-            security_clearance_level=data.security_clearance_level.value, is_staff=data.is_staff)
-        await audit.record(self.db, actor, "CREATE", "User", user["_id"], organization_id=data.organization,
-                           changes={"username": user["username"], "is_us_person": user["is_us_person"],
-                                    "security_clearance_level": user["security_clearance_level"],
-                                    "is_staff": user["is_staff"]})
+            username=data.username,
+            password=data.password,
+            email=data.email,
+            first_name=data.first_name,
+            last_name=data.last_name,
+            phone_number=data.phone_number,
+            is_us_person=data.is_us_person,
+            security_clearance_level=data.security_clearance_level.value,
+            is_staff=data.is_staff,
+        )
+        await audit.record(
+            self.db,
+            actor,
+            "CREATE",
+            "User",
+            user["_id"],
+            organization_id=data.organization,
+            changes={
+                "username": user["username"],
+                "is_us_person": user["is_us_person"],
+                "security_clearance_level": user["security_clearance_level"],
+                "is_staff": user["is_staff"],
+            },
+        )
         if data.organization is not None:
-            await self.orgs.add_member(principal, data.organization, MemberIn(user_id=user["_id"], role=data.role),
-                                       actor)
+            await self.orgs.add_member(
+                principal, data.organization, MemberIn(user_id=user["_id"], role=data.role), actor
+            )
         return user
 
     async def render_many(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ids = [d["_id"] for d in docs]
         members = [m async for m in self.db[MEMBERSHIPS].find({"user_id": {"$in": ids}}, sort=[("_id", 1)])]
-        org_names = {o["_id"]: o["name"] async for o in self.db[ORGANIZATIONS].find(
-            {"_id": {"$in": list({m["organization_id"] for m in members})}}, projection={"name": 1})}
+        org_names = {
+            o["_id"]: o["name"]
+            async for o in self.db[ORGANIZATIONS].find(
+                {"_id": {"$in": list({m["organization_id"] for m in members})}}, projection={"name": 1}
+            )
+        }
         by_user: dict[int, list[dict[str, Any]]] = {}
         for m in members:
             by_user.setdefault(m["user_id"], []).append(
-                {"organization_id": m["organization_id"], "organization_name": org_names.get(m["organization_id"]),
-                 "role": m["role"]})
+                {
+                    "organization_id": m["organization_id"],
+                    "organization_name": org_names.get(m["organization_id"]),
+                    "role": m["role"],
+                }
+            )
         return [render_user(d, by_user.get(d["_id"], [])) for d in docs]
 
 
 def render_user(doc: dict[str, Any], organizations: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "id": doc["_id"], "username": doc["username"], "email": doc.get("email", ""),
-        "first_name": doc.get("first_name", ""), "last_name": doc.get("last_name", ""),
+        "id": doc["_id"],
+        "username": doc["username"],
+        "email": doc.get("email", ""),
+        "first_name": doc.get("first_name", ""),
+        "last_name": doc.get("last_name", ""),
         "is_us_person": doc.get("is_us_person", False),
         "security_clearance_level": doc.get("security_clearance_level", "UNCLASSIFIED"),
         "organization": organizations[0]["organization_name"] if organizations else None,
-        "phone_number": doc.get("phone_number", ""), "date_joined": doc["date_joined"],
-        "organizations": organizations, "is_active": doc.get("is_active", True),
+        "phone_number": doc.get("phone_number", ""),
+        "date_joined": doc["date_joined"],
+        "organizations": organizations,
+        "is_active": doc.get("is_active", True),
         "is_staff": doc.get("is_staff", False),
     }

@@ -1,4 +1,5 @@
 """OpenCascade analysis of one CAD file: mass properties, topology, validity, units and BOM, as plain data."""
+
 from __future__ import annotations
 
 import math
@@ -16,33 +17,42 @@ from OCP.BRepCheck import BRepCheck_Analyzer
 from OCP.BRepGProp import BRepGProp
 from OCP.BRepMesh import BRepMesh_IncrementalMesh
 from OCP.BRepTools import BRepTools
-from OCP.collections import (IndexedDataMap_TCollection_AsciiString_TCollection_AsciiString,
-                             IndexedDataMap_TopoDS_Shape_List_TopoDS_Shape_TopTools_ShapeMapHasher,
-                             IndexedMap_TopoDS_Shape_TopTools_ShapeMapHasher,
-                             Sequence_TCollection_AsciiString, Sequence_TDF_Label)
+from OCP.collections import (
+    IndexedDataMap_TCollection_AsciiString_TCollection_AsciiString,
+    IndexedDataMap_TopoDS_Shape_List_TopoDS_Shape_TopTools_ShapeMapHasher,
+    IndexedMap_TopoDS_Shape_TopTools_ShapeMapHasher,
+    Sequence_TCollection_AsciiString,
+    Sequence_TDF_Label,
+)
 from OCP.GProp import GProp_GProps
 from OCP.IFSelect import IFSelect_ReturnStatus
 from OCP.IGESCAFControl import IGESCAFControl_Reader
 from OCP.Message import Message, Message_Gravity, Message_ProgressRange
 from OCP.RWGltf import RWGltf_CafWriter
+from OCP.StepBasic import StepBasic_ProductDefinition
 from OCP.STEPCAFControl import STEPCAFControl_Reader
 from OCP.STEPConstruct import STEPConstruct_Tool
-from OCP.StepBasic import StepBasic_ProductDefinition
 from OCP.StepRepr import StepRepr_NextAssemblyUsageOccurrence
 from OCP.StlAPI import StlAPI_Reader
 from OCP.TCollection import TCollection_AsciiString, TCollection_ExtendedString
 from OCP.TDataStd import TDataStd_Name
 from OCP.TDF import TDF_Label, TDF_Tool
 from OCP.TDocStd import TDocStd_Document
-from OCP.TopAbs import (TopAbs_EDGE, TopAbs_FACE, TopAbs_SHELL, TopAbs_SOLID, TopAbs_VERTEX,
-                        TopAbs_ShapeEnum)
+from OCP.TopAbs import TopAbs_EDGE, TopAbs_FACE, TopAbs_ShapeEnum, TopAbs_SHELL, TopAbs_SOLID, TopAbs_VERTEX
 from OCP.TopExp import TopExp
 from OCP.TopLoc import TopLoc_Location
 from OCP.TopoDS import TopoDS, TopoDS_Compound, TopoDS_Shape
 from OCP.XCAFDoc import XCAFDoc_DocumentTool, XCAFDoc_ShapeTool
 
-__all__ = ["ANALYSIS_STAGES", "CadError", "CadFileError", "UnsupportedFormat", "analyze_file",
-           "detect_format", "tessellate_to_glb"]
+__all__ = [
+    "ANALYSIS_STAGES",
+    "CadError",
+    "CadFileError",
+    "UnsupportedFormat",
+    "analyze_file",
+    "detect_format",
+    "tessellate_to_glb",
+]
 
 Progress = Callable[[int, int, str], None]
 
@@ -54,30 +64,49 @@ MAX_BOM_DEPTH = 32
 MAX_NAME_CHARS = 255
 MAX_INSTANCE_NAMES = 100
 
-_FORMATS = {"step": "STEP", "stp": "STEP", "p21": "STEP", "iges": "IGES", "igs": "IGES",
-            "stl": "STL", "brep": "BREP", "brp": "BREP"}
+_FORMATS = {
+    "step": "STEP",
+    "stp": "STEP",
+    "p21": "STEP",
+    "iges": "IGES",
+    "igs": "IGES",
+    "stl": "STL",
+    "brep": "BREP",
+    "brp": "BREP",
+}
 
 # (canonical name, symbol, mm per unit), keyed by the lower-cased spellings STEP and IGES writers use.
 _UNIT_TABLE: dict[str, tuple[str, str, float]] = {}
 for _names, _unit in (
-        (("millimetre", "millimeter", "mm"), ("millimetre", "mm", 1.0)),
-        (("centimetre", "centimeter", "cm"), ("centimetre", "cm", 10.0)),
-        (("decimetre", "decimeter", "dm"), ("decimetre", "dm", 100.0)),
-        (("metre", "meter", "m", "meters", "metres"), ("metre", "m", 1000.0)),
-        (("kilometre", "kilometer", "km"), ("kilometre", "km", 1_000_000.0)),
-        (("micrometre", "micrometer", "micron", "microns", "um"), ("micrometre", "um", 0.001)),
-        (("nanometre", "nanometer", "nm"), ("nanometre", "nm", 1e-6)),
-        (("inch", "inches", "in"), ("inch", "in", 25.4)),
-        (("foot", "feet", "ft"), ("foot", "ft", 304.8)),
-        (("yard", "yd"), ("yard", "yd", 914.4)),
-        (("mile", "miles", "mi"), ("mile", "mi", 1_609_344.0)),
-        (("mil", "mils", "thou"), ("mil", "mil", 0.0254)),
-        (("microinch", "microinches", "uin"), ("microinch", "uin", 2.54e-5))):
+    (("millimetre", "millimeter", "mm"), ("millimetre", "mm", 1.0)),
+    (("centimetre", "centimeter", "cm"), ("centimetre", "cm", 10.0)),
+    (("decimetre", "decimeter", "dm"), ("decimetre", "dm", 100.0)),
+    (("metre", "meter", "m", "meters", "metres"), ("metre", "m", 1000.0)),
+    (("kilometre", "kilometer", "km"), ("kilometre", "km", 1_000_000.0)),
+    (("micrometre", "micrometer", "micron", "microns", "um"), ("micrometre", "um", 0.001)),
+    (("nanometre", "nanometer", "nm"), ("nanometre", "nm", 1e-6)),
+    (("inch", "inches", "in"), ("inch", "in", 25.4)),
+    (("foot", "feet", "ft"), ("foot", "ft", 304.8)),
+    (("yard", "yd"), ("yard", "yd", 914.4)),
+    (("mile", "miles", "mi"), ("mile", "mi", 1_609_344.0)),
+    (("mil", "mils", "thou"), ("mil", "mil", 0.0254)),
+    (("microinch", "microinches", "uin"), ("microinch", "uin", 2.54e-5)),
+):
     for _name in _names:
         _UNIT_TABLE[_name] = _unit
 # IGES global section, field 14 (unit flag), when the unit name (field 15) is not one we know.
-_IGES_UNIT_FLAGS = {1: "inch", 2: "mm", 4: "foot", 5: "mile", 6: "metre", 7: "km", 8: "mil", 9: "micron",
-                    10: "cm", 11: "microinch"}
+_IGES_UNIT_FLAGS = {
+    1: "inch",
+    2: "mm",
+    4: "foot",
+    5: "mile",
+    6: "metre",
+    7: "km",
+    8: "mil",
+    9: "micron",
+    10: "cm",
+    11: "microinch",
+}
 
 
 class CadError(Exception):
@@ -126,12 +155,19 @@ def detect_format(path: str, fmt: str | None = None) -> str:
     try:
         return _FORMATS[key]
     except KeyError:
-        raise UnsupportedFormat(f"unsupported CAD format {fmt or Path(path).suffix or '(none)'!r}; "
-                                f"expected STEP, IGES, STL or BREP") from None
+        raise UnsupportedFormat(
+            f"unsupported CAD format {fmt or Path(path).suffix or '(none)'!r}; expected STEP, IGES, STL or BREP"
+        ) from None
 
 
-def analyze_file(path: str, fmt: str | None = None, progress: Progress | None = None, *,
-                 display_name: str | None = None, glb_path: str | None = None) -> dict[str, Any]:
+def analyze_file(
+    path: str,
+    fmt: str | None = None,
+    progress: Progress | None = None,
+    *,
+    display_name: str | None = None,
+    glb_path: str | None = None,
+) -> dict[str, Any]:
     """Parse ``path`` once and return its geometry, topology, validation, units and BOM as plain data.
 
     ``display_name`` names the BOM root when the file carries no product name (STL, BREP, bare IGES);
@@ -160,8 +196,9 @@ def analyze_file(path: str, fmt: str | None = None, progress: Progress | None = 
     issues = _Issues()
     brep_valid = _validate(loaded, topology, geometry["volume_mm3"], issues)
     timings["validation"], clock = _lap(clock)
-    report(3, total, "Validated geometry" if not issues.errors else
-           f"Validated geometry: {len(issues.errors)} problems")
+    report(
+        3, total, "Validated geometry" if not issues.errors else f"Validated geometry: {len(issues.errors)} problems"
+    )
 
     unit = _source_unit(loaded, issues)
     bom, bom_stats = _bom(loaded, name, geometry["volume_mm3"], issues)
@@ -199,8 +236,7 @@ def analyze_file(path: str, fmt: str | None = None, progress: Progress | None = 
     return result
 
 
-def tessellate_to_glb(path: str, fmt: str | None, out_path: str, *,
-                      progress: Progress | None = None) -> dict[str, Any]:
+def tessellate_to_glb(path: str, fmt: str | None, out_path: str, *, progress: Progress | None = None) -> dict[str, Any]:
     """Parse ``path`` and write a binary glTF of it to ``out_path`` (written whole, then renamed).
 
     Returns ``{"path", "bytes", "triangles", "linear_deflection_mm"}``; the mesh deflection is 0.1 % of
@@ -220,6 +256,7 @@ def tessellate_to_glb(path: str, fmt: str | None, out_path: str, *,
 
 # -- parsing -----------------------------------------------------------------------------------------
 
+
 def _load(path: str, kind: str) -> _Loaded:
     if not os.path.isfile(path):
         raise CadFileError(f"file not found: {path}")
@@ -236,7 +273,7 @@ def _load(path: str, kind: str) -> _Loaded:
             loaded = _load_single(kind, _read_brep(path))
     except CadError:
         raise
-    except Exception as exc:   # OpenCascade raises Standard_Failure subclasses on corrupt input
+    except Exception as exc:  # OpenCascade raises Standard_Failure subclasses on corrupt input
         raise CadFileError(f"cannot read {kind} file: {type(exc).__name__}: {exc}") from exc
     if loaded.shape.IsNull():
         raise CadFileError(f"the {kind} file holds no shape")
@@ -272,8 +309,7 @@ def _load_step(path: str) -> _Loaded:
     reader.SetLayerMode(False)
     status = reader.ReadFile(path)
     if status != IFSelect_ReturnStatus.IFSelect_RetDone:
-        raise CadFileError(f"not a readable STEP file: the parser rejected it ({status.name}); "
-                           f"corrupt or truncated?")
+        raise CadFileError(f"not a readable STEP file: the parser rejected it ({status.name}); corrupt or truncated?")
     if not reader.Transfer(doc):
         raise CadFileError("the STEP file holds no transferable shape")
     labels = _free_labels(doc)
@@ -312,7 +348,7 @@ def _step_products(reader: STEPCAFControl_Reader, doc: TDocStd_Document, loaded:
             product = nauo.RelatedProductDefinition().Formation().OfProduct()
             child_products.add(model.Number(product))
             component = STEPCAFControl_Reader.FindInstance_s(nauo, shape_tool, tool, label_map)
-        except Exception:   # a dangling reference in a damaged file: that occurrence stays unnamed
+        except Exception:  # a dangling reference in a damaged file: that occurrence stays unnamed
             continue
         if component.IsNull():
             continue
@@ -356,8 +392,7 @@ def _load_iges(path: str) -> _Loaded:
     reader.SetLayerMode(False)
     status = reader.ReadFile(path)
     if status != IFSelect_ReturnStatus.IFSelect_RetDone:
-        raise CadFileError(f"not a readable IGES file: the parser rejected it ({status.name}); "
-                           f"corrupt or truncated?")
+        raise CadFileError(f"not a readable IGES file: the parser rejected it ({status.name}); corrupt or truncated?")
     if not reader.Transfer(doc):
         raise CadFileError("the IGES file holds no transferable shape")
     labels = _free_labels(doc)
@@ -395,6 +430,7 @@ def _load_single(kind: str, shape: TopoDS_Shape) -> _Loaded:
 
 # -- geometry ----------------------------------------------------------------------------------------
 
+
 def _count(shape: TopoDS_Shape, kind: TopAbs_ShapeEnum) -> int:
     # An indexed map counts each sub-shape once even when several faces or solids share it; instances of
     # one part at different locations are different sub-shapes, as they are in the assembled product.
@@ -404,9 +440,13 @@ def _count(shape: TopoDS_Shape, kind: TopAbs_ShapeEnum) -> int:
 
 
 def _topology(shape: TopoDS_Shape) -> dict[str, int]:
-    return {"solids": _count(shape, TopAbs_SOLID), "shells": _count(shape, TopAbs_SHELL),
-            "faces": _count(shape, TopAbs_FACE), "edges": _count(shape, TopAbs_EDGE),
-            "vertices": _count(shape, TopAbs_VERTEX)}
+    return {
+        "solids": _count(shape, TopAbs_SOLID),
+        "shells": _count(shape, TopAbs_SHELL),
+        "faces": _count(shape, TopAbs_FACE),
+        "edges": _count(shape, TopAbs_EDGE),
+        "vertices": _count(shape, TopAbs_VERTEX),
+    }
 
 
 def _geometry(shape: TopoDS_Shape, *, has_faces: bool) -> dict[str, Any]:
@@ -434,8 +474,12 @@ def _geometry(shape: TopoDS_Shape, *, has_faces: bool) -> dict[str, Any]:
         geometry["principal_moments"] = [_num(m) for m in principal.Moments()]
         geometry["principal_axes"] = [
             [_num(axis.X()), _num(axis.Y()), _num(axis.Z())]
-            for axis in (principal.FirstAxisOfInertia(), principal.SecondAxisOfInertia(),
-                         principal.ThirdAxisOfInertia())]
+            for axis in (
+                principal.FirstAxisOfInertia(),
+                principal.SecondAxisOfInertia(),
+                principal.ThirdAxisOfInertia(),
+            )
+        ]
     return geometry
 
 
@@ -445,26 +489,30 @@ def _bounding_box(shape: TopoDS_Shape) -> dict[str, Any] | None:
     if box.IsVoid():
         return None
     low, high = box.CornerMin(), box.CornerMax()
-    return {"min": _point(low.X(), low.Y(), low.Z()), "max": _point(high.X(), high.Y(), high.Z()),
-            "size": _point(high.X() - low.X(), high.Y() - low.Y(), high.Z() - low.Z())}
+    return {
+        "min": _point(low.X(), low.Y(), low.Z()),
+        "max": _point(high.X(), high.Y(), high.Z()),
+        "size": _point(high.X() - low.X(), high.Y() - low.Y(), high.Z() - low.Z()),
+    }
 
 
 # -- validation --------------------------------------------------------------------------------------
+
 
 def _validate(loaded: _Loaded, topology: dict[str, int], volume: float | None, issues: _Issues) -> bool:
     shape = loaded.shape
     brep_valid = bool(BRepCheck_Analyzer(shape).IsValid())
     if not brep_valid:
-        issues.error("BREPCHECK_FAILED",
-                     "OpenCascade's BRepCheck_Analyzer reports invalid topology or geometry.")
+        issues.error("BREPCHECK_FAILED", "OpenCascade's BRepCheck_Analyzer reports invalid topology or geometry.")
     is_mesh = loaded.fmt == "STL"
     if topology["faces"] == 0:
-        issues.error("NO_FACES", "The model has no faces: it holds only curves or points, so it encloses "
-                                 "no volume.")
+        issues.error("NO_FACES", "The model has no faces: it holds only curves or points, so it encloses no volume.")
     if topology["solids"] == 0:
         if is_mesh:
-            issues.warn("MESH_ONLY", "STL holds a triangle mesh, not a B-rep solid; closedness and volume "
-                                     "were checked on the mesh.")
+            issues.warn(
+                "MESH_ONLY",
+                "STL holds a triangle mesh, not a B-rep solid; closedness and volume were checked on the mesh.",
+            )
         else:
             issues.error("NO_SOLID", "The model has no solid body (only surfaces, wires or curves).")
     if topology["faces"] == 0:
@@ -481,15 +529,19 @@ def _validate(loaded: _Loaded, topology: dict[str, int], volume: float | None, i
     free_edges = 0
     for i in range(1, edge_faces.Extent() + 1):
         # A seam edge is listed twice for its one face, so only a single entry marks a boundary.
-        if edge_faces.FindFromIndex(i).Size() == 1 and not BRep_Tool.Degenerated_s(
-                TopoDS.Edge(edge_faces.FindKey(i))):
+        if edge_faces.FindFromIndex(i).Size() == 1 and not BRep_Tool.Degenerated_s(TopoDS.Edge(edge_faces.FindKey(i))):
             free_edges += 1
     if free_edges:
-        issues.error("FREE_EDGES", f"{free_edges} edges bound only one face: the surface has gaps or "
-                                   f"boundaries and does not enclose a volume.")
+        issues.error(
+            "FREE_EDGES",
+            f"{free_edges} edges bound only one face: the surface has gaps or "
+            f"boundaries and does not enclose a volume.",
+        )
     if volume is None or volume <= 0.0:
-        issues.error("NON_POSITIVE_VOLUME", f"The computed volume is {volume} mm³; a closed, correctly "
-                                            f"oriented solid has a positive volume.")
+        issues.error(
+            "NON_POSITIVE_VOLUME",
+            f"The computed volume is {volume} mm³; a closed, correctly oriented solid has a positive volume.",
+        )
     if topology["solids"] and topology["faces"] > _faces_in_solids(shape):
         issues.warn("LOOSE_FACES", "Some faces do not belong to any solid; they add area but no volume.")
     return brep_valid
@@ -514,12 +566,17 @@ def _source_unit(loaded: _Loaded, issues: _Issues) -> tuple[str, str, float | No
         entry = _UNIT_TABLE.get(raw.strip().lower())
         known.append(entry if entry else (raw.strip().lower(), raw.strip(), None))
     if len({k[0] for k in known}) > 1:
-        issues.warn("MIXED_UNITS", "The file uses several length units: " +
-                    ", ".join(sorted({k[0] for k in known})) + "; the reader converted each to millimetres.")
+        issues.warn(
+            "MIXED_UNITS",
+            "The file uses several length units: "
+            + ", ".join(sorted({k[0] for k in known}))
+            + "; the reader converted each to millimetres.",
+        )
     return known[0]
 
 
 # -- bill of materials -------------------------------------------------------------------------------
+
 
 @dataclass
 class _BomWalk:
@@ -531,12 +588,14 @@ class _BomWalk:
     truncated: bool = False
 
 
-def _bom(loaded: _Loaded, display_name: str, whole_volume: float | None,
-         issues: _Issues) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def _bom(
+    loaded: _Loaded, display_name: str, whole_volume: float | None, issues: _Issues
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     walk = _BomWalk(loaded, whole_volume, issues)
     labels = loaded.free_labels
-    if not labels or (loaded.fmt == "IGES" and len(labels) > 1
-                      and not any(XCAFDoc_ShapeTool.IsAssembly_s(label) for label in labels)):
+    if not labels or (
+        loaded.fmt == "IGES" and len(labels) > 1 and not any(XCAFDoc_ShapeTool.IsAssembly_s(label) for label in labels)
+    ):
         # STL/BREP, and IGES made of loose entities, are one part: the file is the product.
         walk.nodes = 1
         root = _node(display_name, display_name, 1, "", [], whole_volume, "0001", 1, [])
@@ -544,18 +603,28 @@ def _bom(loaded: _Loaded, display_name: str, whole_volume: float | None,
         root = _label_node(walk, labels[0], 1, "", [], "0001", 1, single_root=True)
     else:
         walk.nodes = 1
-        children = [_label_node(walk, label, 1, "", [], f"0001.{i:04d}", 2, single_root=False)
-                    for i, label in enumerate(labels[:MAX_BOM_NODES], start=1)]
+        children = [
+            _label_node(walk, label, 1, "", [], f"0001.{i:04d}", 2, single_root=False)
+            for i, label in enumerate(labels[:MAX_BOM_NODES], start=1)
+        ]
         volume = whole_volume
         root = _node(display_name, display_name, 1, "", [], volume, "0001", 1, children)
     if walk.truncated:
-        issues.warn("BOM_TRUNCATED", f"The assembly tree was cut at {MAX_BOM_NODES} nodes or depth "
-                                     f"{MAX_BOM_DEPTH}.")
+        issues.warn("BOM_TRUNCATED", f"The assembly tree was cut at {MAX_BOM_NODES} nodes or depth {MAX_BOM_DEPTH}.")
     return [root], {"part_count": _part_count(root), "node_count": walk.nodes}
 
 
-def _label_node(walk: _BomWalk, label: TDF_Label, quantity: int, designator: str, instances: list[str],
-                path: str, depth: int, *, single_root: bool) -> dict[str, Any]:
+def _label_node(
+    walk: _BomWalk,
+    label: TDF_Label,
+    quantity: int,
+    designator: str,
+    instances: list[str],
+    path: str,
+    depth: int,
+    *,
+    single_root: bool,
+) -> dict[str, Any]:
     walk.nodes += 1
     loaded = walk.loaded
     entry = _entry(label)
@@ -563,7 +632,7 @@ def _label_node(walk: _BomWalk, label: TDF_Label, quantity: int, designator: str
     part_number = loaded.product_ids.get(entry) or name
     groups: dict[str, list[TDF_Label]] = {}
     referred_of: dict[str, TDF_Label] = {}
-    extra: list[TDF_Label] = []   # components that are geometry of this part, not product occurrences
+    extra: list[TDF_Label] = []  # components that are geometry of this part, not product occurrences
     components = Sequence_TDF_Label()
     XCAFDoc_ShapeTool.GetComponents_s(label, components, False)
     for i in range(1, components.Length() + 1):
@@ -575,7 +644,7 @@ def _label_node(walk: _BomWalk, label: TDF_Label, quantity: int, designator: str
             continue
         key = _entry(referred)
         referred_of.setdefault(key, referred)
-        groups.setdefault(key, []).append(component)   # dicts keep first-occurrence order
+        groups.setdefault(key, []).append(component)  # dicts keep first-occurrence order
 
     children: list[dict[str, Any]] = []
     if groups and (depth >= MAX_BOM_DEPTH or walk.nodes >= MAX_BOM_NODES):
@@ -587,27 +656,55 @@ def _label_node(walk: _BomWalk, label: TDF_Label, quantity: int, designator: str
             break
         names = [_label_name(c) for c in occurrences]
         explicit = [loaded.designators[_entry(c)] for c in occurrences if _entry(c) in loaded.designators]
-        children.append(_label_node(
-            walk, referred_of[key], len(occurrences), _designator(explicit or names),
-            [n for n in names if n][:MAX_INSTANCE_NAMES], f"{path}.{index:04d}", depth + 1,
-            single_root=False))
+        children.append(
+            _label_node(
+                walk,
+                referred_of[key],
+                len(occurrences),
+                _designator(explicit or names),
+                [n for n in names if n][:MAX_INSTANCE_NAMES],
+                f"{path}.{index:04d}",
+                depth + 1,
+                single_root=False,
+            )
+        )
 
     if single_root:
-        volume = walk.whole_volume   # one instance of the root is the whole file, already integrated
+        volume = walk.whole_volume  # one instance of the root is the whole file, already integrated
     elif not children:
         volume = _label_volume(walk, entry, label)
     else:
-        volume = _sum_volumes([(c["volume_mm3"], c["quantity"]) for c in children]
-                              + [(_label_volume(walk, _entry(c), c), 1) for c in extra])
+        volume = _sum_volumes(
+            [(c["volume_mm3"], c["quantity"]) for c in children]
+            + [(_label_volume(walk, _entry(c), c), 1) for c in extra]
+        )
     return _node(name, part_number, quantity, designator, instances, volume, path, depth, children)
 
 
-def _node(name: str, part_number: str, quantity: int, designator: str, instances: list[str],
-          volume: float | None, path: str, depth: int, children: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"part_name": name[:MAX_NAME_CHARS], "part_number": part_number[:MAX_NAME_CHARS],
-            "quantity": quantity, "unit_of_measure": "EA", "reference_designator": designator,
-            "instance_names": instances, "path": path, "depth": depth, "is_assembly": bool(children),
-            "volume_mm3": volume, "children": children}
+def _node(
+    name: str,
+    part_number: str,
+    quantity: int,
+    designator: str,
+    instances: list[str],
+    volume: float | None,
+    path: str,
+    depth: int,
+    children: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "part_name": name[:MAX_NAME_CHARS],
+        "part_number": part_number[:MAX_NAME_CHARS],
+        "quantity": quantity,
+        "unit_of_measure": "EA",
+        "reference_designator": designator,
+        "instance_names": instances,
+        "path": path,
+        "depth": depth,
+        "is_assembly": bool(children),
+        "volume_mm3": volume,
+        "children": children,
+    }
 
 
 def _label_volume(walk: _BomWalk, entry: str, label: TDF_Label) -> float | None:
@@ -634,10 +731,11 @@ def _part_count(node: dict[str, Any]) -> int:
 def _designator(names: list[str]) -> str:
     unique = list(dict.fromkeys(n for n in names if n))
     text = ", ".join(unique)
-    return text if len(text) <= MAX_NAME_CHARS else text[:MAX_NAME_CHARS - 1] + "…"
+    return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "…"
 
 
 # -- glTF --------------------------------------------------------------------------------------------
+
 
 def _write_glb(loaded: _Loaded, out_path: str, box: dict[str, Any] | None) -> dict[str, Any]:
     doc = loaded.doc
@@ -657,16 +755,21 @@ def _write_glb(loaded: _Loaded, out_path: str, box: dict[str, Any] | None) -> di
     tmp = out_path + ".part"
     try:
         writer = RWGltf_CafWriter(TCollection_AsciiString(tmp), True)
-        ok = writer.Perform(doc, IndexedDataMap_TCollection_AsciiString_TCollection_AsciiString(),
-                            Message_ProgressRange())
+        ok = writer.Perform(
+            doc, IndexedDataMap_TCollection_AsciiString_TCollection_AsciiString(), Message_ProgressRange()
+        )
         if not ok or not os.path.isfile(tmp):
             raise CadError("glTF export failed")
-        os.replace(tmp, out_path)   # readers never see a half-written file
+        os.replace(tmp, out_path)  # readers never see a half-written file
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return {"path": out_path, "bytes": os.path.getsize(out_path), "triangles": triangles,
-            "linear_deflection_mm": deflection}
+    return {
+        "path": out_path,
+        "bytes": os.path.getsize(out_path),
+        "triangles": triangles,
+        "linear_deflection_mm": deflection,
+    }
 
 
 def _triangle_count(shape: TopoDS_Shape) -> int:
@@ -681,6 +784,7 @@ def _triangle_count(shape: TopoDS_Shape) -> int:
 
 
 # -- small helpers -----------------------------------------------------------------------------------
+
 
 def _no_progress(current: int, total: int, message: str) -> None:
     return None
@@ -716,7 +820,7 @@ def _label_name(label: TDF_Label) -> str:
     if label.FindAttribute(TDataStd_Name.GetID_s(), attribute):
         try:
             return attribute.Get().ToExtString().strip()
-        except Exception:   # undecodable bytes in a name must not fail the analysis
+        except Exception:  # undecodable bytes in a name must not fail the analysis
             return ""
     return ""
 

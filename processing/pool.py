@@ -1,4 +1,5 @@
 """A fixed-size pool of spawned worker processes that survives crashed workers and streams job progress."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,15 +23,23 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["JobCancelled", "JobTimeout", "PoolBusy", "PoolClosed", "PoolError", "ProcessPool",
-           "WorkerCrashed", "WorkerError"]
+__all__ = [
+    "JobCancelled",
+    "JobTimeout",
+    "PoolBusy",
+    "PoolClosed",
+    "PoolError",
+    "ProcessPool",
+    "WorkerCrashed",
+    "WorkerError",
+]
 
 log = logging.getLogger("enginel.pool")
 
 ProgressCallback = Callable[[int, int, str], Awaitable[None] | None]
 
 MAX_PENDING_PROGRESS = 256
-_MAX_TEXT = 10_000          # characters kept of a remote exception message
+_MAX_TEXT = 10_000  # characters kept of a remote exception message
 _MAX_TRACEBACK = 50_000
 _READ_CHUNK = 1 << 20
 
@@ -77,8 +86,10 @@ class WorkerError(PoolError):
 
 # -- child side --------------------------------------------------------------------------------------
 
-def _worker_main(jobs: Connection, results: Connection, preload: tuple[str, ...], max_bytes: int,
-                 parent_pid: int) -> None:
+
+def _worker_main(
+    jobs: Connection, results: Connection, preload: tuple[str, ...], max_bytes: int, parent_pid: int
+) -> None:
     """Entry point of a worker process: run jobs from ``jobs`` one at a time until the parent goes away."""
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -90,7 +101,7 @@ def _worker_main(jobs: Connection, results: Connection, preload: tuple[str, ...]
         try:
             data = jobs.recv_bytes()
         except (EOFError, OSError):
-            return   # the parent closed the pipe (pool.close) or died
+            return  # the parent closed the pipe (pool.close) or died
         job_id, target, args, kwargs, with_progress = pickle.loads(data)
 
         def progress(current: int, total: int, message: str = "", _job: str = job_id) -> None:
@@ -104,7 +115,7 @@ def _worker_main(jobs: Connection, results: Connection, preload: tuple[str, ...]
             payload = pickle.dumps(("result", job_id, function(*args, **kwargs)), pickle.HIGHEST_PROTOCOL)
             if len(payload) > max_bytes:
                 raise ValueError(f"result of {len(payload)} bytes exceeds the pool's limit of {max_bytes}")
-        except BaseException as exc:   # noqa: B902 - SystemExit from a job must not end the worker either
+        except BaseException as exc:  # noqa: B902 - SystemExit from a job must not end the worker either
             info = (_type_name(exc), str(exc)[:_MAX_TEXT], traceback.format_exc()[-_MAX_TRACEBACK:])
             payload = pickle.dumps(("error", job_id, info))
         results.send_bytes(payload)
@@ -114,7 +125,7 @@ def _die_with_parent(parent_pid: int) -> None:
     # Linux can kill the worker when the parent dies (even by SIGKILL), so no orphan keeps running a job.
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:
         os._exit(0)
 
@@ -146,12 +157,15 @@ def target_name(function: str | Callable[..., Any]) -> str:
     home: str | None = getattr(function, "__module__", None)
     qualname: str = getattr(function, "__qualname__", "")
     if not home or home == "__main__" or "<" in qualname:
-        raise ValueError(f"worker function {function!r} must be a module-level function of an importable "
-                         f"module (not a lambda, a nested function or defined in __main__)")
+        raise ValueError(
+            f"worker function {function!r} must be a module-level function of an importable "
+            f"module (not a lambda, a nested function or defined in __main__)"
+        )
     return f"{home}:{qualname}"
 
 
 # -- parent side -------------------------------------------------------------------------------------
+
 
 @dataclass(eq=False)
 class _Job:
@@ -159,12 +173,13 @@ class _Job:
     payload: bytes
     timeout: float | None
     progress: collections.deque[tuple[int, int, str]] = field(
-        default_factory=lambda: collections.deque(maxlen=MAX_PENDING_PROGRESS))
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)   # progress or outcome arrived
+        default_factory=lambda: collections.deque(maxlen=MAX_PENDING_PROGRESS)
+    )
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # progress or outcome arrived
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    outcome: tuple[bool, Any] | None = None     # (True, value) or (False, exception)
+    outcome: tuple[bool, Any] | None = None  # (True, value) or (False, exception)
     worker: _Worker | None = None
-    kill_reason: PoolError | None = None        # why we killed its worker, reported instead of a crash
+    kill_reason: PoolError | None = None  # why we killed its worker, reported instead of a crash
     timer: asyncio.TimerHandle | None = None
 
     def finish(self, ok: bool, value: Any) -> None:
@@ -183,7 +198,7 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     jobs: Connection
     results: Connection
-    state: str = "starting"                     # starting -> idle <-> busy -> dead
+    state: str = "starting"  # starting -> idle <-> busy -> dead
     job: _Job | None = None
     buffer: bytearray = field(default_factory=bytearray)
     exited: asyncio.Future[None] | None = None
@@ -214,9 +229,16 @@ class ProcessPool:
     ``on_progress``, the function gets an extra keyword argument ``progress(current, total, message)``.
     """
 
-    def __init__(self, size: int | None = None, *, max_queued: int = 256, max_message_bytes: int = 64 << 20,
-                 preload: tuple[str, ...] = (), import_main: bool = False,
-                 start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        max_queued: int = 256,
+        max_message_bytes: int = 64 << 20,
+        preload: tuple[str, ...] = (),
+        import_main: bool = False,
+        start_timeout: float = 60.0,
+    ) -> None:
         """``preload``: modules every worker imports before its first job (e.g. ``("processing.cad",)`` so
         OpenCascade loads once per worker, not inside the first job's timeout). ``import_main``: let the
         spawned workers import the parent's ``__main__`` module, which multiprocessing does by default;
@@ -242,8 +264,7 @@ class ProcessPool:
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
         self._start_failures = 0
-        self._counters = {"replaced": 0, "completed": 0, "failed": 0, "crashed": 0, "timed_out": 0,
-                          "cancelled": 0}
+        self._counters = {"replaced": 0, "completed": 0, "failed": 0, "crashed": 0, "timed_out": 0, "cancelled": 0}
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -264,9 +285,15 @@ class ProcessPool:
                 raise PoolError("analysis workers failed to start")
             await asyncio.sleep(0.01)
 
-    async def run(self, function: str | Callable[..., Any], *args: Any, job_id: str | None = None,
-                  on_progress: ProgressCallback | None = None, timeout: float | None = None,
-                  **kwargs: Any) -> Any:
+    async def run(
+        self,
+        function: str | Callable[..., Any],
+        *args: Any,
+        job_id: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run ``function(*args, **kwargs)`` in a worker and return its result.
 
         ``timeout`` counts from the moment a worker takes the job (waiting in the queue is not
@@ -283,8 +310,9 @@ class ProcessPool:
             raise ValueError(f"job {job_id!r} is already queued or running")
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
-        payload = pickle.dumps((job_id, target_name(function), args, kwargs, on_progress is not None),
-                               pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(
+            (job_id, target_name(function), args, kwargs, on_progress is not None), pickle.HIGHEST_PROTOCOL
+        )
         if len(payload) > self.max_message_bytes:
             raise ValueError(f"job arguments of {len(payload)} bytes exceed {self.max_message_bytes}")
         if len(self._queue) >= self.max_queued and not self._idle_worker():
@@ -313,15 +341,17 @@ class ProcessPool:
     def stats(self) -> dict[str, Any]:
         """Size, live and busy workers, queue length, worker pids and lifetime counters."""
         alive = [w for w in self._workers if w.state != "dead"]
-        return {"size": self.size,
-                "alive": sum(1 for w in alive if w.process.is_alive()),
-                "busy": sum(1 for w in alive if w.state == "busy"),
-                "idle": sum(1 for w in alive if w.state == "idle"),
-                "starting": sum(1 for w in alive if w.state == "starting"),
-                "queued": len(self._queue),
-                "pids": [w.pid for w in alive],
-                "closed": self._closed,
-                **self._counters}
+        return {
+            "size": self.size,
+            "alive": sum(1 for w in alive if w.process.is_alive()),
+            "busy": sum(1 for w in alive if w.state == "busy"),
+            "idle": sum(1 for w in alive if w.state == "idle"),
+            "starting": sum(1 for w in alive if w.state == "starting"),
+            "queued": len(self._queue),
+            "pids": [w.pid for w in alive],
+            "closed": self._closed,
+            **self._counters,
+        }
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop the pool: queued jobs fail with PoolClosed; running jobs get ``grace`` seconds to finish,
@@ -355,13 +385,12 @@ class ProcessPool:
                 await job.wakeup.wait()
 
     @staticmethod
-    async def _deliver(callback: ProgressCallback, job_id: str, current: int, total: int,
-                       message: str) -> None:
+    async def _deliver(callback: ProgressCallback, job_id: str, current: int, total: int, message: str) -> None:
         try:
             outcome = callback(current, total, message)
             if inspect.isawaitable(outcome):
                 await outcome
-        except Exception:   # a failing progress sink must not fail the analysis it reports on
+        except Exception:  # a failing progress sink must not fail the analysis it reports on
             log.exception("progress callback of job %s failed", job_id)
 
     def _abandon(self, job: _Job, reason: PoolError) -> None:
@@ -374,12 +403,16 @@ class ProcessPool:
             job.finish(False, reason)
         elif job.kill_reason is None:
             job.kill_reason = reason
-            job.worker.kill()   # the exit handler reports the reason once the process is reaped
+            job.worker.kill()  # the exit handler reports the reason once the process is reaped
 
     def _expire(self, job: _Job) -> None:
         if job.outcome is None and job.worker is not None:
-            self._abandon(job, JobTimeout(f"job {job.job_id} exceeded its timeout of {job.timeout}s "
-                                          f"(worker pid {job.worker.pid} killed)"))
+            self._abandon(
+                job,
+                JobTimeout(
+                    f"job {job.job_id} exceeded its timeout of {job.timeout}s (worker pid {job.worker.pid} killed)"
+                ),
+            )
 
     def _idle_worker(self) -> _Worker | None:
         return next((w for w in self._workers if w.state == "idle"), None)
@@ -414,15 +447,17 @@ class ProcessPool:
         results_reader, results_writer = self._context.Pipe(duplex=False)
         number = next(self._numbers)
         process = self._context.Process(
-            target=_worker_main, name=f"enginel-worker-{number}", daemon=True,
-            args=(jobs_reader, results_writer, self.preload, self.max_message_bytes, os.getpid()))
+            target=_worker_main,
+            name=f"enginel-worker-{number}",
+            daemon=True,
+            args=(jobs_reader, results_writer, self.preload, self.max_message_bytes, os.getpid()),
+        )
         with _hidden_main(not self.import_main):
             process.start()
         jobs_reader.close()
         results_writer.close()
         assert process.pid is not None
-        worker = _Worker(number, process.pid, process, jobs_writer, results_reader,
-                         exited=self._loop.create_future())
+        worker = _Worker(number, process.pid, process, jobs_writer, results_reader, exited=self._loop.create_future())
         os.set_blocking(results_reader.fileno(), False)
         self._loop.add_reader(results_reader.fileno(), self._on_readable, worker)
         self._loop.add_reader(process.sentinel, self._on_exit, worker)
@@ -472,8 +507,8 @@ class ProcessPool:
                 return False
             if len(buffer) < header + size:
                 return True
-            payload = bytes(buffer[header:header + size])
-            del buffer[:header + size]
+            payload = bytes(buffer[header : header + size])
+            del buffer[: header + size]
             try:
                 message = pickle.loads(payload)
                 kind, job_id, body = message
@@ -499,13 +534,13 @@ class ProcessPool:
             return
         job = worker.job
         if job is None or job.job_id != job_id or job.outcome is not None:
-            return   # late output of a job already settled (e.g. killed for a timeout)
+            return  # late output of a job already settled (e.g. killed for a timeout)
         if kind == "progress":
             job.progress.append(body)
             job.wakeup.set()
             return
         if job.kill_reason is not None:
-            return   # we already decided to kill it; report that, not a result racing the kill
+            return  # we already decided to kill it; report that, not a result racing the kill
         worker.job, job.worker = None, None
         if worker.state == "busy":
             worker.state = "idle"
@@ -524,8 +559,8 @@ class ProcessPool:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(worker.results.fileno())
             worker.died_starting = worker.state == "starting"
-            worker.state = "dead"            # first, so nothing is dispatched to it while draining
-            self._read_available(worker, None)   # a result written just before the exit still counts
+            worker.state = "dead"  # first, so nothing is dispatched to it while draining
+            self._read_available(worker, None)  # a result written just before the exit still counts
         # The sentinel can fire a moment before the kernel makes the exit status available.
         exitcode = worker.process.exitcode
         if exitcode is None and attempt < 100:
@@ -548,7 +583,9 @@ class ProcessPool:
         if job is not None and job.outcome is None:
             error = job.kill_reason or WorkerCrashed(
                 f"worker process {worker.pid} {_describe_exit(exitcode)} while running job {job.job_id}",
-                pid=worker.pid, exitcode=exitcode)
+                pid=worker.pid,
+                exitcode=exitcode,
+            )
             if job.kill_reason is None:
                 log.error("%s", error)
             self._count_failure(error)
@@ -564,9 +601,13 @@ class ProcessPool:
                 while self._queue:
                     waiting = self._queue.popleft()
                     self._count_failure(WorkerCrashed(""))
-                    waiting.finish(False, WorkerCrashed(
-                        f"analysis workers fail to start ({_describe_exit(exitcode)})", exitcode=exitcode))
-            self._loop.call_later(min(0.05 * 2 ** self._start_failures, 5.0), self._respawn)
+                    waiting.finish(
+                        False,
+                        WorkerCrashed(
+                            f"analysis workers fail to start ({_describe_exit(exitcode)})", exitcode=exitcode
+                        ),
+                    )
+            self._loop.call_later(min(0.05 * 2**self._start_failures, 5.0), self._respawn)
         else:
             self._spawn()
         self._dispatch()
@@ -594,7 +635,7 @@ class ProcessPool:
                 worker.kill()
             else:
                 with contextlib.suppress(Exception):
-                    worker.jobs.close()   # end of file: the idle worker leaves its loop and exits
+                    worker.jobs.close()  # end of file: the idle worker leaves its loop and exits
         if exits:
             _, pending = await asyncio.wait(exits, timeout=5.0)
             if pending:

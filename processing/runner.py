@@ -1,4 +1,5 @@
 """The durable job runner: claims analysis jobs from MongoDB under a lease, runs them in the pool, records outcomes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,21 +16,30 @@ from pathlib import Path
 from typing import Any
 
 from models.bom import BomNodes
-from models.jobs import (GEOMETRY_EXTRACTION_FAILED, INVALID_FILE_FORMAT, JobQueue, JobStatus, announce_job,
-                         progress_doc, status_event)
+from models.jobs import (
+    GEOMETRY_EXTRACTION_FAILED,
+    INVALID_FILE_FORMAT,
+    JobQueue,
+    JobStatus,
+    announce_job,
+    progress_doc,
+    status_event,
+)
 from models.series import DESIGNS
 from models.storage import ContentNotFound
 from processing.pool import JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed, WorkerError
 
 log = logging.getLogger("enginel.runner")
 
-PROGRESS_INTERVAL = 0.2          # at most five progress writes (and events) per second per job
+PROGRESS_INTERVAL = 0.2  # at most five progress writes (and events) per second per job
 STOP_TIMEOUT = 15.0
 CANCEL_WAIT = 10.0
 # Exceptions from processing.cad that describe the file, not the worker: no retry will change them.
-_FILE_ERRORS = {"processing.cad.CadError": GEOMETRY_EXTRACTION_FAILED,
-                "processing.cad.CadFileError": GEOMETRY_EXTRACTION_FAILED,
-                "processing.cad.UnsupportedFormat": INVALID_FILE_FORMAT}
+_FILE_ERRORS = {
+    "processing.cad.CadError": GEOMETRY_EXTRACTION_FAILED,
+    "processing.cad.CadFileError": GEOMETRY_EXTRACTION_FAILED,
+    "processing.cad.UnsupportedFormat": INVALID_FILE_FORMAT,
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class WorkerCall:
     target: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True        # the function accepts progress(current, total, message) as a keyword
+    progress: bool = True  # the function accepts progress(current, total, message) as a keyword
 
 
 MakeCall = Callable[[dict[str, Any], str, dict[str, Any]], WorkerCall]
@@ -55,9 +65,9 @@ def analysis_call(job: dict[str, Any], path: str, design: dict[str, Any]) -> Wor
 class _Attempt:
     job: dict[str, Any]
     task_id: str
-    stop_reason: str | None = None          # cancel | shutdown | lost
+    stop_reason: str | None = None  # cancel | shutdown | lost
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    latest: dict[str, Any] | None = None    # progress not written yet
+    latest: dict[str, Any] | None = None  # progress not written yet
     written_at: float = -math.inf
     flush: asyncio.Task[None] | None = None
     finished: bool = False
@@ -76,9 +86,20 @@ class JobRunner:
     Worker crashes and timeouts are retried up to `max_retries`; a file OpenCascade cannot read fails at once.
     """
 
-    def __init__(self, db: Any, pool: ProcessPool, storage: Any, designs: Any, *, timeout: float,
-                 max_retries: int, lease_seconds: float, poll_interval: float, concurrency: int | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        db: Any,
+        pool: ProcessPool,
+        storage: Any,
+        designs: Any,
+        *,
+        timeout: float,
+        max_retries: int,
+        lease_seconds: float,
+        poll_interval: float,
+        concurrency: int | None = None,
+        name: str | None = None,
+    ) -> None:
         self.db = db
         self.pool = pool
         self.storage = storage
@@ -93,7 +114,7 @@ class JobRunner:
         self.bom = BomNodes(db, designs)
         # Tests swap this for crashing or sleeping functions; it decides what a worker runs for each attempt.
         self.make_call: MakeCall = analysis_call
-        self._attempts: dict[str, _Attempt] = {}       # task id -> attempt running here
+        self._attempts: dict[str, _Attempt] = {}  # task id -> attempt running here
         self._tasks: set[asyncio.Task[None]] = set()
         self._claimer: asyncio.Task[None] | None = None
         self._leaser: asyncio.Task[None] | None = None
@@ -234,10 +255,10 @@ class JobRunner:
     async def _reclaim_expired(self) -> None:
         for job in await self.queue.expired():
             if job.get("task_id") in self._attempts:
-                continue   # ours and alive: the next renewal catches up
+                continue  # ours and alive: the next renewal catches up
             updated = await self.queue.reclaim(job, self.max_retries)
             if updated is None:
-                continue   # another process reclaimed it first
+                continue  # another process reclaimed it first
             log.warning("job %s: lease of %s expired; now %s", job["_id"], job.get("worker"), updated["status"])
             if updated["status"] == JobStatus.FAILURE.value:
                 await self.designs.mark_failed(updated["design_id"], updated["error_message"])
@@ -277,8 +298,14 @@ class JobRunner:
                     raise JobCancelled("stopped before it started")
                 call = self.make_call(job, str(path), design)
                 on_progress = functools.partial(self._on_progress, attempt) if call.progress else None
-                result = await self.pool.run(call.target, *call.args, job_id=attempt.task_id,
-                                             on_progress=on_progress, timeout=self.timeout, **call.kwargs)
+                result = await self.pool.run(
+                    call.target,
+                    *call.args,
+                    job_id=attempt.task_id,
+                    on_progress=on_progress,
+                    timeout=self.timeout,
+                    **call.kwargs,
+                )
         except ContentNotFound:
             await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The stored CAD file is missing.")
         except JobCancelled:
@@ -292,11 +319,19 @@ class JobRunner:
             if code is not None:
                 await self._fail(attempt, code, f"Could not read the CAD file: {exc.remote_message}")
             else:
-                log.error("job %s: the analysis raised %s: %s\n%s", attempt.job_id, exc.remote_type,
-                          exc.remote_message, exc.remote_traceback)
-                await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED,
-                                 f"The analysis failed unexpectedly ({exc.remote_type.rsplit('.', 1)[-1]}: "
-                                 f"{exc.remote_message[:300]}).")
+                log.error(
+                    "job %s: the analysis raised %s: %s\n%s",
+                    attempt.job_id,
+                    exc.remote_type,
+                    exc.remote_message,
+                    exc.remote_traceback,
+                )
+                await self._fail(
+                    attempt,
+                    GEOMETRY_EXTRACTION_FAILED,
+                    f"The analysis failed unexpectedly ({exc.remote_type.rsplit('.', 1)[-1]}: "
+                    f"{exc.remote_message[:300]}).",
+                )
         else:
             await self._succeed(attempt, result)
 
@@ -407,10 +442,15 @@ def summarize(result: dict[str, Any], bom_items: int) -> dict[str, Any]:
     geometry = result.get("geometry") or {}
     validation = result.get("validation") or {}
     return {
-        "geometry_extracted": True, "validation_passed": bool(validation.get("is_valid_geometry")),
-        "is_valid_geometry": validation.get("is_valid_geometry"), "bom_items": bom_items,
-        "bom_part_count": result.get("bom_part_count"), "format": result.get("format"),
-        "volume_mm3": geometry.get("volume_mm3"), "surface_area_mm2": geometry.get("surface_area_mm2"),
+        "geometry_extracted": True,
+        "validation_passed": bool(validation.get("is_valid_geometry")),
+        "is_valid_geometry": validation.get("is_valid_geometry"),
+        "bom_items": bom_items,
+        "bom_part_count": result.get("bom_part_count"),
+        "format": result.get("format"),
+        "volume_mm3": geometry.get("volume_mm3"),
+        "surface_area_mm2": geometry.get("surface_area_mm2"),
         "validation_errors": len(validation.get("validation_errors") or []),
-        "warnings": len(validation.get("warnings") or []), "timings": result.get("timings"),
+        "warnings": len(validation.get("warnings") or []),
+        "timings": result.get("timings"),
     }

@@ -1,4 +1,5 @@
 """The broker interface (publish, history and offsets, presence, control) and its in-process implementation."""
+
 from __future__ import annotations
 
 import abc
@@ -19,10 +20,10 @@ from realtime.events import EVENT_NAME_RE, Event, History, Position
 class BrokerConfig:
     """Bounds shared by every broker implementation."""
 
-    history_size: int = 2000           # events kept per channel for recovery
-    history_ttl: float = 600.0         # seconds an event stays recoverable; idle channels are dropped after it
-    presence_ttl: float = 60.0         # seconds a presence entry lives without a heartbeat
-    max_event_bytes: int = 1_048_576   # largest encoded event accepted by publish()
+    history_size: int = 2000  # events kept per channel for recovery
+    history_ttl: float = 600.0  # seconds an event stays recoverable; idle channels are dropped after it
+    presence_ttl: float = 60.0  # seconds a presence entry lives without a heartbeat
+    max_event_bytes: int = 1_048_576  # largest encoded event accepted by publish()
 
     def __post_init__(self) -> None:
         if min(self.history_size, self.history_ttl, self.presence_ttl, self.max_event_bytes) <= 0:
@@ -73,16 +74,16 @@ class Broker(abc.ABC):
 
     def __init__(self, config: BrokerConfig | None = None) -> None:
         self.config = config or BrokerConfig()
-        self.node_id = uuid.uuid4().hex[:12]     # identifies this process on the control channel
+        self.node_id = uuid.uuid4().hex[:12]  # identifies this process on the control channel
         self._handler: BrokerHandler | None = None
 
     def attach(self, handler: BrokerHandler) -> None:
         self._handler = handler
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook: the in-process broker has nothing to connect
         """Connect; after this returns, control messages from other processes arrive."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, as start()
         """Disconnect; publishing afterwards is an error."""
 
     @abc.abstractmethod

@@ -1,4 +1,5 @@
 """Wire codecs (enginel.v1.json text frames, enginel.v1.msgpack binary frames) and server-side frame building."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ class Codec:
 
     name: str
     opcode: int
-    index: int           # position in CODECS; events cache one frame per index
+    index: int  # position in CODECS; events cache one frame per index
 
     def encode(self, value: Any) -> bytes:
         raise NotImplementedError
@@ -55,8 +56,9 @@ class JsonCodec(Codec):
     index = 0
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(default=json_default, ensure_ascii=False, separators=(",", ":"),
-                                         allow_nan=False, check_circular=False)
+        self._encoder = json.JSONEncoder(
+            default=json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+        )
 
     def encode(self, value: Any) -> bytes:
         return self._encoder.encode(value).encode()
@@ -91,7 +93,7 @@ class MsgpackCodec(Codec):
             return msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_reject_ext, use_list=True)
         except DecodeError:
             raise
-        except Exception as exc:   # msgpack raises several unrelated types for malformed input
+        except Exception as exc:  # msgpack raises several unrelated types for malformed input
             raise DecodeError(f"not valid msgpack: {exc}") from None
 
 

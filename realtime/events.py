@@ -1,10 +1,11 @@
 """Channel names, stream positions and the Event a broker delivers, with its frames cached once per codec."""
+
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from realtime.codec import CODECS, Codec
@@ -21,13 +22,14 @@ def parse_channel(name: Any, kinds: frozenset[str] = CHANNEL_KINDS) -> tuple[str
         raise ValueError("Channel must be a string such as review:<id>.")
     match = CHANNEL_RE.match(name)
     if match is None or match["kind"] not in kinds:
-        raise ValueError(f"Unknown channel {name[:80]!r}; channels are " +
-                         ", ".join(f"{k}:<id>" for k in sorted(kinds)) + ".")
+        raise ValueError(
+            f"Unknown channel {name[:80]!r}; channels are " + ", ".join(f"{k}:<id>" for k in sorted(kinds)) + "."
+        )
     return match["kind"], match["id"]
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,15 @@ class Event:
 
     __slots__ = ("channel", "epoch", "offset", "event", "data", "ts", "_frames")
 
-    def __init__(self, channel: str, epoch: str | None, offset: int | None, event: str,
-                 data: dict[str, Any], ts: float | None = None) -> None:
+    def __init__(
+        self,
+        channel: str,
+        epoch: str | None,
+        offset: int | None,
+        event: str,
+        data: dict[str, Any],
+        ts: float | None = None,
+    ) -> None:
         self.channel = channel
         self.epoch = epoch
         self.offset = offset
@@ -70,8 +79,15 @@ class Event:
         return self.offset is not None
 
     def message(self) -> dict[str, Any]:
-        return {"type": "event", "channel": self.channel, "epoch": self.epoch, "offset": self.offset,
-                "event": self.event, "data": self.data, "ts": iso(self.ts)}
+        return {
+            "type": "event",
+            "channel": self.channel,
+            "epoch": self.epoch,
+            "offset": self.offset,
+            "event": self.event,
+            "data": self.data,
+            "ts": iso(self.ts),
+        }
 
     def frame(self, codec: Codec) -> bytes:
         """The complete WebSocket frame for `codec`, encoded on first use and shared by every subscriber."""

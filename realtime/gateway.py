@@ -1,4 +1,5 @@
 """The gateway: this process's connections and channel subscriptions, fan-out, recovery, presence and revocation."""
+
 from __future__ import annotations
 
 import asyncio
@@ -34,7 +35,7 @@ class Subscription:
     def __init__(self, session: Session, channel: str) -> None:
         self.session = session
         self.channel = channel
-        self.buffer: list[Event] | None = []      # None once live
+        self.buffer: list[Event] | None = []  # None once live
         self.buffered_bytes = 0
 
 
@@ -51,7 +52,7 @@ class ChannelState:
         self.live: tuple[dict[Session, Subscription], ...] = tuple({} for _ in CODECS)
         self.joining: dict[Session, Subscription] = {}
         self.ready: asyncio.Future[None] | None = None
-        self.pending: list[Event] | None = None     # events held while a gap is fetched from history
+        self.pending: list[Event] | None = None  # events held while a gap is fetched from history
 
     def empty(self) -> bool:
         return not self.joining and not any(self.live)
@@ -68,11 +69,17 @@ def _matches(pattern: str, channel: str) -> bool:
 class Gateway:
     """Owns every connection of this process; a Broker makes several processes act as one."""
 
-    def __init__(self, broker: Broker | None = None, *, authenticate: Authenticator,
-                 authorize: Authorizer, commands: Mapping[str, Command] | None = None,
-                 refresh_principal: PrincipalRefresher | None = None,
-                 event_visible: EventFilter | None = None,
-                 config: RealtimeConfig | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker | None = None,
+        *,
+        authenticate: Authenticator,
+        authorize: Authorizer,
+        commands: Mapping[str, Command] | None = None,
+        refresh_principal: PrincipalRefresher | None = None,
+        event_visible: EventFilter | None = None,
+        config: RealtimeConfig | None = None,
+    ) -> None:
         self.broker = broker or InProcessBroker()
         self.config = config or RealtimeConfig()
         self._authenticate = authenticate
@@ -128,8 +135,11 @@ class Gateway:
         await self.broker.close()
 
     def stats(self) -> dict[str, int]:
-        return {"connections": len(self._sessions), "channels": len(self._channels),
-                "subscriptions": sum(len(s.subscriptions) for s in self._sessions)}
+        return {
+            "connections": len(self._sessions),
+            "channels": len(self._channels),
+            "subscriptions": sum(len(s.subscriptions) for s in self._sessions),
+        }
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -142,10 +152,16 @@ class Gateway:
             log.error("realtime background task failed", exc_info=task.exception())
 
     # --- connections
-    def open_session(self, transport: Any, codec: Any, *, credential: Credential | None,
-                     origin_allowed: bool = True, remote: str = "") -> Session:
-        return Session(self, transport, codec, credential=credential, origin_allowed=origin_allowed,
-                       remote=remote)
+    def open_session(
+        self,
+        transport: Any,
+        codec: Any,
+        *,
+        credential: Credential | None,
+        origin_allowed: bool = True,
+        remote: str = "",
+    ) -> Session:
+        return Session(self, transport, codec, credential=credential, origin_allowed=origin_allowed, remote=remote)
 
     def origin_allowed(self, origin: str) -> bool:
         """For cross-origin handshakes only (same-origin ones never ask): the configured allow-list."""
@@ -204,10 +220,11 @@ class Gateway:
         if channel in session.subscriptions:
             raise p.ProtocolError(p.ALREADY_SUBSCRIBED, f"Already subscribed to {channel}.")
         if len(session.subscriptions) >= self.config.max_subscriptions:
-            raise p.ProtocolError(p.TOO_MANY_SUBSCRIPTIONS,
-                                  f"At most {self.config.max_subscriptions} subscriptions per connection.")
+            raise p.ProtocolError(
+                p.TOO_MANY_SUBSCRIPTIONS, f"At most {self.config.max_subscriptions} subscriptions per connection."
+            )
         generation = session.policy_generation
-        await self._check(session, channel)           # raises with the policy's code (PERMISSION_DENIED, ...)
+        await self._check(session, channel)  # raises with the policy's code (PERMISSION_DENIED, ...)
         if session.closed:
             return
         state = self._channels.get(channel)
@@ -233,8 +250,9 @@ class Gateway:
         if session.closed:
             return
         if session.subscriptions.get(channel) is not sub:
-            raise p.ProtocolError(p.SUBSCRIPTION_ENDED, "The subscription ended while starting; "
-                                                        "the subscription.ended event says why.")
+            raise p.ProtocolError(
+                p.SUBSCRIPTION_ENDED, "The subscription ended while starting; the subscription.ended event says why."
+            )
         tip = history.position
         if state.epoch is None:
             state.epoch, state.offset = tip.epoch, tip.offset
@@ -284,7 +302,7 @@ class Gateway:
         del state.joining[session]
         for event in buffered:
             if event.offset is not None and event.epoch == last.epoch and event.offset <= last.offset:
-                continue                       # already in the replay or before the reported tip
+                continue  # already in the replay or before the reported tip
             if self.visible(session, event):
                 session.send_event(event)
         if not session.closed:
@@ -313,7 +331,7 @@ class Gateway:
         try:
             await state.ready
         except Exception:
-            return                      # never listened, nothing to undo
+            return  # never listened, nothing to undo
         await self.broker.unlisten(state.name)
 
     def end_subscription(self, session: Session, channel: str, reason: str, code: str) -> None:
@@ -335,7 +353,7 @@ class Gateway:
         if event.offset is not None:
             if event.epoch == state.epoch:
                 if event.offset <= state.offset:
-                    return                                   # already delivered (a resync overlapped)
+                    return  # already delivered (a resync overlapped)
                 if event.offset != state.offset + 1:
                     self._fill_gap(state, event, Position(event.epoch or "", state.offset))
                     return
@@ -413,8 +431,15 @@ class Gateway:
     # --- presence
     def _member(self, session: Session, channel: str) -> dict[str, Any]:
         now = iso(time.time())
-        return {"client": session.id, "user": session.user_info(), "camera": None, "cursor": None,
-                "selection": [], "joined_at": now, "updated_at": now}
+        return {
+            "client": session.id,
+            "user": session.user_info(),
+            "camera": None,
+            "cursor": None,
+            "selection": [],
+            "joined_at": now,
+            "updated_at": now,
+        }
 
     async def _presence_join(self, session: Session, channel: str) -> None:
         member = self._member(session, channel)
@@ -428,7 +453,8 @@ class Gateway:
     async def _presence_leave(self, channel: str, member: dict[str, Any], reason: str) -> None:
         if await self.broker.presence_remove(channel, member["client"]):
             await self.broker.publish_ephemeral(
-                channel, "presence.leave", {"client": member["client"], "user": member["user"], "reason": reason})
+                channel, "presence.leave", {"client": member["client"], "user": member["user"], "reason": reason}
+            )
 
     async def presence(self, session: Session, channel: str) -> list[dict[str, Any]]:
         self._channel_name(channel)
@@ -461,37 +487,47 @@ class Gateway:
                 for channel in channels:
                     for member in await self.broker.presence_expire(channel):
                         await self.broker.publish_ephemeral(
-                            channel, "presence.leave",
-                            {"client": member["client"], "user": member["user"], "reason": "timeout"})
+                            channel,
+                            "presence.leave",
+                            {"client": member["client"], "user": member["user"], "reason": "timeout"},
+                        )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("realtime presence heartbeat failed: %r", exc)
 
     # --- access changes
-    async def revoke(self, user_id: int, channels: str = "*", reason: str = "access_revoked",
-                     code: str = "PERMISSION_DENIED") -> int:
+    async def revoke(
+        self, user_id: int, channels: str = "*", reason: str = "access_revoked", code: str = "PERMISSION_DENIED"
+    ) -> int:
         """End `user_id`'s subscriptions matching `channels` ("*", "review:*" or "review:<id>") in every
         process, without asking the policy; returns how many ended in this process."""
         count = self._revoke(user_id, channels, reason, code)
-        await self.broker.control({"op": "revoke", "node": self.broker.node_id, "user": user_id,
-                                   "channels": channels, "reason": reason, "code": code})
+        await self.broker.control(
+            {
+                "op": "revoke",
+                "node": self.broker.node_id,
+                "user": user_id,
+                "channels": channels,
+                "reason": reason,
+                "code": code,
+            }
+        )
         return count
 
-    async def reauthorize(self, user_id: int | None = None, channels: str = "*",
-                          reason: str = "access_changed") -> int:
+    async def reauthorize(self, user_id: int | None = None, channels: str = "*", reason: str = "access_changed") -> int:
         """Re-run the access policy for subscriptions (of one user, or everyone's on `channels`) in every
         process and end the refused ones; call after membership, clearance or classification changes."""
         count = await self._reauthorize(user_id, channels, reason)
-        await self.broker.control({"op": "reauthorize", "node": self.broker.node_id, "user": user_id,
-                                   "channels": channels, "reason": reason})
+        await self.broker.control(
+            {"op": "reauthorize", "node": self.broker.node_id, "user": user_id, "channels": channels, "reason": reason}
+        )
         return count
 
     async def disconnect_user(self, user_id: int, reason: str = "credentials revoked") -> int:
         """Close every connection of a user in every process (4001), e.g. on logout or deactivation."""
         count = self._disconnect(user_id, reason)
-        await self.broker.control({"op": "disconnect", "node": self.broker.node_id, "user": user_id,
-                                   "reason": reason})
+        await self.broker.control({"op": "disconnect", "node": self.broker.node_id, "user": user_id, "reason": reason})
         return count
 
     async def access_changed(self, user_id: int | None, reason: str = "access_changed") -> None:
@@ -504,7 +540,7 @@ class Gateway:
 
     def on_control(self, message: dict[str, Any]) -> None:
         if message.get("node") == self.broker.node_id:
-            return                                    # applied locally before broadcasting
+            return  # applied locally before broadcasting
         op = message.get("op")
         if op == "revoke":
             self._revoke(message["user"], message["channels"], message["reason"], message["code"])

@@ -46,6 +46,7 @@ Close codes:
 4008  slow consumer: the client did not read fast enough and its outbound buffer passed ``max_pending_bytes``
 ====  ==================================================================================================
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -77,7 +78,7 @@ RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
-MAX_ID = 2 ** 53 - 1         # ids survive a round trip through JavaScript numbers
+MAX_ID = 2**53 - 1  # ids survive a round trip through JavaScript numbers
 RESERVED_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "presence", "presence.update", "ping"})
 
 
@@ -85,26 +86,32 @@ RESERVED_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "presence", "pre
 class RealtimeConfig:
     """Every realtime knob; server.py maps ENGINEL_REALTIME_* settings onto it."""
 
-    allowed_origins: tuple[str, ...] = ()        # cross-origin browsers allowed besides same-origin; "*" = any
-    auth_timeout: float = 5.0                    # seconds to send {"type": "auth"} when no header/cookie credential
-    session_cookie: str = "enginel_session"      # cookie carrying a browser session
-    max_message_bytes: int = 65_536              # largest inbound message (close 1009 above)
-    max_subscriptions: int = 100                 # channels per connection
-    commands_per_second: float = 20.0            # sustained inbound messages per connection
-    command_burst: int = 40                      # ... and the burst allowed above that rate
-    max_pending_bytes: int = 4 * 1024 * 1024     # outbound buffer per connection before close 4008
-    max_inflight: int = 16                       # inbound messages queued per connection before reading pauses
-    max_invalid_messages: int = 20               # malformed messages tolerated before close 4000
-    drain_timeout: float = 30.0                  # seconds a history replay may wait for the client to read
-    ping_interval: float = 20.0                  # WebSocket ping every N seconds (0 disables)
-    ping_timeout: float = 20.0                   # close if the pong is later than this (<= ping_interval)
-    presence_kinds: frozenset[str] = frozenset({"review"})   # channel kinds that track who is in them
+    allowed_origins: tuple[str, ...] = ()  # cross-origin browsers allowed besides same-origin; "*" = any
+    auth_timeout: float = 5.0  # seconds to send {"type": "auth"} when no header/cookie credential
+    session_cookie: str = "enginel_session"  # cookie carrying a browser session
+    max_message_bytes: int = 65_536  # largest inbound message (close 1009 above)
+    max_subscriptions: int = 100  # channels per connection
+    commands_per_second: float = 20.0  # sustained inbound messages per connection
+    command_burst: int = 40  # ... and the burst allowed above that rate
+    max_pending_bytes: int = 4 * 1024 * 1024  # outbound buffer per connection before close 4008
+    max_inflight: int = 16  # inbound messages queued per connection before reading pauses
+    max_invalid_messages: int = 20  # malformed messages tolerated before close 4000
+    drain_timeout: float = 30.0  # seconds a history replay may wait for the client to read
+    ping_interval: float = 20.0  # WebSocket ping every N seconds (0 disables)
+    ping_timeout: float = 20.0  # close if the pong is later than this (<= ping_interval)
+    presence_kinds: frozenset[str] = frozenset({"review"})  # channel kinds that track who is in them
     channel_kinds: frozenset[str] = CHANNEL_KINDS
 
     def limits(self) -> dict[str, Any]:
         """What a client may need to know, sent in the welcome message."""
-        keys = ("max_message_bytes", "max_subscriptions", "commands_per_second", "command_burst",
-                "max_pending_bytes", "ping_interval")
+        keys = (
+            "max_message_bytes",
+            "max_subscriptions",
+            "commands_per_second",
+            "command_burst",
+            "max_pending_bytes",
+            "ping_interval",
+        )
         values = asdict(self)
         return {key: values[key] for key in keys}
 
@@ -141,8 +148,9 @@ def result(msg_id: int, value: dict[str, Any]) -> dict[str, Any]:
     return {"type": "result", "id": msg_id, "result": value}
 
 
-def error(msg_id: int | None, code: str, message: str,
-          field_errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def error(
+    msg_id: int | None, code: str, message: str, field_errors: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "message": message}
     if field_errors:
         body["field_errors"] = field_errors

@@ -1,4 +1,5 @@
 """Redis broker: pub/sub for live fan-out, a stream per channel for history and offsets, hashes for presence."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,9 +64,15 @@ def _text(value: bytes | str) -> str:
 class RedisBroker(Broker):
     """Several server processes sharing one Redis act as one gateway."""
 
-    def __init__(self, url: str | None = None, *, client: aioredis.Redis | None = None,
-                 prefix: str = "enginel:rt", config: BrokerConfig | None = None,
-                 listen_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: aioredis.Redis | None = None,
+        prefix: str = "enginel:rt",
+        config: BrokerConfig | None = None,
+        listen_timeout: float = 10.0,
+    ) -> None:
         super().__init__(config)
         if client is None:
             if url is None:
@@ -131,7 +138,8 @@ class RedisBroker(Broker):
         payload = pack_event(event, data, time.time(), self.config.max_event_bytes)
         epoch, offset = await self._publish_script(
             keys=[self._meta(channel), self._stream(channel)],
-            args=[new_epoch(), payload, self.config.history_size, self._ttl_ms, self._event_prefix + channel])
+            args=[new_epoch(), payload, self.config.history_size, self._ttl_ms, self._event_prefix + channel],
+        )
         return _text(epoch), int(offset)
 
     async def publish_ephemeral(self, channel: str, event: str, data: dict[str, Any]) -> None:
@@ -213,11 +221,10 @@ class RedisBroker(Broker):
                 if self._handler is not None:
                     self._handler.on_control(msgpack.unpackb(data, raw=False))
                 return
-            channel = name[len(self._event_prefix):]
+            channel = name[len(self._event_prefix) :]
             offset, epoch, payload = data.split(b":", 2)
             event, body, ts = unpack_event(payload)
-            item = Event(channel, epoch.decode() if epoch else None, int(offset) if offset else None,
-                         event, body, ts)
+            item = Event(channel, epoch.decode() if epoch else None, int(offset) if offset else None, event, body, ts)
             if self._handler is not None:
                 self._handler.on_event(item)
         elif kind == "subscribe":
@@ -226,14 +233,20 @@ class RedisBroker(Broker):
                 future.set_result(None)
             elif name in self._active and name.startswith(self._event_prefix) and self._handler is not None:
                 # A re-subscription after a reconnect: events published meanwhile must come from history.
-                self._handler.on_resync(name[len(self._event_prefix):])
+                self._handler.on_resync(name[len(self._event_prefix) :])
 
     # --- history
     async def history(self, channel: str, since: Position | None = None) -> History:
         reply = await self._history_script(
             keys=[self._meta(channel), self._stream(channel)],
-            args=["" if since is None else since.epoch, 0 if since is None else since.offset,
-                  self.config.history_size, new_epoch(), self._ttl_ms])
+            args=[
+                "" if since is None else since.epoch,
+                0 if since is None else since.offset,
+                self.config.history_size,
+                new_epoch(),
+                self._ttl_ms,
+            ],
+        )
         tip = Position(_text(reply[0]), int(reply[1]))
         status = int(reply[2])
         if status < 0:

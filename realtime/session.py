@@ -1,4 +1,5 @@
 """One WebSocket connection's protocol state: authentication, message validation, rate limits and replies."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,11 @@ class Credential:
 
 
 _SCHEMES: dict[str, Literal["token", "bearer", "api_key"]] = {
-    "token": "token", "bearer": "bearer", "apikey": "api_key", "api-key": "api_key"}
+    "token": "token",
+    "bearer": "bearer",
+    "apikey": "api_key",
+    "api-key": "api_key",
+}
 
 
 def credential_from(authorization: str | None, session_cookie: str | None) -> Credential | None:
@@ -48,7 +53,7 @@ def credential_from(authorization: str | None, session_cookie: str | None) -> Cr
         secret = secret.strip()
         if kind is not None and secret:
             return Credential(kind, secret[:512])
-        return Credential("token", "")      # present but unusable: fails rather than falling back
+        return Credential("token", "")  # present but unusable: fails rather than falling back
     if session_cookie:
         return Credential("session", session_cookie[:512])
     return None
@@ -70,8 +75,16 @@ class Transport(Protocol):
 class Session:
     """Protocol logic for one connection; testable without a socket through a fake Transport."""
 
-    def __init__(self, gateway: Gateway, transport: Transport, codec: Codec | None, *,
-                 credential: Credential | None = None, origin_allowed: bool = True, remote: str = "") -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        transport: Transport,
+        codec: Codec | None,
+        *,
+        credential: Credential | None = None,
+        origin_allowed: bool = True,
+        remote: str = "",
+    ) -> None:
         self.gateway = gateway
         self.config = gateway.config
         self.transport = transport
@@ -79,7 +92,7 @@ class Session:
         self.id = uuid.uuid4().hex
         self.remote = remote
         self.principal: Any = None
-        self.subscriptions: dict[str, Any] = {}      # channel -> gateway Subscription
+        self.subscriptions: dict[str, Any] = {}  # channel -> gateway Subscription
         self.presence: dict[str, dict[str, Any]] = {}
         self.closed = False
         self.close_code: int | None = None
@@ -89,8 +102,12 @@ class Session:
         self._origin_allowed = origin_allowed
         self._last_id = 0
         self._invalid = 0
-        self._bucket = p.TokenBucket(self.config.commands_per_second, self.config.command_burst,
-                                     tokens=float(self.config.command_burst), stamp=time.monotonic())
+        self._bucket = p.TokenBucket(
+            self.config.commands_per_second,
+            self.config.command_burst,
+            tokens=float(self.config.command_burst),
+            stamp=time.monotonic(),
+        )
         self._inbox: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue(self.config.max_inflight)
         self._worker: asyncio.Task[None] | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -131,8 +148,15 @@ class Session:
         self.principal = principal
         self.gateway.authenticated(self)
         assert self.codec is not None
-        self.send({"type": "welcome", "connection": self.id, "user": self.user_info(),
-                   "protocol": self.codec.name, "limits": self.config.limits()})
+        self.send(
+            {
+                "type": "welcome",
+                "connection": self.id,
+                "user": self.user_info(),
+                "protocol": self.codec.name,
+                "limits": self.config.limits(),
+            }
+        )
 
     def user_info(self) -> dict[str, Any]:
         return {"id": self.principal.id, "username": self.principal.username}
@@ -149,7 +173,7 @@ class Session:
         self.gateway.detach(self)
         try:
             self.transport.close(code, reason[:120])
-        except Exception:   # the socket may already be gone; the close is then moot
+        except Exception:  # the socket may already be gone; the close is then moot
             pass
 
     def transport_closed(self) -> None:
@@ -206,8 +230,11 @@ class Session:
         if not isinstance(kind, str):
             return self._reject(msg_id, "A message needs a string type.")
         if not self._bucket.take(time.monotonic()):
-            self.send(p.error(msg_id, p.RATE_LIMIT_EXCEEDED,
-                              f"At most {self.config.commands_per_second:g} messages per second."))
+            self.send(
+                p.error(
+                    msg_id, p.RATE_LIMIT_EXCEEDED, f"At most {self.config.commands_per_second:g} messages per second."
+                )
+            )
             return None
         if self.principal is None and kind != "auth":
             self.send(p.error(msg_id, p.AUTHENTICATION_FAILED, "Authenticate first."))
@@ -251,8 +278,9 @@ class Session:
             code = getattr(exc, "code", None)
             if isinstance(code, str):
                 # Domain errors (models.errors.APIError and alike) keep their REST code and detail.
-                self.send(p.error(msg_id, code, str(getattr(exc, "detail", exc)),
-                                  getattr(exc, "field_errors", None) or None))
+                self.send(
+                    p.error(msg_id, code, str(getattr(exc, "detail", exc)), getattr(exc, "field_errors", None) or None)
+                )
             else:
                 log.exception("realtime %s failed for connection %s", kind, self.id)
                 self.send(p.error(msg_id, p.INTERNAL_ERROR, "An unexpected error occurred."))
@@ -267,7 +295,7 @@ class Session:
         if kind == "subscribe":
             request = p.SubscribeIn.model_validate(body)
             await gateway.subscribe(self, msg_id, request.channel, request.since)
-            return None     # the gateway replies itself: the result must precede the replayed events
+            return None  # the gateway replies itself: the result must precede the replayed events
         if kind == "unsubscribe":
             channel = p.ChannelIn.model_validate(body).channel
             if channel not in self.subscriptions:
@@ -294,8 +322,11 @@ class Session:
             raise p.ProtocolError(p.VALIDATION_ERROR, "Already authenticated.")
         if (request.token is None) == (request.api_key is None):
             raise p.ProtocolError(p.VALIDATION_ERROR, "Send exactly one of token or api_key.")
-        credential = (Credential("token", request.token) if request.token is not None
-                      else Credential("api_key", request.api_key or ""))
+        credential = (
+            Credential("token", request.token)
+            if request.token is not None
+            else Credential("api_key", request.api_key or "")
+        )
         principal, code = await self.gateway.authenticate(credential)
         if self.closed:
             return None

@@ -1,4 +1,5 @@
 """Writing shared frames to Tornado streams: per-iteration coalescing, a direct send fast path, outbound accounting."""
+
 from __future__ import annotations
 
 import asyncio
@@ -75,7 +76,7 @@ class StreamTransport:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                sent = 0      # let IOStream.write below meet the error and close the stream its own way
+                sent = 0  # let IOStream.write below meet the error and close the stream its own way
             if sent == len(data):
                 return
             data = data[sent:]

@@ -1,4 +1,5 @@
 """Shared fixtures: one real SecantusDB and one real redis-server per session, a fresh database per test."""
+
 from __future__ import annotations
 
 import shutil
@@ -48,12 +49,29 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10
 def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.exit("redis-server is not installed: run `make test`, which installs it, "
-                    "or `apt-get install redis-server`", returncode=3)
+        pytest.exit(
+            "redis-server is not installed: run `make test`, which installs it, or `apt-get install redis-server`",
+            returncode=3,
+        )
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp), "--loglevel", "warning"],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+            "--loglevel",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     _wait_for_port(port, proc)
     return proc, f"redis://127.0.0.1:{port}/0"
 
@@ -74,9 +92,17 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def settings(mongo_uri: str, tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
-    values: dict[str, Any] = dict(mongodb_uri=mongo_uri, mongodb_database="t" + uuid.uuid4().hex[:16],
-                                  argon2_time_cost=1, argon2_memory_kib=64, cookie_secure=False,
-                                  data_dir=tmp_path / "data", workers=0, redis_url=None, log_level="WARNING")
+    values: dict[str, Any] = dict(
+        mongodb_uri=mongo_uri,
+        mongodb_database="t" + uuid.uuid4().hex[:16],
+        argon2_time_cost=1,
+        argon2_memory_kib=64,
+        cookie_secure=False,
+        data_dir=tmp_path / "data",
+        workers=0,
+        redis_url=None,
+        log_level="WARNING",
+    )
     values.update(settings_overrides)
     return Settings(**values)
 
@@ -90,6 +116,7 @@ def services(io_loop: Any, settings: Settings) -> Iterator[Any]:
     async def teardown() -> None:
         await svc.mongo.drop_database(settings.mongodb_database)
         await runtime.stop()
+
     io_loop.run_sync(teardown, timeout=60)
 
 

@@ -1,4 +1,5 @@
 """Test helpers: a small JSON client over real HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,19 @@ class Api:
         self.base_url = base_url
         self.token = token
 
-    def as_token(self, token: str | None) -> "Api":
+    def as_token(self, token: str | None) -> Api:
         return Api(self.client, self.base_url, token)
 
-    async def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                      headers: dict[str, str] | None = None, **kwargs: Any) -> Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Response:
         hdrs = dict(headers or {})
         if self.token and "Authorization" not in hdrs:
             hdrs["Authorization"] = f"Token {self.token}"
@@ -42,9 +51,16 @@ class Api:
         if data is None and method in ("POST", "PUT", "PATCH"):
             data = b""
         url = path if path.startswith("http") else self.base_url + path
-        resp: HTTPResponse = await self.client.fetch(url, method=method, body=data, headers=hdrs,
-                                                     raise_error=False, allow_nonstandard_methods=True,
-                                                     request_timeout=60, **kwargs)
+        resp: HTTPResponse = await self.client.fetch(
+            url,
+            method=method,
+            body=data,
+            headers=hdrs,
+            raise_error=False,
+            allow_nonstandard_methods=True,
+            request_timeout=60,
+            **kwargs,
+        )
         return Response(resp.code, resp.headers, resp.body or b"")
 
     async def get(self, path: str, **kw: Any) -> Response:
@@ -97,32 +113,39 @@ class World:
         self._staff: Any = None
 
     async def user(self, username: str, *, password: str = PASSWORD, **attrs: Any) -> Caller:
-        user = await self.services.identity.create_user(username=username, password=password,
-                                                        email=attrs.pop("email", f"{username}@example.com"),
-                                                        **attrs)
+        user = await self.services.identity.create_user(
+            username=username, password=password, email=attrs.pop("email", f"{username}@example.com"), **attrs
+        )
         tokens = await self.services.identity.open_session(user, device="pytest", ip="127.0.0.1")
         return Caller(user, tokens["access_token"], self.api.as_token(tokens["access_token"]))
 
     async def staff_principal(self) -> Any:
         if self._staff is None:
-            admin = await self.services.identity.create_user(username="platform-admin", password=PASSWORD,
-                                                             is_staff=True, is_us_person=True,
-                                                             security_clearance_level="TOP_SECRET")
+            admin = await self.services.identity.create_user(
+                username="platform-admin",
+                password=PASSWORD,
+                is_staff=True,
+                is_us_person=True,
+                security_clearance_level="TOP_SECRET",
+            )
             self._staff = await self.services.identity.principal_for(admin["_id"])
         return self._staff
 
-    async def org(self, slug: str, *, members: dict[Caller, str] | None = None, is_us: bool = False,
-                  **attrs: Any) -> dict[str, Any]:
+    async def org(
+        self, slug: str, *, members: dict[Caller, str] | None = None, is_us: bool = False, **attrs: Any
+    ) -> dict[str, Any]:
         from models import audit
         from models.organizations import MemberIn, OrganizationIn
         from models.policy import Role
+
         staff = await self.staff_principal()
-        org = await self.services.orgs.create(staff, OrganizationIn(name=slug.title(), slug=slug,
-                                                                    is_us_organization=is_us, **attrs),
-                                              audit.Actor.system())
+        org = await self.services.orgs.create(
+            staff, OrganizationIn(name=slug.title(), slug=slug, is_us_organization=is_us, **attrs), audit.Actor.system()
+        )
         for caller, role in (members or {}).items():
-            await self.services.orgs.add_member(staff, org["_id"], MemberIn(user_id=caller.id, role=Role(role)),
-                                                audit.Actor.system())
+            await self.services.orgs.add_member(
+                staff, org["_id"], MemberIn(user_id=caller.id, role=Role(role)), audit.Actor.system()
+            )
         # The staff creator is its first OWNER; leave it so tests see only the members they asked for.
         await self.services.db.memberships.delete_one({"organization_id": org["_id"], "user_id": staff.id})
         return org

@@ -1,4 +1,5 @@
 """Organizations, users and the access policy over real HTTP: role matrix, escalation, tenancy, classification."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,10 +9,17 @@ from typing import Any
 import pytest
 
 from models.audit import Actor
-from models.organizations import MemberIn
-from models.policy import (Clearance, Principal, Role, can, check_classification, classification_allows,
-                           classification_filter)
 from models.errors import ITARViolation, PermissionDenied
+from models.organizations import MemberIn
+from models.policy import (
+    Clearance,
+    Principal,
+    Role,
+    can,
+    check_classification,
+    classification_allows,
+    classification_filter,
+)
 from tests.helpers import Caller, World, assert_envelope
 
 ROLES = ["OWNER", "ADMIN", "MEMBER", "VIEWER"]
@@ -25,6 +33,7 @@ async def team(world: World, slug: str = "acme", is_us: bool = False) -> tuple[d
 
 # ---------------------------------------------------------------- organizations
 
+
 @pytest.mark.gen_test
 async def test_org_lists_show_only_own_organizations(world: World) -> None:
     acme, a = await team(world, "acme")
@@ -34,22 +43,23 @@ async def test_org_lists_show_only_own_organizations(world: World) -> None:
     assert listed["results"][0]["member_count"] == 4
     for path in (f"/api/organizations/{other['_id']}/", f"/api/organizations/{other['_id']}/members/"):
         assert_envelope(await a["OWNER"].api.get(path), 404, "RESOURCE_NOT_FOUND")
-    assert_envelope(await a["OWNER"].api.patch(f"/api/organizations/{other['_id']}/", {"name": "pwned"}),
-                    404, "RESOURCE_NOT_FOUND")
+    assert_envelope(
+        await a["OWNER"].api.patch(f"/api/organizations/{other['_id']}/", {"name": "pwned"}), 404, "RESOURCE_NOT_FOUND"
+    )
     assert_envelope(await a["OWNER"].api.delete(f"/api/organizations/{other['_id']}/"), 404, "RESOURCE_NOT_FOUND")
     assert_envelope(await a["OWNER"].api.get(f"/api/organizations/{uuid.uuid4()}/"), 404, "RESOURCE_NOT_FOUND")
 
 
 # Expected outcome of each action for each role: True allowed, False refused with 403.
 MATRIX = {
-    "read":        {"OWNER": True, "ADMIN": True, "MEMBER": True, "VIEWER": True},
-    "members":     {"OWNER": True, "ADMIN": True, "MEMBER": True, "VIEWER": True},
-    "update":      {"OWNER": True, "ADMIN": True, "MEMBER": False, "VIEWER": False},
-    "add_member":  {"OWNER": True, "ADMIN": True, "MEMBER": False, "VIEWER": False},
+    "read": {"OWNER": True, "ADMIN": True, "MEMBER": True, "VIEWER": True},
+    "members": {"OWNER": True, "ADMIN": True, "MEMBER": True, "VIEWER": True},
+    "update": {"OWNER": True, "ADMIN": True, "MEMBER": False, "VIEWER": False},
+    "add_member": {"OWNER": True, "ADMIN": True, "MEMBER": False, "VIEWER": False},
     "change_role": {"OWNER": True, "ADMIN": True, "MEMBER": False, "VIEWER": False},
-    "remove":      {"OWNER": True, "ADMIN": True, "MEMBER": False, "VIEWER": False},
-    "make_owner":  {"OWNER": True, "ADMIN": False, "MEMBER": False, "VIEWER": False},
-    "delete":      {"OWNER": True, "ADMIN": False, "MEMBER": False, "VIEWER": False},
+    "remove": {"OWNER": True, "ADMIN": True, "MEMBER": False, "VIEWER": False},
+    "make_owner": {"OWNER": True, "ADMIN": False, "MEMBER": False, "VIEWER": False},
+    "delete": {"OWNER": True, "ADMIN": False, "MEMBER": False, "VIEWER": False},
 }
 
 
@@ -60,8 +70,9 @@ async def test_role_matrix(world: World, db: Any, role: str) -> None:
     me = people[role]
     outsider = await world.user("newcomer")
     target = await world.user("target")
-    await world.services.orgs.add_member(await world.staff_principal(), org["_id"],
-                                         MemberIn(user_id=target.id, role=Role.VIEWER), Actor.system())
+    await world.services.orgs.add_member(
+        await world.staff_principal(), org["_id"], MemberIn(user_id=target.id, role=Role.VIEWER), Actor.system()
+    )
     base = f"/api/organizations/{org['_id']}/"
     calls = {
         "read": lambda: me.api.get(base),
@@ -97,8 +108,7 @@ async def test_last_owner_is_protected(world: World) -> None:
     # An ADMIN may not touch an OWNER at all.
     assert_envelope(await people["ADMIN"].api.delete(base), 403, "PERMISSION_DENIED")
     # With a second owner, the first may step down.
-    promote = await owner.api.patch(f"/api/organizations/{org['_id']}/members/{people['ADMIN'].id}/",
-                                    {"role": "OWNER"})
+    promote = await owner.api.patch(f"/api/organizations/{org['_id']}/members/{people['ADMIN'].id}/", {"role": "OWNER"})
     assert promote.status == 200 and promote.json["role"] == "OWNER"
     assert (await owner.api.patch(base, {"role": "MEMBER"})).status == 200
 
@@ -110,8 +120,9 @@ async def test_max_users_is_enforced(world: World) -> None:
     one, two = await world.user("one"), await world.user("two")
     base = f"/api/organizations/{org['_id']}/add_member/"
     assert (await owner.api.post(base, {"user_id": one.id, "role": "MEMBER"})).status == 201
-    assert_envelope(await owner.api.post(base, {"user_id": two.id, "role": "MEMBER"}), 403,
-                    "ORGANIZATION_LIMIT_EXCEEDED")
+    assert_envelope(
+        await owner.api.post(base, {"user_id": two.id, "role": "MEMBER"}), 403, "ORGANIZATION_LIMIT_EXCEEDED"
+    )
     assert_envelope(await owner.api.post(base, {"user_id": one.id, "role": "MEMBER"}), 409, "CONFLICT")
 
 
@@ -139,8 +150,9 @@ class TestSelfService:
     @pytest.mark.gen_test
     async def test_any_user_creates_and_owns_but_cannot_attest_us_status(self, world: World) -> None:
         user = await world.user("founder")
-        refused = await user.api.post("/api/organizations/",
-                                      {"name": "Us", "slug": "us-co", "is_us_organization": True})
+        refused = await user.api.post(
+            "/api/organizations/", {"name": "Us", "slug": "us-co", "is_us_organization": True}
+        )
         assert_envelope(refused, 403, "PERMISSION_DENIED")
         created = await user.api.post("/api/organizations/", {"name": "Mine", "slug": "mine"})
         assert created.status == 201
@@ -151,6 +163,7 @@ class TestSelfService:
 
 
 # ---------------------------------------------------------------- users
+
 
 @pytest.mark.gen_test
 async def test_user_directory_is_limited_to_shared_organizations(world: World) -> None:
@@ -180,10 +193,9 @@ async def test_user_filters(world: World) -> None:
 @pytest.mark.gen_test
 @pytest.mark.parametrize("path", ["/api/users/me/", "own-id"])
 @pytest.mark.parametrize("change", [{"is_us_person": True}, {"security_clearance_level": "TOP_SECRET"}])
-async def test_self_escalation_is_refused_and_audited(world: World, db: Any, path: str,
-                                                      change: dict[str, Any]) -> None:
+async def test_self_escalation_is_refused_and_audited(world: World, db: Any, path: str, change: dict[str, Any]) -> None:
     org, people = await team(world)
-    me = people["OWNER"]    # even an OWNER cannot raise their own attributes
+    me = people["OWNER"]  # even an OWNER cannot raise their own attributes
     url = f"/api/users/{me.id}/" if path == "own-id" else path
     assert_envelope(await me.api.patch(url, change), 403, "PERMISSION_DENIED")
     stored = await db.users.find_one({"_id": me.id})
@@ -199,8 +211,9 @@ async def test_admin_sets_attributes_with_audited_old_and_new(world: World, db: 
     for role in ("MEMBER", "VIEWER"):
         refused = await people[role].api.patch(f"/api/users/{people['OWNER'].id}/", {"is_us_person": True})
         assert_envelope(refused, 403, "PERMISSION_DENIED")
-    resp = await people["ADMIN"].api.patch(f"/api/users/{target.id}/",
-                                           {"is_us_person": True, "security_clearance_level": "SECRET"})
+    resp = await people["ADMIN"].api.patch(
+        f"/api/users/{target.id}/", {"is_us_person": True, "security_clearance_level": "SECRET"}
+    )
     assert resp.status == 200
     assert resp.json["is_us_person"] is True and resp.json["security_clearance_level"] == "SECRET"
     entry = await db.audit_log.find_one({"action": "UPDATE_PRIVILEGES", "resource_id": str(target.id)})
@@ -209,8 +222,9 @@ async def test_admin_sets_attributes_with_audited_old_and_new(world: World, db: 
     assert entry["actor_id"] == people["ADMIN"].id
     # An admin of another organization cannot even see the user.
     _, other = await team(world, "globex")
-    assert_envelope(await other["ADMIN"].api.patch(f"/api/users/{target.id}/", {"is_us_person": False}),
-                    404, "RESOURCE_NOT_FOUND")
+    assert_envelope(
+        await other["ADMIN"].api.patch(f"/api/users/{target.id}/", {"is_us_person": False}), 404, "RESOURCE_NOT_FOUND"
+    )
 
 
 @pytest.mark.gen_test
@@ -222,8 +236,9 @@ async def test_profile_and_password_change(world: World, api: Any) -> None:
     assert_envelope(wrong, 403, "PERMISSION_DENIED")
     weak = await me.api.patch("/api/users/me/", {"current_password": "correct-horse-battery", "new_password": "short"})
     assert_envelope(weak, 400, "VALIDATION_ERROR")
-    ok = await me.api.patch("/api/users/me/", {"current_password": "correct-horse-battery",
-                                               "new_password": "a-much-better-passphrase"})
+    ok = await me.api.patch(
+        "/api/users/me/", {"current_password": "correct-horse-battery", "new_password": "a-much-better-passphrase"}
+    )
     assert ok.status == 200
     login = await api.post("/api/auth/login/", {"username": "pat", "password": "a-much-better-passphrase"})
     assert login.status == 200
@@ -232,8 +247,13 @@ async def test_profile_and_password_change(world: World, api: Any) -> None:
 @pytest.mark.gen_test
 async def test_create_user_into_organization(world: World, db: Any) -> None:
     org, people = await team(world)
-    body = {"username": "hire", "password": "welcome-aboard-42", "organization": org["_id"], "role": "MEMBER",
-            "is_us_person": True}
+    body = {
+        "username": "hire",
+        "password": "welcome-aboard-42",
+        "organization": org["_id"],
+        "role": "MEMBER",
+        "is_us_person": True,
+    }
     assert_envelope(await people["MEMBER"].api.post("/api/users/", body), 403, "PERMISSION_DENIED")
     created = await people["ADMIN"].api.post("/api/users/", body)
     assert created.status == 201 and created.json["is_us_person"] is True
@@ -250,14 +270,18 @@ async def test_api_key_never_exceeds_its_owner(world: World, api: Any) -> None:
     org, people = await team(world)
     viewer = people["VIEWER"]
     key = (await viewer.api.post("/api/auth/api-keys/", {"name": "all", "scopes": ["read", "write", "admin"]})).json
-    resp = await api.patch(f"/api/organizations/{org['_id']}/", {"description": "x"},
-                           headers={"Authorization": f"ApiKey {key['key']}"})
+    resp = await api.patch(
+        f"/api/organizations/{org['_id']}/", {"description": "x"}, headers={"Authorization": f"ApiKey {key['key']}"}
+    )
     assert_envelope(resp, 403, "PERMISSION_DENIED")
     # And an OWNER's key without the admin scope cannot do admin work.
     owner_api = people["OWNER"].api
     owner_key = (await owner_api.post("/api/auth/api-keys/", {"name": "rw", "scopes": ["read", "write"]})).json
-    resp = await api.patch(f"/api/organizations/{org['_id']}/", {"description": "x"},
-                           headers={"Authorization": f"ApiKey {owner_key['key']}"})
+    resp = await api.patch(
+        f"/api/organizations/{org['_id']}/",
+        {"description": "x"},
+        headers={"Authorization": f"ApiKey {owner_key['key']}"},
+    )
     assert_envelope(resp, 403, "PERMISSION_DENIED")
 
 
@@ -275,14 +299,14 @@ def expected(clearance: str, us_person: bool, label: str) -> bool:
 
 
 def principal(clearance: str, us_person: bool, us_org: str | None) -> Principal:
-    return Principal(user={"_id": 1, "username": "p", "security_clearance_level": clearance,
-                           "is_us_person": us_person},
-                     memberships={"org-us": Role.MEMBER, "org-foreign": Role.MEMBER},
-                     us_orgs=frozenset({us_org} if us_org else set()))
+    return Principal(
+        user={"_id": 1, "username": "p", "security_clearance_level": clearance, "is_us_person": us_person},
+        memberships={"org-us": Role.MEMBER, "org-foreign": Role.MEMBER},
+        us_orgs=frozenset({us_org} if us_org else set()),
+    )
 
 
-@pytest.mark.parametrize("clearance,us_person,label",
-                         list(itertools.product(LEVELS, [False, True], LABELS)))
+@pytest.mark.parametrize("clearance,us_person,label", list(itertools.product(LEVELS, [False, True], LABELS)))
 def test_classification_truth_table(clearance: str, us_person: bool, label: str) -> None:
     want = expected(clearance, us_person, label)
     assert classification_allows(Clearance(clearance), us_person, label, org_is_us=True) is want
@@ -300,15 +324,22 @@ def test_classification_truth_table(clearance: str, us_person: bool, label: str)
 
 @pytest.mark.gen_test
 async def test_classification_filter_agrees_with_the_function_in_mongo(db: Any) -> None:
-    docs = [{"_id": f"{org}-{label}", "classification": label, "organization_id": org}
-            for org in ("org-us", "org-foreign") for label in LABELS]
+    docs = [
+        {"_id": f"{org}-{label}", "classification": label, "organization_id": org}
+        for org in ("org-us", "org-foreign")
+        for label in LABELS
+    ]
     await db.policy_probe.insert_many(docs)
     for clearance, us_person in itertools.product(LEVELS, [False, True]):
         p = principal(clearance, us_person, "org-us")
         found = {d["_id"] async for d in db.policy_probe.find(classification_filter(p))}
-        want = {d["_id"] for d in docs if classification_allows(Clearance(clearance), us_person,
-                                                                d["classification"],
-                                                                org_is_us=d["organization_id"] == "org-us")}
+        want = {
+            d["_id"]
+            for d in docs
+            if classification_allows(
+                Clearance(clearance), us_person, d["classification"], org_is_us=d["organization_id"] == "org-us"
+            )
+        }
         assert found == want, (clearance, us_person)
 
 

@@ -1,4 +1,5 @@
 """The audit trail: hash chain integrity under concurrency, tamper detection, visibility, search and export."""
+
 from __future__ import annotations
 
 import asyncio

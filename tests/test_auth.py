@@ -1,4 +1,5 @@
 """Authentication over real HTTP: login, tokens, cookies, refresh rotation, sessions, API keys, lockout."""
+
 from __future__ import annotations
 
 import time
@@ -43,6 +44,7 @@ async def test_wrong_password_and_unknown_user_answer_alike(world: World, api: A
 @pytest.mark.gen_test
 async def test_unknown_user_costs_a_password_hash_too(services: Any) -> None:
     from models.identity import Passwords
+
     passwords = Passwords(time_cost=2, memory_kib=8192)
     stored = await passwords.hash("some-password-123")
     timings: dict[str, list[float]] = {"wrong": [], "unknown": []}
@@ -71,17 +73,20 @@ async def test_token_bearer_and_missing_credentials(world: World, api: Api) -> N
         resp = await api.get("/api/users/me/", headers={"Authorization": f"{scheme} {alice.token}"})
         assert resp.status == 200 and resp.json["username"] == "alice"
     assert_envelope(await api.get("/api/users/me/"), 401, "AUTHENTICATION_FAILED")
-    assert_envelope(await api.get("/api/users/me/", headers={"Authorization": "Token eat_forged"}),
-                    401, "TOKEN_EXPIRED")
-    assert_envelope(await api.get("/api/users/me/", headers={"Authorization": "Basic abc"}),
-                    401, "AUTHENTICATION_FAILED")
+    assert_envelope(
+        await api.get("/api/users/me/", headers={"Authorization": "Token eat_forged"}), 401, "TOKEN_EXPIRED"
+    )
+    assert_envelope(
+        await api.get("/api/users/me/", headers={"Authorization": "Basic abc"}), 401, "AUTHENTICATION_FAILED"
+    )
 
 
 @pytest.mark.gen_test
 async def test_expired_access_token_is_token_expired(world: World, services: Any) -> None:
     alice = await world.user("alice")
-    await services.db.auth_sessions.update_many({"user_id": alice.id},
-                                                {"$set": {"access_expires_at": utcnow() - timedelta(seconds=1)}})
+    await services.db.auth_sessions.update_many(
+        {"user_id": alice.id}, {"$set": {"access_expires_at": utcnow() - timedelta(seconds=1)}}
+    )
     assert_envelope(await alice.api.get("/api/users/me/"), 401, "TOKEN_EXPIRED")
 
 
@@ -128,8 +133,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_chain(world: World, api: Ap
     replay = await api.post("/api/auth/refresh/", {"refresh_token": first["refresh_token"]})
     assert_envelope(replay, 401, "TOKEN_EXPIRED")
     assert_envelope(await api.as_token(second["access_token"]).get("/api/users/me/"), 401, "TOKEN_EXPIRED")
-    assert_envelope(await api.post("/api/auth/refresh/", {"refresh_token": second["refresh_token"]}),
-                    401, "TOKEN_EXPIRED")
+    assert_envelope(
+        await api.post("/api/auth/refresh/", {"refresh_token": second["refresh_token"]}), 401, "TOKEN_EXPIRED"
+    )
     assert await db.audit_log.count_documents({"action": "TOKEN_REUSE"}) == 1
     assert_envelope(await api.post("/api/auth/refresh/", {"refresh_token": "ert_never-issued"}), 401, "TOKEN_EXPIRED")
 
@@ -167,8 +173,7 @@ async def test_cookie_session_needs_xsrf_for_writes(world: World, api: Api) -> N
     no_xsrf = await api.patch("/api/users/me/", {"first_name": "G"}, headers={"Cookie": cookie_header})
     assert_envelope(no_xsrf, 403, "XSRF_FAILED")
     xsrf = resp.json["xsrf_token"]
-    ok = await api.patch("/api/users/me/", {"first_name": "G"},
-                         headers={"Cookie": cookie_header, "X-XSRF-Token": xsrf})
+    ok = await api.patch("/api/users/me/", {"first_name": "G"}, headers={"Cookie": cookie_header, "X-XSRF-Token": xsrf})
     assert ok.status == 200 and ok.json["first_name"] == "G"
     # A token request needs no XSRF header: it cannot be forged by a browser.
     token_write = await api.as_token(resp.json["access_token"]).patch("/api/users/me/", {"last_name": "H"})
@@ -193,8 +198,9 @@ async def test_api_keys_shown_once_scoped_and_revocable(world: World, api: Api) 
     minted = await reader.post("/api/auth/api-keys/", {"name": "more", "scopes": ["read"]}, headers=headers)
     assert_envelope(minted, 403, "PERMISSION_DENIED")
     writer_key = (await owner.api.post("/api/auth/api-keys/", {"name": "w", "scopes": ["read", "write"]})).json
-    wrote = await reader.patch("/api/users/me/", {"first_name": "x"},
-                               headers={"Authorization": f"ApiKey {writer_key['key']}"})
+    wrote = await reader.patch(
+        "/api/users/me/", {"first_name": "x"}, headers={"Authorization": f"ApiKey {writer_key['key']}"}
+    )
     assert wrote.status == 200
     assert (await owner.api.delete(f"/api/auth/api-keys/{created.json['id']}/")).status == 204
     assert_envelope(await reader.get("/api/users/me/", headers=headers), 401, "AUTHENTICATION_FAILED")
@@ -217,12 +223,11 @@ class TestLockout:
         return {"login_max_failures": 3, "login_lockout_seconds": 600}
 
     @pytest.mark.gen_test
-    async def test_repeated_failures_lock_the_account_and_are_audited(self, world: World, api: Api,
-                                                                      db: Any) -> None:
+    async def test_repeated_failures_lock_the_account_and_are_audited(self, world: World, api: Api, db: Any) -> None:
         user = await world.user("jack")
         for _ in range(3):
             assert_envelope(await login(api, "jack", "wrong-password"), 401, "AUTHENTICATION_FAILED")
-        locked = await login(api, "jack")   # the right password, during the lock
+        locked = await login(api, "jack")  # the right password, during the lock
         assert_envelope(locked, 401, "AUTHENTICATION_FAILED")
         assert await db.audit_log.count_documents({"action": "LOCKOUT", "resource_id": str(user.id)}) == 1
         assert await db.audit_log.count_documents({"action": "LOGIN_FAILED"}) == 2

@@ -1,4 +1,5 @@
 """BOM nodes through the running server: the as1 tree from a real analysis, totals, corrections, policy."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,10 +40,14 @@ async def test_as1_tree_totals_and_corrections(world: World, services: Any, db: 
     design = await analysed_as1(member, series_id, material="Aluminium 6061-T6")
     bom = (await member.api.get(f"/api/designs/{design['id']}/bom/")).json
     assert [shape(root) for root in bom["tree"]] == [
-        ("as1", 1,
-         ("rod-assembly", 1, ("nut", 2), ("rod", 1)),
-         ("l-bracket-assembly", 2, ("nut-bolt-assembly", 3, ("bolt", 1), ("nut", 1)), ("l-bracket", 1)),
-         ("plate", 1))]
+        (
+            "as1",
+            1,
+            ("rod-assembly", 1, ("nut", 2), ("rod", 1)),
+            ("l-bracket-assembly", 2, ("nut-bolt-assembly", 3, ("bolt", 1), ("nut", 1)), ("l-bracket", 1)),
+            ("plate", 1),
+        )
+    ]
     assert bom["total_parts"] == 18 and bom["node_count"] == 10 and bom["mass_complete"] is True
     # Leaves once, each times the quantities above it: the whole model's volume and mass. Each part is
     # integrated on its own, unplaced, so the sum differs from the whole model's figure in the 6th digit.
@@ -69,20 +74,32 @@ async def test_as1_tree_totals_and_corrections(world: World, services: Any, db: 
     assert [n["part_name"] for n in children] == ["rod-assembly", "l-bracket-assembly", "plate"]
     assert (await api.get("/api/bom-nodes/?part_number=NUT")).json["count"] == 2
     assert {n["part_name"] for n in (await api.get("/api/bom-nodes/?search=bracket")).json["results"]} == {
-        "l-bracket-assembly", "l-bracket"}
+        "l-bracket-assembly",
+        "l-bracket",
+    }
     for bad in ("parent=x", "design_asset=1", "colour=red", "ordering=mass_kg"):
         assert_envelope(await api.get(f"/api/bom-nodes/?{bad}"), 400, "VALIDATION_ERROR")
 
     # Manual corrections: create under a node, patch, cascade delete; totals follow.
-    created = await api.post("/api/bom-nodes/", {"design_asset": design["id"], "parent": plate["id"],
-                                                 "part_name": "Bolt", "part_number": "HW-M8-20", "quantity": 12,
-                                                 "unit_of_measure": "EA", "reference_designator": "B1-B12"})
+    created = await api.post(
+        "/api/bom-nodes/",
+        {
+            "design_asset": design["id"],
+            "parent": plate["id"],
+            "part_name": "Bolt",
+            "part_number": "HW-M8-20",
+            "quantity": 12,
+            "unit_of_measure": "EA",
+            "reference_designator": "B1-B12",
+        },
+    )
     assert created.status == 201, created.body
     bolt = created.json
     assert bolt["parent"] == plate["id"] and bolt["path"] == "0001.0003.0001" and bolt["depth"] == 3
     assert bolt["source"] == "manual" and bolt["volume_mm3"] is None
-    second = (await api.post("/api/bom-nodes/", {"design_asset": design["id"], "parent": plate["id"],
-                                                 "part_name": "Washer"})).json
+    second = (
+        await api.post("/api/bom-nodes/", {"design_asset": design["id"], "parent": plate["id"], "part_name": "Washer"})
+    ).json
     assert second["path"] == "0001.0003.0002" and second["quantity"] == 1 and second["unit_of_measure"] == "EA"
     patched = await api.patch(f"/api/bom-nodes/{bolt['id']}/", {"quantity": 10, "notes": "counted on the bench"})
     assert patched.status == 200 and patched.json["quantity"] == 10 and patched.json["notes"] == "counted on the bench"
@@ -92,16 +109,17 @@ async def test_as1_tree_totals_and_corrections(world: World, services: Any, db: 
     assert bom["total_parts"] == 18 - 1 + 10 + 1 and bom["mass_complete"] is False and bom["total_mass_kg"] is None
     rod_assembly = root["children"][0]
     assert (await api.delete(f"/api/bom-nodes/{rod_assembly['id']}/")).status == 204
-    assert_envelope(await api.get(f"/api/bom-nodes/{rod_assembly['children'][0]['id']}/"), 404,
-                    "RESOURCE_NOT_FOUND")
+    assert_envelope(await api.get(f"/api/bom-nodes/{rod_assembly['children'][0]['id']}/"), 404, "RESOURCE_NOT_FOUND")
     bom = (await api.get(f"/api/designs/{design['id']}/bom/")).json
     assert bom["node_count"] == 12 - 3 and bom["total_parts"] == 28 - 3
     assert await db.audit_log.count_documents({"resource_type": "AssemblyNode"}) == 4
 
-    for body, field in (({"design_asset": design["id"], "parent": 999999, "part_name": "x"}, "parent"),
-                        ({"design_asset": design["id"], "part_name": ""}, "part_name"),
-                        ({"design_asset": design["id"], "part_name": "x", "quantity": 0}, "quantity"),
-                        ({"design_asset": design["id"], "part_name": "x", "mass": 1}, "mass")):
+    for body, field in (
+        ({"design_asset": design["id"], "parent": 999999, "part_name": "x"}, "parent"),
+        ({"design_asset": design["id"], "part_name": ""}, "part_name"),
+        ({"design_asset": design["id"], "part_name": "x", "quantity": 0}, "quantity"),
+        ({"design_asset": design["id"], "part_name": "x", "mass": 1}, "mass"),
+    ):
         err = assert_envelope(await api.post("/api/bom-nodes/", body), 400, "VALIDATION_ERROR")
         assert field in err["field_errors"], err
     assert_envelope(await api.patch(f"/api/bom-nodes/{bolt['id']}/", {"parent": 1}), 400, "VALIDATION_ERROR")
@@ -122,15 +140,18 @@ async def test_bom_nodes_follow_their_designs_policy(world: World, db: Any) -> N
     node = nodes[0]
     assert (await viewer.api.get("/api/bom-nodes/")).json["count"] == 10
     assert (await viewer.api.get(f"/api/designs/{design['id']}/bom/")).status == 200
-    assert_envelope(await viewer.api.patch(f"/api/bom-nodes/{node['id']}/", {"notes": "x"}), 403,
-                    "PERMISSION_DENIED")
+    assert_envelope(await viewer.api.patch(f"/api/bom-nodes/{node['id']}/", {"notes": "x"}), 403, "PERMISSION_DENIED")
     assert_envelope(await viewer.api.delete(f"/api/bom-nodes/{node['id']}/"), 403, "PERMISSION_DENIED")
-    assert_envelope(await viewer.api.post("/api/bom-nodes/", {"design_asset": design["id"], "part_name": "x"}),
-                    403, "PERMISSION_DENIED")
+    assert_envelope(
+        await viewer.api.post("/api/bom-nodes/", {"design_asset": design["id"], "part_name": "x"}),
+        403,
+        "PERMISSION_DENIED",
+    )
 
     # Classification is copied onto the nodes and kept in sync: lists hide, detail refuses.
-    assert (await people["admin"].api.patch(f"/api/designs/{design['id']}/",
-                                            {"classification": "SECRET"})).status == 200
+    assert (
+        await people["admin"].api.patch(f"/api/designs/{design['id']}/", {"classification": "SECRET"})
+    ).status == 200
     assert await db.bom_nodes.count_documents({"design_id": design["id"], "classification": "SECRET"}) == 10
     assert (await viewer.api.get("/api/bom-nodes/")).json["count"] == 0
     assert (await viewer.api.get(f"/api/bom-nodes/?design_asset={design['id']}&parent=null")).json["count"] == 0
@@ -144,8 +165,11 @@ async def test_bom_nodes_follow_their_designs_policy(world: World, db: Any) -> N
     assert_envelope(await outsider.api.get(f"/api/bom-nodes/{node['id']}/"), 404, "RESOURCE_NOT_FOUND")
     assert_envelope(await outsider.api.delete(f"/api/bom-nodes/{node['id']}/"), 404, "RESOURCE_NOT_FOUND")
     assert_envelope(await outsider.api.get(f"/api/designs/{design['id']}/bom/"), 404, "RESOURCE_NOT_FOUND")
-    assert_envelope(await outsider.api.post("/api/bom-nodes/", {"design_asset": design["id"], "part_name": "x"}),
-                    404, "RESOURCE_NOT_FOUND")
+    assert_envelope(
+        await outsider.api.post("/api/bom-nodes/", {"design_asset": design["id"], "part_name": "x"}),
+        404,
+        "RESOURCE_NOT_FOUND",
+    )
 
     # Deleting the design deletes its nodes.
     assert (await member.api.delete(f"/api/designs/{design['id']}/")).status == 204

@@ -1,4 +1,5 @@
 """models.cadformat: extensions, hostile filenames, the sniffer on every shared sample and on broken files."""
+
 from __future__ import annotations
 
 import struct
@@ -10,8 +11,15 @@ from OCP.BinTools import BinTools
 from OCP.BRepPrimAPI import BRepPrimAPI_MakeBox
 from OCP.BRepTools import BRepTools
 
-from models.cadformat import (ALLOWED_EXTENSIONS, FORMATS, MAX_FILENAME_BYTES, FormatSniffer,
-                              InvalidFileFormat, format_for_filename, sanitize_filename)
+from models.cadformat import (
+    ALLOWED_EXTENSIONS,
+    FORMATS,
+    MAX_FILENAME_BYTES,
+    FormatSniffer,
+    InvalidFileFormat,
+    format_for_filename,
+    sanitize_filename,
+)
 from models.errors import ValidationFailed
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "cad-samples"
@@ -21,7 +29,7 @@ SAMPLE_FILES = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in ALLOWE
 def sniff(fmt: str, data: bytes, piece: int = 65536) -> None:
     sniffer = FormatSniffer(fmt)
     for offset in range(0, len(data), piece):
-        sniffer.feed(data[offset:offset + piece])
+        sniffer.feed(data[offset : offset + piece])
     sniffer.finish(len(data))
 
 
@@ -36,6 +44,7 @@ def refused(fmt: str, data: bytes, piece: int = 65536) -> str:
 
 # ---------------------------------------------------------------- the real samples
 
+
 def test_every_format_has_samples() -> None:
     assert {format_for_filename(p.name) for p in SAMPLE_FILES} == set(FORMATS)
 
@@ -45,7 +54,7 @@ def test_sample_passes_as_its_own_format_and_fails_as_every_other(path: Path) ->
     data = path.read_bytes()
     own = format_for_filename(path.name)
     sniff(own, data)
-    sniff(own, data, piece=4093)      # chunking never changes the verdict
+    sniff(own, data, piece=4093)  # chunking never changes the verdict
     for other in FORMATS:
         if other != own:
             detail = refused(other, data)
@@ -56,18 +65,21 @@ def test_small_sample_fed_byte_by_byte() -> None:
     sniff("IGES", (SAMPLES / "curve_geom_plate.igs").read_bytes(), piece=1)
 
 
-@pytest.mark.parametrize("path", [p for p in SAMPLE_FILES if format_for_filename(p.name) != "BREP"],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in SAMPLE_FILES if format_for_filename(p.name) != "BREP"], ids=lambda p: p.name
+)
 def test_truncated_sample_is_refused(path: Path) -> None:
     # BREP is left out: its files have no end marker to miss.
     data = path.read_bytes()
-    refused(format_for_filename(path.name), data[:len(data) * 2 // 3])
+    refused(format_for_filename(path.name), data[: len(data) * 2 // 3])
 
 
 # ---------------------------------------------------------------- STEP
 
-STEP = (b"ISO-10303-21;\nHEADER;\nFILE_DESCRIPTION((''),'2;1');\nENDSEC;\nDATA;\n"
-        b"#1=CARTESIAN_POINT('',(0.,0.,0.));\nENDSEC;\nEND-ISO-10303-21;\n")
+STEP = (
+    b"ISO-10303-21;\nHEADER;\nFILE_DESCRIPTION((''),'2;1');\nENDSEC;\nDATA;\n"
+    b"#1=CARTESIAN_POINT('',(0.,0.,0.));\nENDSEC;\nEND-ISO-10303-21;\n"
+)
 
 
 def test_step_variants() -> None:
@@ -75,7 +87,7 @@ def test_step_variants() -> None:
     sniff("STEP", b"\xef\xbb\xbf" + STEP)
     sniff("STEP", b"\r\n \t\n" + STEP)
     sniff("STEP", STEP.replace(b"\n", b"\r\n"))
-    for piece in range(1, 20):    # the end marker split across every possible chunk boundary
+    for piece in range(1, 20):  # the end marker split across every possible chunk boundary
         sniff("STEP", STEP, piece=piece)
 
 
@@ -90,10 +102,11 @@ def test_step_corruptions() -> None:
 def test_wrong_content_is_refused_early() -> None:
     sniffer = FormatSniffer("STEP")
     with pytest.raises(InvalidFileFormat):
-        sniffer.feed(b"MZ" + bytes(5000))        # rejected before the rest of the upload arrives
+        sniffer.feed(b"MZ" + bytes(5000))  # rejected before the rest of the upload arrives
 
 
 # ---------------------------------------------------------------- IGES
+
 
 def iges(lines: list[str], separator: bytes = b"\n") -> bytes:
     return b"".join(line.encode() + separator for line in lines)
@@ -103,23 +116,27 @@ def record(text: str, section: str, number: int) -> str:
     return f"{text:<72}{section}{number:>7}"
 
 
-IGES_LINES = [record("", "S", 1), record("1H,,1H;,4HTEST;", "G", 1),
-              record("     110       1       0       0       0       0       0       000000000", "D", 1),
-              record("     110       0       0       1       0                               0", "D", 2),
-              record("110,0.,0.,0.,1.,0.,0.;", "P", 1), record("S      1G      1D      2P      1", "T", 1)]
+IGES_LINES = [
+    record("", "S", 1),
+    record("1H,,1H;,4HTEST;", "G", 1),
+    record("     110       1       0       0       0       0       0       000000000", "D", 1),
+    record("     110       0       0       1       0                               0", "D", 2),
+    record("110,0.,0.,0.,1.,0.,0.;", "P", 1),
+    record("S      1G      1D      2P      1", "T", 1),
+]
 
 
 def test_iges_line_endings() -> None:
     for separator in (b"\n", b"\r\n", b"\r", b""):
         sniff("IGES", iges(IGES_LINES, separator))
-    sniff("IGES", iges(IGES_LINES, b"\r\n") + b"\r\n\x1a")       # blank line and DOS end-of-file mark
-    data = (SAMPLES / "curve_geom_plate.igs").read_bytes()        # a real file, LF and CRLF
+    sniff("IGES", iges(IGES_LINES, b"\r\n") + b"\r\n\x1a")  # blank line and DOS end-of-file mark
+    data = (SAMPLES / "curve_geom_plate.igs").read_bytes()  # a real file, LF and CRLF
     sniff("IGES", data.replace(b"\n", b"\r\n"))
 
 
 def test_iges_corruptions() -> None:
     short = [*IGES_LINES]
-    short[1] = short[1][:30] + short[1][31:]           # a 79-column record
+    short[1] = short[1][:30] + short[1][31:]  # a 79-column record
     assert "not 80 columns" in refused("IGES", iges(short))
     shifted = [" " + IGES_LINES[0][:-1], *IGES_LINES[1:]]
     assert "column 73" in refused("IGES", iges(shifted))
@@ -133,13 +150,16 @@ def test_iges_corruptions() -> None:
 
 # ---------------------------------------------------------------- STL
 
+
 def binary_stl(triangles: int, header: bytes = b"binary STL from a test") -> bytes:
     facet = struct.pack("<12fH", 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0)
     return header.ljust(80, b" ") + struct.pack("<I", triangles) + facet * triangles
 
 
-ASCII_STL = (b"solid part\n facet normal 0 0 1\n  outer loop\n   vertex 0 0 0\n   vertex 1 0 0\n"
-             b"   vertex 0 1 0\n  endloop\n endfacet\nendsolid part\n")
+ASCII_STL = (
+    b"solid part\n facet normal 0 0 1\n  outer loop\n   vertex 0 0 0\n   vertex 1 0 0\n"
+    b"   vertex 0 1 0\n  endloop\n endfacet\nendsolid part\n"
+)
 
 
 def test_stl_variants() -> None:
@@ -167,6 +187,7 @@ def test_stl_corruptions() -> None:
 
 # ---------------------------------------------------------------- BREP
 
+
 def test_brep_text_and_binary_from_opencascade(tmp_path: Path) -> None:
     box = BRepPrimAPI_MakeBox(1.0, 2.0, 3.0).Shape()
     BRepTools.Write_s(box, str(tmp_path / "box.brep"))
@@ -188,8 +209,9 @@ def test_brep_corruptions() -> None:
 
 # ---------------------------------------------------------------- bounds and misuse
 
+
 def test_sniffer_memory_is_bounded() -> None:
-    block = b" facet normal 0 0 1\n  outer loop\n  endloop\n endfacet\n" * 20000     # ~1 MiB
+    block = b" facet normal 0 0 1\n  outer loop\n  endloop\n endfacet\n" * 20000  # ~1 MiB
     sniffer = FormatSniffer("STL")
     tracemalloc.start()
     try:
@@ -201,7 +223,7 @@ def test_sniffer_memory_is_bounded() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 3 * len(block)       # a copy or two of the chunk being fed, never the stream
+    assert peak < 3 * len(block)  # a copy or two of the chunk being fed, never the stream
     assert len(sniffer._head) <= 4096 and len(sniffer._tail) <= 4096
 
 
@@ -219,15 +241,38 @@ def test_sniffer_misuse() -> None:
 
 # ---------------------------------------------------------------- filenames
 
-@pytest.mark.parametrize("name, fmt", [
-    ("part.step", "STEP"), ("PART.STP", "STEP"), ("a.b.Iges", "IGES"), ("x.igs", "IGES"), ("mesh.stl", "STL"),
-    ("shape.BREP", "BREP"), ("C:\\Users\\me\\bracket.stp", "STEP"), ("dir.stl/part.step", "STEP")])
+
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("part.step", "STEP"),
+        ("PART.STP", "STEP"),
+        ("a.b.Iges", "IGES"),
+        ("x.igs", "IGES"),
+        ("mesh.stl", "STL"),
+        ("shape.BREP", "BREP"),
+        ("C:\\Users\\me\\bracket.stp", "STEP"),
+        ("dir.stl/part.step", "STEP"),
+    ],
+)
 def test_format_for_filename(name: str, fmt: str) -> None:
     assert format_for_filename(name) == fmt
 
 
-@pytest.mark.parametrize("name", ["part.exe", "part.step.exe", "part", ".step", "archive.tar.gz", "part.stpz",
-                                  "model.obj", "part.step/", "x." + "y" * 500])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "part.exe",
+        "part.step.exe",
+        "part",
+        ".step",
+        "archive.tar.gz",
+        "part.stpz",
+        "model.obj",
+        "part.step/",
+        "x." + "y" * 500,
+    ],
+)
 def test_format_for_filename_refuses(name: str) -> None:
     with pytest.raises(InvalidFileFormat) as caught:
         format_for_filename(name)
@@ -236,24 +281,27 @@ def test_format_for_filename_refuses(name: str) -> None:
     assert len(caught.value.detail) < 200
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("bracket.step", "bracket.step"),
-    ("../../etc/passwd.step", "passwd.step"),
-    ("..\\..\\Windows\\System32\\evil.stp", "evil.stp"),
-    ("/abs/path/to/part.igs", "part.igs"),
-    ("a\x00b.step", "ab.step"),
-    ("a\x00/../../b.step", "b.step"),
-    ("line\r\nContent-Type: x.stl", "line Content-Type_ x.stl"),
-    ('say "hi" <now>?.step', "say _hi_ _now__.step"),
-    ("gpj\u202e.step", "gpj.step"),
-    ("  ..hidden.step. . ", "hidden.step"),
-    ("tab\tand   spaces.step", "tab and spaces.step"),
-    ("CON.step", "_CON.step"),
-    ("lpt1.stl", "_lpt1.stl"),
-    ("console.step", "console.step"),
-    ("Ventilator \u00e9t\u00e9.stp", "Ventilator \u00e9t\u00e9.stp"),
-    ("e\u0301.step", "\u00e9.step"),
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("bracket.step", "bracket.step"),
+        ("../../etc/passwd.step", "passwd.step"),
+        ("..\\..\\Windows\\System32\\evil.stp", "evil.stp"),
+        ("/abs/path/to/part.igs", "part.igs"),
+        ("a\x00b.step", "ab.step"),
+        ("a\x00/../../b.step", "b.step"),
+        ("line\r\nContent-Type: x.stl", "line Content-Type_ x.stl"),
+        ('say "hi" <now>?.step', "say _hi_ _now__.step"),
+        ("gpj\u202e.step", "gpj.step"),
+        ("  ..hidden.step. . ", "hidden.step"),
+        ("tab\tand   spaces.step", "tab and spaces.step"),
+        ("CON.step", "_CON.step"),
+        ("lpt1.stl", "_lpt1.stl"),
+        ("console.step", "console.step"),
+        ("Ventilator \u00e9t\u00e9.stp", "Ventilator \u00e9t\u00e9.stp"),
+        ("e\u0301.step", "\u00e9.step"),
+    ],
+)
 def test_sanitize_filename(raw: str, clean: str) -> None:
     assert sanitize_filename(raw) == clean
 

@@ -1,4 +1,5 @@
 """Design series and assets over real HTTP: the signed upload flow with real CAD files, downloads, policy."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,11 @@ from models.database import utcnow
 from tests.helpers import Api, Caller, World, assert_envelope
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cad-samples"
-SHA256SUMS = {line.split()[1].lstrip("*"): line.split()[0]
-              for line in (SAMPLES / "SHA256SUMS").read_text().splitlines() if line.strip()}
+SHA256SUMS = {
+    line.split()[1].lstrip("*"): line.split()[0]
+    for line in (SAMPLES / "SHA256SUMS").read_text().splitlines()
+    if line.strip()
+}
 CAD_FILES = sorted(name for name in SHA256SUMS if not name.endswith((".json", ".md")))
 
 
@@ -29,45 +33,56 @@ async def setup_team(world: World, *, us_org: bool = True) -> tuple[dict[str, An
     }
     roles = {"owner": "OWNER", "admin": "ADMIN", "member": "MEMBER", "foreign": "MEMBER", "viewer": "VIEWER"}
     org = await world.org("acme", is_us=us_org, members={people[k]: r for k, r in roles.items()})
-    series = await people["member"].api.post("/api/series/", {"organization": org["_id"], "part_number": "TB-001",
-                                                              "name": "Turbine blade"})
+    series = await people["member"].api.post(
+        "/api/series/", {"organization": org["_id"], "part_number": "TB-001", "name": "Turbine blade"}
+    )
     assert series.status == 201, series.body
     return org, people, series.json["id"]
 
 
 async def put_bytes(api: Api, url: str, data: bytes, headers: dict[str, str] | None = None) -> Any:
-    return await api.request("PUT", url, raw=data, headers={"Content-Type": "application/octet-stream",
-                                                            **(headers or {})})
+    return await api.request(
+        "PUT", url, raw=data, headers={"Content-Type": "application/octet-stream", **(headers or {})}
+    )
 
 
 async def upload(caller: Caller, series_id: str, filename: str, data: bytes, **fields: Any) -> dict[str, Any]:
     """The seed's four-step flow; returns the design as created and the finalize answer."""
-    url = await caller.api.post("/api/designs/upload-url/", {"filename": filename, "file_size": len(data),
-                                                             "content_type": "application/step"})
+    url = await caller.api.post(
+        "/api/designs/upload-url/", {"filename": filename, "file_size": len(data), "content_type": "application/step"}
+    )
     assert url.status == 201, url.body
     put = await put_bytes(caller.api, url.json["upload_url"], data)
     assert put.status == 200, put.body
-    created = await caller.api.post("/api/designs/", {"series": series_id, "filename": filename,
-                                                      "upload_id": url.json["upload_id"], **fields})
+    created = await caller.api.post(
+        "/api/designs/", {"series": series_id, "filename": filename, "upload_id": url.json["upload_id"], **fields}
+    )
     assert created.status == 201, created.body
     assert created.json["status"] == "UPLOADING"
     digest = hashlib.sha256(data).hexdigest()
-    final = await caller.api.post(f"/api/designs/{created.json['id']}/finalize_upload/",
-                                  {"file_hash": f"sha256:{digest}"})
+    final = await caller.api.post(
+        f"/api/designs/{created.json['id']}/finalize_upload/", {"file_hash": f"sha256:{digest}"}
+    )
     assert final.status == 200, final.body
     return {**created.json, "finalize": final.json}
 
 
 def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 # ---------------------------------------------------------------- the upload flow with real files
+
 
 async def round_trip_every_sample(world: World, db: Any) -> None:
     _, people, series_id = await setup_team(world)
@@ -114,8 +129,9 @@ class TestGridFS:
         data = (SAMPLES / "as1-oc-214.stp").read_bytes()
         design = await upload(people["member"], series_id, "as1-oc-214.stp", data)
         assert await db["cadfiles.files"].count_documents({}) == 1
-        part = await people["member"].api.get(f"/api/designs/{design['id']}/download/",
-                                              headers={"Range": "bytes=1000-1999"})
+        part = await people["member"].api.get(
+            f"/api/designs/{design['id']}/download/", headers={"Range": "bytes=1000-1999"}
+        )
         assert part.status == 206 and part.body == data[1000:2000]
 
 
@@ -125,9 +141,11 @@ async def test_multipart_upload_and_concurrent_versions(world: World) -> None:
     member = people["member"]
     data = (SAMPLES / "face_recognition_sample_part.stp").read_bytes()
     import asyncio
+
     bodies = [multipart({"series": series_id, "revision": f"R{i}"}, f"part{i}.stp", data) for i in range(6)]
-    responses = await asyncio.gather(*[member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})
-                                       for body, ctype in bodies])
+    responses = await asyncio.gather(
+        *[member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype}) for body, ctype in bodies]
+    )
     assert all(r.status == 201 for r in responses), [r.body for r in responses]
     assert sorted(r.json["version_number"] for r in responses) == [1, 2, 3, 4, 5, 6]
     assert all(r.json["status"] == "PROCESSING" and r.json["analysis_job_id"] for r in responses)
@@ -153,8 +171,7 @@ async def test_refused_multipart_uploads_store_nothing(world: World, settings: A
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_identical_content_is_stored_once_and_removed_with_its_last_design(world: World,
-                                                                                 settings: Any) -> None:
+async def test_identical_content_is_stored_once_and_removed_with_its_last_design(world: World, settings: Any) -> None:
     _, people, series_id = await setup_team(world)
     data = (SAMPLES / "wire.brep").read_bytes()
     first = await upload(people["member"], series_id, "wire.brep", data)
@@ -170,18 +187,21 @@ async def test_identical_content_is_stored_once_and_removed_with_its_last_design
 
 # ---------------------------------------------------------------- refusals
 
+
 @pytest.mark.gen_test
 async def test_upload_url_refusals(world: World) -> None:
     _, people, _ = await setup_team(world)
     api = people["member"].api
     bad_ext = await api.post("/api/designs/upload-url/", {"filename": "model.exe", "file_size": 10})
     assert_envelope(bad_ext, 400, "INVALID_FILE_FORMAT")
-    too_big = await api.post("/api/designs/upload-url/", {"filename": "big.step", "file_size": 3 * 1024 ** 3})
+    too_big = await api.post("/api/designs/upload-url/", {"filename": "big.step", "file_size": 3 * 1024**3})
     assert_envelope(too_big, 413, "FILE_TOO_LARGE")
-    assert_envelope(await api.post("/api/designs/upload-url/", {"filename": "a.step", "file_size": "10"}),
-                    400, "VALIDATION_ERROR")
-    assert_envelope(await api.post("/api/designs/upload-url/", {"filename": "a.step", "file_size": 0}),
-                    400, "VALIDATION_ERROR")
+    assert_envelope(
+        await api.post("/api/designs/upload-url/", {"filename": "a.step", "file_size": "10"}), 400, "VALIDATION_ERROR"
+    )
+    assert_envelope(
+        await api.post("/api/designs/upload-url/", {"filename": "a.step", "file_size": 0}), 400, "VALIDATION_ERROR"
+    )
 
 
 @pytest.mark.gen_test
@@ -202,6 +222,7 @@ async def test_signed_url_refusals_leave_nothing_behind(world: World, settings: 
     # Expired: the signature covers the expiry, so the only way to test it is an upload issued in the past.
     upload_id = url.split("/api/uploads/")[1][:36]
     from models.designs import _sign
+
     past = int((utcnow() - timedelta(minutes=1)).timestamp())
     expired = f"/api/uploads/{upload_id}/?expires={past}&signature={_sign(world.services.secret, upload_id, past)}"
     assert_envelope(await put_bytes(api, api.base_url + expired, data), 403, "PERMISSION_DENIED")
@@ -229,8 +250,9 @@ async def test_finalize_and_download_refusals(world: World, db: Any) -> None:
     data = (SAMPLES / "as1-oc-214.stp").read_bytes()
     url = (await api.post("/api/designs/upload-url/", {"filename": "as1.stp", "file_size": len(data)})).json
     await put_bytes(api, url["upload_url"], data)
-    created = (await api.post("/api/designs/", {"series": series_id, "filename": "as1.stp",
-                                                "upload_id": url["upload_id"]})).json
+    created = (
+        await api.post("/api/designs/", {"series": series_id, "filename": "as1.stp", "upload_id": url["upload_id"]})
+    ).json
     reuse = await api.post("/api/designs/", {"series": series_id, "filename": "as1.stp", "upload_id": url["upload_id"]})
     assert_envelope(reuse, 400, "VALIDATION_ERROR")
     assert_envelope(await api.get(f"/api/designs/{created['id']}/download/"), 409, "CONFLICT")
@@ -275,6 +297,7 @@ async def test_range_downloads(world: World) -> None:
 
 # ---------------------------------------------------------------- policy
 
+
 @pytest.mark.gen_test(timeout=60)
 async def test_itar_design_is_invisible_to_a_non_us_member(world: World) -> None:
     org, people, series_id = await setup_team(world)
@@ -285,8 +308,12 @@ async def test_itar_design_is_invisible_to_a_non_us_member(world: World) -> None
     for suffix in ("", "metadata/", "download/"):
         resp = await foreign.get(f"/api/designs/{itar['id']}/{suffix}")
         assert_envelope(resp, 403, "ITAR_VIOLATION")
-    for path in ("/api/designs/", f"/api/designs/?series={series_id}", "/api/designs/?classification=ITAR",
-                 "/api/designs/?search=controlled"):
+    for path in (
+        "/api/designs/",
+        f"/api/designs/?series={series_id}",
+        "/api/designs/?classification=ITAR",
+        "/api/designs/?search=controlled",
+    ):
         listed = (await foreign.get(path)).json
         assert itar["id"] not in str(listed)
     assert (await foreign.get("/api/designs/")).json["count"] == 1
@@ -314,12 +341,14 @@ async def test_clearance_levels_govern_designs(world: World) -> None:
     assert_envelope(resp, 403, "PERMISSION_DENIED")
     assert (await people["viewer"].api.get("/api/designs/")).json["count"] == 0
     # Nobody files a design above their own clearance (SECRET here), nor raises one there.
-    url = (await people["member"].api.post("/api/designs/upload-url/",
-                                           {"filename": "x.brep", "file_size": len(data)})).json
+    url = (
+        await people["member"].api.post("/api/designs/upload-url/", {"filename": "x.brep", "file_size": len(data)})
+    ).json
     assert (await put_bytes(people["member"].api, url["upload_url"], data)).status == 200
-    above = await people["member"].api.post("/api/designs/", {"series": series_id, "filename": "x.brep",
-                                                              "upload_id": url["upload_id"],
-                                                              "classification": "TOP_SECRET"})
+    above = await people["member"].api.post(
+        "/api/designs/",
+        {"series": series_id, "filename": "x.brep", "upload_id": url["upload_id"], "classification": "TOP_SECRET"},
+    )
     assert_envelope(above, 403, "PERMISSION_DENIED")
     ts = await people["member"].api.patch(f"/api/designs/{secret['id']}/", {"classification": "TOP_SECRET"})
     assert_envelope(ts, 403, "PERMISSION_DENIED")
@@ -360,16 +389,18 @@ async def test_status_transitions_and_roles(world: World, db: Any) -> None:
     fresh = await people["admin"].api.patch(path, {"revision": "C"}, headers={"If-Match": etag})
     assert fresh.status == 200 and fresh.json["revision"] == "C"
     assert_envelope(await people["viewer"].api.delete(path), 403, "PERMISSION_DENIED")
-    assert (await people["member"].api.delete(path)).status == 204   # the uploader
+    assert (await people["member"].api.delete(path)).status == 204  # the uploader
     assert_envelope(await people["member"].api.get(path), 404, "RESOURCE_NOT_FOUND")
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_mass_follows_material_without_reanalysis(world: World, services: Any) -> None:
     from processing.cad import analyze_file
+
     _, people, series_id = await setup_team(world)
-    design = await upload(people["member"], series_id, "as1.stp", (SAMPLES / "as1-oc-214.stp").read_bytes(),
-                          material="Aluminium 6061-T6")
+    design = await upload(
+        people["member"], series_id, "as1.stp", (SAMPLES / "as1-oc-214.stp").read_bytes(), material="Aluminium 6061-T6"
+    )
     await services.designs.apply_analysis(design["id"], analyze_file(str(SAMPLES / "as1-oc-214.stp")))
     detail = (await people["member"].api.get(f"/api/designs/{design['id']}/")).json
     assert detail["status"] == "READY" and detail["volume_cubic_mm"] == pytest.approx(764522.662, rel=1e-6)
@@ -391,15 +422,20 @@ async def test_metadata_while_processing_is_empty_with_status(world: World) -> N
 
 # ---------------------------------------------------------------- series
 
+
 @pytest.mark.gen_test
 async def test_series_crud_and_part_number_uniqueness(world: World) -> None:
     org, people, series_id = await setup_team(world)
     api = people["member"].api
     dup = await api.post("/api/series/", {"organization": org["_id"], "part_number": "tb-001", "name": "x"})
     assert "part_number" in assert_envelope(dup, 409, "VALIDATION_ERROR")["field_errors"]
-    assert_envelope(await people["viewer"].api.post("/api/series/", {"organization": org["_id"],
-                                                                     "part_number": "V-1", "name": "x"}),
-                    403, "PERMISSION_DENIED")
+    assert_envelope(
+        await people["viewer"].api.post(
+            "/api/series/", {"organization": org["_id"], "part_number": "V-1", "name": "x"}
+        ),
+        403,
+        "PERMISSION_DENIED",
+    )
     listed = (await people["viewer"].api.get("/api/series/?search=turbine")).json
     assert listed["count"] == 1 and listed["results"][0]["organization_name"] == "Acme"
     renamed = await api.patch(f"/api/series/{series_id}/", {"name": "Blade"})
@@ -428,6 +464,7 @@ async def test_series_delete_rules(world: World, db: Any) -> None:
 
 # ---------------------------------------------------------------- units and materials
 
+
 @pytest.mark.gen_test
 async def test_convert_units(world: World) -> None:
     user = await world.user("unit-user")
@@ -437,12 +474,14 @@ async def test_convert_units(world: World) -> None:
     assert resp.json["conversion_factor"] == pytest.approx(0.03937007874, rel=1e-9)
     vol = await user.api.get("/api/designs/convert-units/?value=1&from_unit=in3&to_unit=mm3")
     assert vol.json["converted_value"] == pytest.approx(16387.064, rel=1e-9)
-    assert_envelope(await user.api.get("/api/designs/convert-units/?value=1&from_unit=mm&to_unit=kg"),
-                    400, "VALIDATION_ERROR")
+    assert_envelope(
+        await user.api.get("/api/designs/convert-units/?value=1&from_unit=mm&to_unit=kg"), 400, "VALIDATION_ERROR"
+    )
     bad = await user.api.get("/api/designs/convert-units/?value=1&from_unit=parsec&to_unit=mm")
     assert "from_unit" in assert_envelope(bad, 400, "VALIDATION_ERROR")["field_errors"]
-    assert_envelope(await user.api.get("/api/designs/convert-units/?value=abc&from_unit=mm&to_unit=m"),
-                    400, "VALIDATION_ERROR")
+    assert_envelope(
+        await user.api.get("/api/designs/convert-units/?value=abc&from_unit=mm&to_unit=m"), 400, "VALIDATION_ERROR"
+    )
 
 
 @pytest.mark.gen_test
@@ -450,8 +489,16 @@ async def test_materials_builtin_and_organization_specific(world: World) -> None
     org, people, _ = await setup_team(world)
     listed = (await people["viewer"].api.get("/api/materials/")).json["results"]
     names = {m["name"] for m in listed}
-    assert {"Ti-6Al-4V", "Aluminium 6061-T6", "Aluminium 7075-T6", "Stainless 304", "Stainless 316",
-            "Steel 1018", "ABS", "PLA"} <= names
+    assert {
+        "Ti-6Al-4V",
+        "Aluminium 6061-T6",
+        "Aluminium 7075-T6",
+        "Stainless 304",
+        "Stainless 316",
+        "Steel 1018",
+        "ABS",
+        "PLA",
+    } <= names
     body = {"organization": org["_id"], "name": "Unobtanium", "density_kg_m3": 12345.0}
     assert_envelope(await people["member"].api.post("/api/materials/", body), 403, "PERMISSION_DENIED")
     assert (await people["admin"].api.post("/api/materials/", body)).status == 201

@@ -1,4 +1,5 @@
 """The foundation over real HTTP: health, the error envelope, body limits and the list-query layer."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,13 +19,16 @@ from server import make_app, routes
 from tests.helpers import assert_envelope
 
 WIDGET_SPEC = ListSpec(
-    filters={"colour": Filter(Kind.ENUM, "colour", choices=frozenset({"red", "blue"})),
-             "size": Filter(Kind.INT, "size", ranges=True),
-             "name": Filter(Kind.STR, "name")},
+    filters={
+        "colour": Filter(Kind.ENUM, "colour", choices=frozenset({"red", "blue"})),
+        "size": Filter(Kind.INT, "size", ranges=True),
+        "name": Filter(Kind.STR, "name"),
+    },
     search=("name",),
     ordering={"name": "name", "size": "size"},
     default_ordering="size",
-    fields=frozenset({"name", "size", "colour"}))
+    fields=frozenset({"name", "size", "colour"}),
+)
 
 
 class WidgetIn(Input):
@@ -38,9 +42,14 @@ class WidgetsHandler(APIHandler):
     @public
     async def get(self) -> None:
         query = parse_list_query(WIDGET_SPEC, self.request.query_arguments)
-        page = await run_list(self.db.widgets, {"hidden": {"$ne": True}}, query,
-                              each(lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]}),
-                              self.absolute_url(self.request.path), self.request.query_arguments)
+        page = await run_list(
+            self.db.widgets,
+            {"hidden": {"$ne": True}},
+            query,
+            each(lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]}),
+            self.absolute_url(self.request.path),
+            self.request.query_arguments,
+        )
         self.write_json(page)
 
     @public
@@ -70,12 +79,15 @@ def settings_overrides() -> dict[str, Any]:
 
 async def seed_widgets(db: Any) -> None:
     docs = [{"name": f"w{i:03d}", "size": i, "colour": "red" if i % 2 else "blue"} for i in range(1, 121)]
-    docs += [{"name": "literal .* stars", "size": 500, "colour": "red"},
-             {"name": "secret", "size": 999, "colour": "red", "hidden": True}]
+    docs += [
+        {"name": "literal .* stars", "size": 500, "colour": "red"},
+        {"name": "secret", "size": 999, "colour": "red", "hidden": True},
+    ]
     await db.widgets.insert_many(docs)
 
 
 # ---------------------------------------------------------------- health
+
 
 @pytest.mark.gen_test
 async def test_health(api: Any) -> None:
@@ -98,6 +110,7 @@ async def test_health_detailed_reports_each_check(api: Any) -> None:
 @pytest.mark.gen_test
 async def test_health_detailed_degraded_when_database_is_gone(api: Any, services: Any) -> None:
     from pymongo import AsyncMongoClient
+
     # A client pointed at a port nobody listens on stands for a database that went away.
     gone: Any = AsyncMongoClient("mongodb://127.0.0.1:9/?directConnection=true", serverSelectionTimeoutMS=200)
     real_db, services.db = services.db, gone["x"]
@@ -112,16 +125,19 @@ async def test_health_detailed_degraded_when_database_is_gone(api: Any, services
 
 
 @pytest.mark.gen_test
-async def test_health_detailed_checks_redis_when_configured(http_client: Any, base_url: str,
-                                                            services: Any, redis_url: str) -> None:
+async def test_health_detailed_checks_redis_when_configured(
+    http_client: Any, base_url: str, services: Any, redis_url: str
+) -> None:
     import redis.asyncio as aioredis
-    services.redis = aioredis.from_url(redis_url)   # closed by the runtime's stop like a configured one
+
+    services.redis = aioredis.from_url(redis_url)  # closed by the runtime's stop like a configured one
     resp = await http_client.fetch(base_url + "/api/health/detailed/", raise_error=False)
     assert resp.code == 200
     assert json.loads(resp.body)["checks"]["redis"] == "ok"
 
 
 # ---------------------------------------------------------------- error envelope
+
 
 @pytest.mark.gen_test
 async def test_unknown_path_is_404_envelope(api: Any) -> None:
@@ -186,8 +202,10 @@ async def test_chunked_body_over_limit_is_413(http_client: Any, base_url: str) -
     async def producer(write: Any) -> None:
         for _ in range(3):
             await write(b'{"name": "' + b"x" * 1000)
-    req = HTTPRequest(base_url + "/test/widgets/", method="POST", body_producer=producer,
-                      headers={"Content-Type": "application/json"})
+
+    req = HTTPRequest(
+        base_url + "/test/widgets/", method="POST", body_producer=producer, headers={"Content-Type": "application/json"}
+    )
     resp = await http_client.fetch(req, raise_error=False)
     assert resp.code == 413
     assert json.loads(resp.body)["code"] == "PAYLOAD_TOO_LARGE"
@@ -195,8 +213,9 @@ async def test_chunked_body_over_limit_is_413(http_client: Any, base_url: str) -
 
 @pytest.mark.gen_test
 async def test_wrong_content_type_is_415(api: Any) -> None:
-    resp = await api.post("/test/widgets/", raw=b"name=x",
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    resp = await api.post(
+        "/test/widgets/", raw=b"name=x", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert_envelope(resp, 415, "UNSUPPORTED_MEDIA_TYPE")
 
 
@@ -223,13 +242,14 @@ async def test_request_id_is_echoed_when_sane_and_replaced_when_not(api: Any) ->
 
 # ---------------------------------------------------------------- list layer
 
+
 @pytest.mark.gen_test
 async def test_pagination_defaults_and_links(api: Any, db: Any, base_url: str) -> None:
     await seed_widgets(db)
     resp = await api.get("/test/widgets/")
     body = resp.json
     assert resp.status == 200
-    assert body["count"] == 121          # the hidden document is outside the base filter
+    assert body["count"] == 121  # the hidden document is outside the base filter
     assert len(body["results"]) == 50
     assert body["previous"] is None
     assert body["next"] == base_url + "/test/widgets/?page=2"
@@ -264,12 +284,14 @@ async def test_page_past_the_end_is_empty_with_previous_link(api: Any, db: Any) 
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("query", ["page_size=0", "page_size=101", "page_size=abc", "page=0", "page=-1",
-                                   "page=1.5", "page_size=", "page=1&page=2"])
+@pytest.mark.parametrize(
+    "query",
+    ["page_size=0", "page_size=101", "page_size=abc", "page=0", "page=-1", "page=1.5", "page_size=", "page=1&page=2"],
+)
 async def test_invalid_paging_is_400(api: Any, query: str) -> None:
     resp = await api.get("/test/widgets/?" + query)
     if query == "page_size=":
-        assert resp.status == 200       # an empty value means the default
+        assert resp.status == 200  # an empty value means the default
         return
     assert_envelope(resp, 400, "VALIDATION_ERROR")
 
@@ -325,8 +347,9 @@ async def test_exact_and_range_filters(api: Any, db: Any) -> None:
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("query", ["name[$ne]=x", "name=%7B%22%24ne%22%3A+null%7D", "size[$gt]=0",
-                                   "$where=1", "name__ne=x"])
+@pytest.mark.parametrize(
+    "query", ["name[$ne]=x", "name=%7B%22%24ne%22%3A+null%7D", "size[$gt]=0", "$where=1", "name__ne=x"]
+)
 async def test_operator_injection_in_query_string_never_reaches_mongo(api: Any, db: Any, query: str) -> None:
     await seed_widgets(db)
     resp = await api.get("/test/widgets/?" + query)
@@ -348,6 +371,7 @@ async def test_fields_projection(api: Any, db: Any) -> None:
 
 # ---------------------------------------------------------------- structure
 
+
 def test_every_served_method_declares_its_authentication() -> None:
     assert unmarked_methods(routes()) == []
 
@@ -358,13 +382,15 @@ def test_every_served_method_declares_its_authentication() -> None:
         @authenticated
         async def post(self) -> None:
             pass
+
     assert unmarked_methods([(r"/x/", Forgetful)]) == [f"{__name__}.Forgetful.get"]
 
 
 def test_list_query_is_pure_data() -> None:
     query = parse_list_query(WIDGET_SPEC, {"search": [b"a+b"], "size__gte": [b"3"], "size__lte": [b"9"]})
-    assert query.filter == {"$and": [{"size": {"$gte": 3, "$lte": 9}},
-                                     {"$or": [{"name": {"$regex": r"a\+b", "$options": "i"}}]}]}
+    assert query.filter == {
+        "$and": [{"size": {"$gte": 3, "$lte": 9}}, {"$or": [{"name": {"$regex": r"a\+b", "$options": "i"}}]}]
+    }
     assert query.sort == [("size", 1), ("_id", 1)]
 
 

@@ -1,4 +1,5 @@
 """Analysis jobs through the running server: real CAD files in the pool, crashes, timeouts, cancel, leases, API."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,12 +20,18 @@ from tests.test_server_process import alive
 
 REFERENCE: dict[str, dict[str, Any]] = json.loads((SAMPLES / "reference-properties.json").read_text())
 INVALID = {"splinecage.stp", "surf114.igs", "curve_geom_plate.igs", "wire.brep"}
-REL, ROUNDING, BBOX_ABS = 1e-6, 5e-4 + 1e-9, 1e-3     # the samples README's tolerances (figures rounded to 3 dp)
+REL, ROUNDING, BBOX_ABS = 1e-6, 5e-4 + 1e-9, 1e-3  # the samples README's tolerances (figures rounded to 3 dp)
 FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
 WORKERS = "tests.processing.workers"
 # Fast leases and polling so lease-driven behaviour shows within seconds; no rate limit on polling.
-RUNNING = {"workers": 2, "job_poll_interval": 0.05, "job_lease_seconds": 3, "rate_limit_per_minute": 1_000_000,
-           "rate_limit_per_hour": 1_000_000, "uploads_per_hour": 1000}
+RUNNING = {
+    "workers": 2,
+    "job_poll_interval": 0.05,
+    "job_lease_seconds": 3,
+    "rate_limit_per_minute": 1_000_000,
+    "rate_limit_per_hour": 1_000_000,
+    "uploads_per_hour": 1000,
+}
 
 
 @pytest.fixture
@@ -91,6 +98,7 @@ AS1 = (SAMPLES / "as1-oc-214.stp").read_bytes()
 
 # ---------------------------------------------------------------- the corpus, end to end
 
+
 @pytest.mark.gen_test(timeout=120)
 async def test_every_sample_is_analysed_by_the_running_server(world: World, services: Any) -> None:
     recorder = Recorder()
@@ -100,7 +108,7 @@ async def test_every_sample_is_analysed_by_the_running_server(world: World, serv
     motor = (SAMPLES / "Motor-c.brep").read_bytes()
     broken = {
         # Both pass the upload's format check (right header, STEP terminator) and fail in OpenCascade.
-        "truncated.brep": motor[:len(motor) // 2],
+        "truncated.brep": motor[: len(motor) // 2],
         "corrupt.stp": AS1[:3000] + b"\nENDSEC;\nEND-ISO-10303-21;\n",
     }
     designs = {name: await upload(member, series_id, name, (SAMPLES / name).read_bytes()) for name in CAD_FILES}
@@ -119,20 +127,27 @@ async def test_every_sample_is_analysed_by_the_running_server(world: World, serv
         expected = REFERENCE[name]
         meta = (await member.api.get(f"/api/designs/{design_id}/metadata/")).json["geometry"]
         topology = meta["topology"]
-        assert (topology["solids"], topology["shells"], topology["faces"]) == \
-            (expected["solids"], expected["shells"], expected["faces"]), name
+        assert (topology["solids"], topology["shells"], topology["faces"]) == (
+            expected["solids"],
+            expected["shells"],
+            expected["faces"],
+        ), name
         assert close(meta["volume_cubic_mm"], expected["volume_mm3"]), (name, meta["volume_cubic_mm"])
         assert close(meta["surface_area_sq_mm"], expected["surface_area_mm2"]), name
         box = meta["bounding_box"]
-        for actual, wanted in zip(xyz(box["min"]) + xyz(box["max"]), expected["bbox_min"] + expected["bbox_max"]):
+        for actual, wanted in zip(
+            xyz(box["min"]) + xyz(box["max"]), expected["bbox_min"] + expected["bbox_max"], strict=True
+        ):
             assert math.isclose(actual, wanted, abs_tol=BBOX_ABS), (name, box)
         if expected["faces"]:
-            assert all(close(a, w) for a, w in zip(xyz(meta["center_of_mass"]), expected["center_of_mass"])), name
+            assert all(
+                close(a, w) for a, w in zip(xyz(meta["center_of_mass"]), expected["center_of_mass"], strict=True)
+            ), name
 
     for name in broken:
         job = jobs[name]
         assert job["status"] == "FAILURE" and job["error_code"] == "GEOMETRY_EXTRACTION_FAILED", job
-        assert job["retry_count"] == 0    # a file OpenCascade cannot read is not retried
+        assert job["retry_count"] == 0  # a file OpenCascade cannot read is not retried
         assert job["error_message"].startswith("Could not read the CAD file: not a readable"), job["error_message"]
         assert (await member.api.get(f"/api/designs/{designs[name]['id']}/")).json["status"] == "FAILED"
 
@@ -146,7 +161,12 @@ async def test_every_sample_is_analysed_by_the_running_server(world: World, serv
         assert {"current", "total", "percent", "status_message", "job_id", "design_id"} <= set(progress[0])
         assert [s["status"] for s in recorder.on(channel, "job.status")][-1] == "SUCCESS"
     assert (await member.api.get(f"/api/analysis-jobs/{as1['id']}/progress/")).json == {
-        "current": 1, "total": 1, "percent": 100, "status_message": "Completed", "status": "SUCCESS"}
+        "current": 1,
+        "total": 1,
+        "percent": 100,
+        "status_message": "Completed",
+        "status": "SUCCESS",
+    }
     status = (await member.api.get(f"/api/analysis-jobs/{as1['id']}/status/")).json
     assert status["state"] == "SUCCESS" and status["error"] is None and status["result"]["bom_items"] == 10
     assert status["celery_info"]["args"] == [as1["design_asset"]] and status["celery_info"]["worker"]
@@ -174,9 +194,11 @@ async def test_every_sample_is_analysed_by_the_running_server(world: World, serv
 
 # ---------------------------------------------------------------- robustness
 
+
 @pytest.mark.gen_test(timeout=120)
 async def test_crashing_workers_fail_or_retry_while_the_api_keeps_answering(
-        world: World, services: Any, api: Api) -> None:
+    world: World, services: Any, api: Api
+) -> None:
     runner = services.runner
 
     def call(job: dict[str, Any], path: str, design: dict[str, Any]) -> WorkerCall:
@@ -185,6 +207,7 @@ async def test_crashing_workers_fail_or_retry_while_the_api_keeps_answering(
         if design["filename"] == "killed.stp" and job["retry_count"] == 0:
             return sleeping()
         return analysis_call(job, path, design)
+
     runner.make_call = call
 
     health: list[int] = []
@@ -194,6 +217,7 @@ async def test_crashing_workers_fail_or_retry_while_the_api_keeps_answering(
         while polling:
             health.append((await api.get("/api/health/")).status)
             await asyncio.sleep(0.02)
+
     poller = asyncio.ensure_future(poll_health())
 
     _, people, series_id = await setup_team(world)
@@ -201,13 +225,12 @@ async def test_crashing_workers_fail_or_retry_while_the_api_keeps_answering(
     segv = await upload(member, series_id, "segv.stp", AS1)
     killed = await upload(member, series_id, "killed.stp", AS1)
     pid = await wait_worker_pid(member.api, killed["finalize"]["analysis_job_id"])
-    os.kill(pid, signal.SIGKILL)       # a worker dies mid-job, as under the out-of-memory killer
+    os.kill(pid, signal.SIGKILL)  # a worker dies mid-job, as under the out-of-memory killer
 
     crashed = await wait_job(member.api, segv["finalize"]["analysis_job_id"])
     assert crashed["status"] == "FAILURE" and crashed["error_code"] == "GEOMETRY_EXTRACTION_FAILED"
     assert crashed["retry_count"] == 2
-    assert crashed["error_message"] == ("The analysis worker crashed (killed by SIGSEGV) "
-                                        "(gave up after 3 attempts).")
+    assert crashed["error_message"] == ("The analysis worker crashed (killed by SIGSEGV) (gave up after 3 attempts).")
     assert (await member.api.get(f"/api/designs/{segv['id']}/")).json["status"] == "FAILED"
 
     retried = await wait_job(member.api, killed["finalize"]["analysis_job_id"])
@@ -230,7 +253,8 @@ class TestTimeout:
 
     @pytest.mark.gen_test(timeout=60)
     async def test_a_stuck_worker_is_killed_and_the_job_fails_after_its_retries(
-            self, world: World, services: Any) -> None:
+        self, world: World, services: Any
+    ) -> None:
         services.runner.make_call = lambda job, path, design: sleeping()
         _, people, series_id = await setup_team(world)
         member = people["member"]
@@ -243,7 +267,7 @@ class TestTimeout:
         assert job["error_message"] == "Geometry extraction timed out after 1 s (gave up after 2 attempts)."
         assert not alive(first)
         assert (await member.api.get(f"/api/designs/{design['id']}/")).json["status"] == "FAILED"
-        services.runner.make_call = analysis_call      # the replaced worker serves the next job
+        services.runner.make_call = analysis_call  # the replaced worker serves the next job
         ok = await upload(member, series_id, "fine.stp", AS1)
         assert (await wait_job(member.api, ok["finalize"]["analysis_job_id"]))["status"] == "SUCCESS"
 
@@ -256,10 +280,12 @@ async def test_cancel_stops_the_worker_for_real(world: World, services: Any, db:
     running = await upload(member, series_id, "a.stp", AS1)
     job_id = running["finalize"]["analysis_job_id"]
     pid = await wait_worker_pid(member.api, job_id)
-    assert_envelope(await people["viewer"].api.post(f"/api/analysis-jobs/{job_id}/cancel/", {}),
-                    403, "PERMISSION_DENIED")
-    assert_envelope(await member.api.post(f"/api/analysis-jobs/{job_id}/cancel/", {"force": "yes"}),
-                    400, "VALIDATION_ERROR")
+    assert_envelope(
+        await people["viewer"].api.post(f"/api/analysis-jobs/{job_id}/cancel/", {}), 403, "PERMISSION_DENIED"
+    )
+    assert_envelope(
+        await member.api.post(f"/api/analysis-jobs/{job_id}/cancel/", {"force": "yes"}), 400, "VALIDATION_ERROR"
+    )
     active = (await member.api.get("/api/analysis-jobs/active/")).json
     assert active["count"] == 1 and active["tasks"][0]["job_id"] == job_id and active["tasks"][0]["time_start"]
 
@@ -293,9 +319,18 @@ async def test_cancel_stops_the_worker_for_real(world: World, services: Any, db:
     # A job held by a process that does not answer: 202 unless forced.
     ghost = await upload(member, series_id, "d.stp", AS1)
     ghost_id = ghost["finalize"]["analysis_job_id"]
-    await db.analysis_jobs.update_one({"_id": ghost_id}, {"$set": {
-        "status": "PROCESSING", "worker": "ghost:1", "task_id": "t", "started_at": utcnow(),
-        "lease_expires_at": utcnow() + timedelta(hours=1)}})
+    await db.analysis_jobs.update_one(
+        {"_id": ghost_id},
+        {
+            "$set": {
+                "status": "PROCESSING",
+                "worker": "ghost:1",
+                "task_id": "t",
+                "started_at": utcnow(),
+                "lease_expires_at": utcnow() + timedelta(hours=1),
+            }
+        },
+    )
     resp = await member.api.post(f"/api/analysis-jobs/{ghost_id}/cancel/", {})
     assert resp.status == 202 and resp.json["status"] == "PROCESSING" and resp.json["cancel_requested"] is True
     resp = await member.api.post(f"/api/analysis-jobs/{ghost_id}/cancel/", {"force": True})
@@ -312,12 +347,30 @@ async def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not(world: World,
     orphan = await upload(member, series_id, "orphan.stp", AS1)
     held = await upload(member, series_id, "held.stp", AS1)
     # A node that died mid-job (its lease ran out) and one that is alive (its lease is current).
-    await db.analysis_jobs.update_one({"_id": orphan["finalize"]["analysis_job_id"]}, {"$set": {
-        "status": "PROCESSING", "worker": "dead-node:41", "task_id": "gone", "started_at": utcnow(),
-        "lease_expires_at": utcnow() - timedelta(seconds=5)}})
-    await db.analysis_jobs.update_one({"_id": held["finalize"]["analysis_job_id"]}, {"$set": {
-        "status": "PROCESSING", "worker": "live-node:42", "task_id": "mine", "started_at": utcnow(),
-        "lease_expires_at": utcnow() + timedelta(hours=1)}})
+    await db.analysis_jobs.update_one(
+        {"_id": orphan["finalize"]["analysis_job_id"]},
+        {
+            "$set": {
+                "status": "PROCESSING",
+                "worker": "dead-node:41",
+                "task_id": "gone",
+                "started_at": utcnow(),
+                "lease_expires_at": utcnow() - timedelta(seconds=5),
+            }
+        },
+    )
+    await db.analysis_jobs.update_one(
+        {"_id": held["finalize"]["analysis_job_id"]},
+        {
+            "$set": {
+                "status": "PROCESSING",
+                "worker": "live-node:42",
+                "task_id": "mine",
+                "started_at": utcnow(),
+                "lease_expires_at": utcnow() + timedelta(hours=1),
+            }
+        },
+    )
     await runner.start()
     job = await wait_job(member.api, orphan["finalize"]["analysis_job_id"], timeout=30)
     assert job["status"] == "SUCCESS" and job["retry_count"] == 1 and job["worker"] == runner.name
@@ -338,7 +391,7 @@ async def test_shutdown_requeues_running_jobs(world: World, services: Any, db: A
     await runner.stop()
     stored = await db.analysis_jobs.find_one({"_id": job_id})
     assert stored["status"] == "PENDING" and stored["worker"] is None and stored["lease_expires_at"] is None
-    assert stored["retry_count"] == 0      # the job did nothing wrong: not counted as an attempt
+    assert stored["retry_count"] == 0  # the job did nothing wrong: not counted as an attempt
     await wait_gone(pid)
     runner.make_call = analysis_call
     await runner.start()
@@ -347,6 +400,7 @@ async def test_shutdown_requeues_running_jobs(world: World, services: Any, db: A
 
 
 # ---------------------------------------------------------------- the API without workers
+
 
 class TestJobsApi:
     @pytest.fixture
@@ -360,38 +414,52 @@ class TestJobsApi:
         plain = await upload(member, series_id, "plain.stp", AS1)
         secret = await upload(member, series_id, "secret.stp", AS1, classification="SECRET")
         itar = await upload(member, series_id, "itar.stp", AS1, classification="ITAR")
-        ids = {n: d["finalize"]["analysis_job_id"] for n, d in
-               (("plain", plain), ("secret", secret), ("itar", itar))}
+        ids = {n: d["finalize"]["analysis_job_id"] for n, d in (("plain", plain), ("secret", secret), ("itar", itar))}
         # No workers in this process: nothing claims the jobs.
         assert await db.analysis_jobs.count_documents({"status": "PENDING"}) == 3
 
         listed = (await member.api.get("/api/analysis-jobs/")).json
         assert listed["count"] == 3 and {j["id"] for j in listed["results"]} == set(ids.values())
         job = listed["results"][0]
-        assert set(job) >= {"id", "design_asset", "job_type", "status", "celery_task_id", "started_at",
-                            "completed_at", "duration_seconds", "result", "error_message", "retry_count",
-                            "worker", "task_id", "progress"}
+        assert set(job) >= {
+            "id",
+            "design_asset",
+            "job_type",
+            "status",
+            "celery_task_id",
+            "started_at",
+            "completed_at",
+            "duration_seconds",
+            "result",
+            "error_message",
+            "retry_count",
+            "worker",
+            "task_id",
+            "progress",
+        }
         # The viewer is a US person without clearance; the foreign member is cleared to SECRET.
         seen = {j["id"] for j in (await viewer.api.get("/api/analysis-jobs/")).json["results"]}
         assert seen == {ids["plain"], ids["itar"]}
         seen = {j["id"] for j in (await people["foreign"].api.get("/api/analysis-jobs/")).json["results"]}
         assert seen == {ids["plain"], ids["secret"]}
         assert_envelope(await viewer.api.get(f"/api/analysis-jobs/{ids['secret']}/"), 403, "PERMISSION_DENIED")
-        assert_envelope(await people["foreign"].api.get(f"/api/analysis-jobs/{ids['itar']}/progress/"),
-                        403, "ITAR_VIOLATION")
+        assert_envelope(
+            await people["foreign"].api.get(f"/api/analysis-jobs/{ids['itar']}/progress/"), 403, "ITAR_VIOLATION"
+        )
         outsider = await world.user("outsider", security_clearance_level="TOP_SECRET", is_us_person=True)
         await world.org("other", members={outsider: "OWNER"}, is_us=True)
         assert (await outsider.api.get("/api/analysis-jobs/")).json["count"] == 0
-        assert_envelope(await outsider.api.get(f"/api/analysis-jobs/{ids['plain']}/status/"),
-                        404, "RESOURCE_NOT_FOUND")
-        assert_envelope(await outsider.api.post(f"/api/analysis-jobs/{ids['plain']}/cancel/", {}),
-                        404, "RESOURCE_NOT_FOUND")
+        assert_envelope(await outsider.api.get(f"/api/analysis-jobs/{ids['plain']}/status/"), 404, "RESOURCE_NOT_FOUND")
+        assert_envelope(
+            await outsider.api.post(f"/api/analysis-jobs/{ids['plain']}/cancel/", {}), 404, "RESOURCE_NOT_FOUND"
+        )
         assert (await outsider.api.get("/api/analysis-jobs/metrics/")).json["total_count"] == 0
         assert (await viewer.api.get("/api/analysis-jobs/metrics/")).json["pending_count"] == 2
 
         # Reclassifying the design reclassifies its job.
-        assert (await people["admin"].api.patch(f"/api/designs/{secret['id']}/",
-                                                {"classification": "UNCLASSIFIED"})).status == 200
+        assert (
+            await people["admin"].api.patch(f"/api/designs/{secret['id']}/", {"classification": "UNCLASSIFIED"})
+        ).status == 200
         assert (await viewer.api.get(f"/api/analysis-jobs/{ids['secret']}/")).status == 200
 
         # Filters, ordering and projection; unknown parameters are refused.
@@ -405,7 +473,9 @@ class TestJobsApi:
             assert_envelope(await member.api.get(f"/api/analysis-jobs/?{bad}"), 400, "VALIDATION_ERROR")
         for bad in ("metrics/?job_type=X", "failures/?days=0", "failures/?days=abc", "active/?x=1"):
             assert_envelope(await member.api.get(f"/api/analysis-jobs/{bad}"), 400, "VALIDATION_ERROR")
-        assert_envelope(await member.api.get("/api/analysis-jobs/00000000-0000-0000-0000-000000000000/"),
-                        404, "RESOURCE_NOT_FOUND")
-        assert_envelope(await Api(member.api.client, member.api.base_url).get("/api/analysis-jobs/"),
-                        401, "AUTHENTICATION_FAILED")
+        assert_envelope(
+            await member.api.get("/api/analysis-jobs/00000000-0000-0000-0000-000000000000/"), 404, "RESOURCE_NOT_FOUND"
+        )
+        assert_envelope(
+            await Api(member.api.client, member.api.base_url).get("/api/analysis-jobs/"), 401, "AUTHENTICATION_FAILED"
+        )

@@ -1,4 +1,5 @@
 """Rate limits per caller: headers on every response, 429 past the burst, one budget across processes."""
+
 from __future__ import annotations
 
 import json
@@ -45,12 +46,15 @@ class TestBurst:
             assert (await api.get("/api/health/")).status == 200
 
 
-def _request(port: int, path: str, token: str | None = None, body: dict[str, Any] | None = None
-             ) -> tuple[int, Any, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if body else "GET",
-                                 data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Token {token}"} if token else {})})
+def _request(
+    port: int, path: str, token: str | None = None, body: dict[str, Any] | None = None
+) -> tuple[int, Any, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method="POST" if body else "GET",
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Token {token}"} if token else {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.headers, json.loads(resp.read())

@@ -1,4 +1,5 @@
 """Review sessions over real HTTP: decision rules, signed votes, self-approval, clearance, roles, events."""
+
 from __future__ import annotations
 
 import asyncio
@@ -43,23 +44,32 @@ def recorder(services: Any) -> Recorder:
     return rec
 
 
-PEOPLE = {   # name: (role, is_us_person, clearance)
-    "owner": ("OWNER", True, "TOP_SECRET"), "admin": ("ADMIN", True, "SECRET"),
-    "author": ("MEMBER", True, "SECRET"), "r1": ("MEMBER", True, "SECRET"), "r2": ("MEMBER", True, "SECRET"),
-    "r3": ("VIEWER", True, "SECRET"), "member": ("MEMBER", True, "SECRET"), "viewer": ("VIEWER", True, "SECRET"),
-    "foreign": ("MEMBER", False, "TOP_SECRET"), "low": ("MEMBER", True, "UNCLASSIFIED"),
+PEOPLE = {  # name: (role, is_us_person, clearance)
+    "owner": ("OWNER", True, "TOP_SECRET"),
+    "admin": ("ADMIN", True, "SECRET"),
+    "author": ("MEMBER", True, "SECRET"),
+    "r1": ("MEMBER", True, "SECRET"),
+    "r2": ("MEMBER", True, "SECRET"),
+    "r3": ("VIEWER", True, "SECRET"),
+    "member": ("MEMBER", True, "SECRET"),
+    "viewer": ("VIEWER", True, "SECRET"),
+    "foreign": ("MEMBER", False, "TOP_SECRET"),
+    "low": ("MEMBER", True, "UNCLASSIFIED"),
 }
 
 
 async def team(world: World, **org_attrs: Any) -> tuple[dict[str, Any], dict[str, Caller], str]:
     """A US organization with a design author, three reviewers (one a VIEWER), and people who may not review."""
-    people = {name: await world.user(name, is_us_person=us, security_clearance_level=level)
-              for name, (_, us, level) in PEOPLE.items()}
+    people = {
+        name: await world.user(name, is_us_person=us, security_clearance_level=level)
+        for name, (_, us, level) in PEOPLE.items()
+    }
     org = await world.org("acme", is_us=True, members={people[n]: PEOPLE[n][0] for n in PEOPLE}, **org_attrs)
     people["outsider"] = await world.user("outsider", is_us_person=True, security_clearance_level="TOP_SECRET")
     await world.org("globex", is_us=True, members={people["outsider"]: "OWNER"})
-    series = await people["author"].api.post("/api/series/", {"organization": org["_id"], "part_number": "TB-001",
-                                                              "name": "Turbine blade"})
+    series = await people["author"].api.post(
+        "/api/series/", {"organization": org["_id"], "part_number": "TB-001", "name": "Turbine blade"}
+    )
     assert series.status == 201, series.body
     return org, people, series.json["id"]
 
@@ -76,8 +86,16 @@ def due(days: float = 7) -> str:
 
 
 async def open_review(creator: Caller, design_id: str, reviewers: list[Caller], **extra: Any) -> dict[str, Any]:
-    resp = await creator.api.post("/api/reviews/", {"design_asset": design_id, "reviewers": [r.id for r in reviewers],
-                                                    "due_date": due(), "notes": "Pre-production review", **extra})
+    resp = await creator.api.post(
+        "/api/reviews/",
+        {
+            "design_asset": design_id,
+            "reviewers": [r.id for r in reviewers],
+            "due_date": due(),
+            "notes": "Pre-production review",
+            **extra,
+        },
+    )
     assert resp.status == 201, resp.body
     return resp.json  # type: ignore[no-any-return]
 
@@ -88,23 +106,32 @@ async def design_status(db: Any, design_id: str) -> str:
 
 # ---------------------------------------------------------------- decision rules
 
-@pytest.mark.parametrize("rule,threshold,veto,votes,expected", [
-    ("ALL", None, True, ["APPROVE", "APPROVE"], None),
-    ("ALL", None, True, ["APPROVE", "APPROVE", "APPROVE"], "APPROVED"),
-    ("ALL", None, False, ["REJECT"], "REJECTED"),                 # ALL can no longer be met
-    ("ANY", None, True, ["APPROVE"], "APPROVED"),
-    ("ANY", None, True, ["REJECT"], "REJECTED"),
-    ("ANY", None, False, ["REJECT", "REJECT"], None),
-    ("ANY", None, False, ["REJECT", "REJECT", "APPROVE"], "APPROVED"),
-    ("ANY", None, False, ["REJECT", "REJECT", "REJECT"], "REJECTED"),
-    ("THRESHOLD", 2, True, ["APPROVE", "REJECT"], "REJECTED"),
-    ("THRESHOLD", 2, False, ["APPROVE", "REJECT"], None),
-    ("THRESHOLD", 2, False, ["APPROVE", "REJECT", "APPROVE"], "APPROVED"),
-    ("THRESHOLD", 2, False, ["REJECT", "REJECT"], "REJECTED"),
-])
+
+@pytest.mark.parametrize(
+    "rule,threshold,veto,votes,expected",
+    [
+        ("ALL", None, True, ["APPROVE", "APPROVE"], None),
+        ("ALL", None, True, ["APPROVE", "APPROVE", "APPROVE"], "APPROVED"),
+        ("ALL", None, False, ["REJECT"], "REJECTED"),  # ALL can no longer be met
+        ("ANY", None, True, ["APPROVE"], "APPROVED"),
+        ("ANY", None, True, ["REJECT"], "REJECTED"),
+        ("ANY", None, False, ["REJECT", "REJECT"], None),
+        ("ANY", None, False, ["REJECT", "REJECT", "APPROVE"], "APPROVED"),
+        ("ANY", None, False, ["REJECT", "REJECT", "REJECT"], "REJECTED"),
+        ("THRESHOLD", 2, True, ["APPROVE", "REJECT"], "REJECTED"),
+        ("THRESHOLD", 2, False, ["APPROVE", "REJECT"], None),
+        ("THRESHOLD", 2, False, ["APPROVE", "REJECT", "APPROVE"], "APPROVED"),
+        ("THRESHOLD", 2, False, ["REJECT", "REJECT"], "REJECTED"),
+    ],
+)
 def test_decision_rules(rule: str, threshold: int | None, veto: bool, votes: list[str], expected: str | None) -> None:
-    doc = {"reviewers": [1, 2, 3], "decision_rule": rule, "threshold": threshold, "veto": veto,
-           "votes": {str(i + 1): {"decision": d} for i, d in enumerate(votes)}}
+    doc = {
+        "reviewers": [1, 2, 3],
+        "decision_rule": rule,
+        "threshold": threshold,
+        "veto": veto,
+        "votes": {str(i + 1): {"decision": d} for i, d in enumerate(votes)},
+    }
     outcome = decide(doc)
     assert (outcome.value if outcome else None) == expected
     # A vote by someone no longer on the panel never counts.
@@ -112,6 +139,7 @@ def test_decision_rules(rule: str, threshold: int | None, veto: bool, votes: lis
 
 
 # ---------------------------------------------------------------- complete workflows
+
 
 @pytest.mark.gen_test(timeout=60)
 async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder: Recorder) -> None:
@@ -125,10 +153,16 @@ async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder:
     assert review["tally"] == {"approved": 0, "rejected": 0, "pending": 3, "required": 3, "reviewers": 3}
     assert await design_status(db, design["_id"]) == "IN_REVIEW"
     # One open review per design version.
-    assert_envelope(await p["author"].api.post("/api/reviews/", {"design_asset": design["_id"],
-                                                                 "reviewers": [p["r1"].id]}), 409, "CONFLICT")
-    assert_envelope(await p["author"].api.post(f"/api/designs/{design['_id']}/start_review/",
-                                               {"reviewer_ids": [p["r1"].id]}), 409, "CONFLICT")
+    assert_envelope(
+        await p["author"].api.post("/api/reviews/", {"design_asset": design["_id"], "reviewers": [p["r1"].id]}),
+        409,
+        "CONFLICT",
+    )
+    assert_envelope(
+        await p["author"].api.post(f"/api/designs/{design['_id']}/start_review/", {"reviewer_ids": [p["r1"].id]}),
+        409,
+        "CONFLICT",
+    )
 
     first = await p["r1"].api.post(f"/api/reviews/{rid}/approve/", {"comments": "Dimensions OK", "approved": True})
     assert first.status == 200, first.body
@@ -144,8 +178,9 @@ async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder:
     assert await design_status(db, design["_id"]) == "APPROVED"
     votes = {v["username"]: v for v in done["votes"]}
     assert votes["r3"]["comments"] == "Design meets all requirements"
-    assert all(v["decision"] == "APPROVE" and v["file_hash"] == design["file_hash"] and v["voted_at"]
-               for v in votes.values())
+    assert all(
+        v["decision"] == "APPROVE" and v["file_hash"] == design["file_hash"] and v["voted_at"] for v in votes.values()
+    )
     assert done["markup_counts"]["total"] == 0
 
     # Completed: later votes are refused, and nothing reopens it.
@@ -154,18 +189,35 @@ async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder:
     assert_envelope(await p["author"].api.patch(f"/api/reviews/{rid}/", {"notes": "x"}), 409, "CONFLICT")
     assert_envelope(await p["author"].api.post(f"/api/reviews/{rid}/cancel/", {}), 409, "CONFLICT")
 
-    actions = [(e["action"], e["resource_type"]) async for e in db.audit_log.find(
-        {"resource_id": {"$in": [rid, design["_id"]]}}, sort=[("_id", 1)])]
-    assert actions[-7:] == [("CREATE", "ReviewSession"), ("STATUS_CHANGE", "DesignAsset"),
-                            ("VOTE", "ReviewSession"), ("VOTE", "ReviewSession"), ("VOTE", "ReviewSession"),
-                            ("COMPLETE", "ReviewSession"), ("STATUS_CHANGE", "DesignAsset")]
+    actions = [
+        (e["action"], e["resource_type"])
+        async for e in db.audit_log.find({"resource_id": {"$in": [rid, design["_id"]]}}, sort=[("_id", 1)])
+    ]
+    assert actions[-7:] == [
+        ("CREATE", "ReviewSession"),
+        ("STATUS_CHANGE", "DesignAsset"),
+        ("VOTE", "ReviewSession"),
+        ("VOTE", "ReviewSession"),
+        ("VOTE", "ReviewSession"),
+        ("COMPLETE", "ReviewSession"),
+        ("STATUS_CHANGE", "DesignAsset"),
+    ]
 
-    assert recorder.on(f"review:{rid}") == ["review.created", "review.vote", "review.vote", "review.vote",
-                                            "review.completed"]
+    assert recorder.on(f"review:{rid}") == [
+        "review.created",
+        "review.vote",
+        "review.vote",
+        "review.vote",
+        "review.completed",
+    ]
     assert recorder.on(f"design:{design['_id']}")[-4:] == [
-        "design.status", "review.created", "design.status", "review.completed"]
+        "design.status",
+        "review.created",
+        "design.status",
+        "review.completed",
+    ]
     assert "review.completed" in recorder.on(f"org:{org['_id']}")
-    (_, completed), = [(c, d) for c, d in recorder.named("review.completed") if c == f"review:{rid}"]
+    ((_, completed),) = [(c, d) for c, d in recorder.named("review.completed") if c == f"review:{rid}"]
     assert completed["outcome"] == "APPROVED" and completed["tally"]["approved"] == 3
     vote_events = [d for c, d in recorder.named("review.vote") if c == f"review:{rid}"]
     assert [d["username"] for d in vote_events] == ["r1", "r2", "r3"] and "password" not in vote_events[0]
@@ -194,22 +246,34 @@ async def test_one_rejection_rejects_the_design(world: World, db: Any, recorder:
     _, p, series_id = await team(world)
     design = await ready_design(db, p["author"], series_id)
     # The seed's start_review shape.
-    started = await p["author"].api.post(f"/api/designs/{design['_id']}/start_review/",
-                                         {"reviewer_ids": [p["r1"].id, p["r2"].id, p["r3"].id], "due_date": due(),
-                                          "notes": "Please review before production"})
+    started = await p["author"].api.post(
+        f"/api/designs/{design['_id']}/start_review/",
+        {
+            "reviewer_ids": [p["r1"].id, p["r2"].id, p["r3"].id],
+            "due_date": due(),
+            "notes": "Please review before production",
+        },
+    )
     assert started.status == 201, started.body
     assert started.json["status"] == "IN_REVIEW" and started.json["review"]["status"] == "PENDING"
     rid = started.json["review_session_id"]
     await p["r1"].api.post(f"/api/reviews/{rid}/approve/", {"comments": "fine"})
 
-    for bad in ({"comments": "x"}, {"reason": "incorrect_dimensions"}, {"reason": "TOO_UGLY"},
-                {"reason": "INCORRECT_DIMENSIONS", "extra": 1}):
+    for bad in (
+        {"comments": "x"},
+        {"reason": "incorrect_dimensions"},
+        {"reason": "TOO_UGLY"},
+        {"reason": "INCORRECT_DIMENSIONS", "extra": 1},
+    ):
         assert_envelope(await p["r2"].api.post(f"/api/reviews/{rid}/reject/", bad), 400, "VALIDATION_ERROR")
-    assert_envelope(await p["r2"].api.post(f"/api/reviews/{rid}/approve/", {"approved": False}), 400,
-                    "VALIDATION_ERROR")
+    assert_envelope(
+        await p["r2"].api.post(f"/api/reviews/{rid}/approve/", {"approved": False}), 400, "VALIDATION_ERROR"
+    )
 
-    rejected = await p["r2"].api.post(f"/api/reviews/{rid}/reject/", {
-        "comments": "Dimensions do not match specification", "reason": "INCORRECT_DIMENSIONS"})
+    rejected = await p["r2"].api.post(
+        f"/api/reviews/{rid}/reject/",
+        {"comments": "Dimensions do not match specification", "reason": "INCORRECT_DIMENSIONS"},
+    )
     assert rejected.status == 200, rejected.body
     assert rejected.json["status"] == "COMPLETED" and rejected.json["outcome"] == "REJECTED"
     vote = next(v for v in rejected.json["votes"] if v["reviewer"] == p["r2"].id)
@@ -227,18 +291,20 @@ async def test_threshold_two_of_three_with_a_changed_vote(world: World, db: Any)
     design = await ready_design(db, p["author"], series_id)
     panel = [p["r1"], p["r2"], p["r3"]]
     base = {"design_asset": design["_id"], "reviewers": [r.id for r in panel]}
-    for bad, field in (({"decision_rule": "THRESHOLD"}, "threshold"),
-                       ({"decision_rule": "THRESHOLD", "threshold": 4}, "threshold"),
-                       ({"decision_rule": "ALL", "threshold": 2}, "threshold"),
-                       ({"decision_rule": "MAJORITY"}, "decision_rule"),
-                       ({"due_date": "2020-01-01T00:00:00Z"}, "due_date"),
-                       ({"due_date": "2030-01-01T00:00:00"}, "due_date"),
-                       ({"reviewers": []}, "reviewers"),
-                       ({"reviewers": [p["r1"].id, p["r1"].id]}, "reviewers"),
-                       ({"reviewers": ["5"]}, "reviewers.0")):
+    for bad, field in (
+        ({"decision_rule": "THRESHOLD"}, "threshold"),
+        ({"decision_rule": "THRESHOLD", "threshold": 4}, "threshold"),
+        ({"decision_rule": "ALL", "threshold": 2}, "threshold"),
+        ({"decision_rule": "MAJORITY"}, "decision_rule"),
+        ({"due_date": "2020-01-01T00:00:00Z"}, "due_date"),
+        ({"due_date": "2030-01-01T00:00:00"}, "due_date"),
+        ({"reviewers": []}, "reviewers"),
+        ({"reviewers": [p["r1"].id, p["r1"].id]}, "reviewers"),
+        ({"reviewers": ["5"]}, "reviewers.0"),
+    ):
         body = assert_envelope(await p["author"].api.post("/api/reviews/", {**base, **bad}), 400, "VALIDATION_ERROR")
         assert field in body["field_errors"], (bad, body)
-    assert await design_status(db, design["_id"]) == "READY"     # refusals claim nothing
+    assert await design_status(db, design["_id"]) == "READY"  # refusals claim nothing
 
     review = await open_review(p["author"], design["_id"], panel, decision_rule="THRESHOLD", threshold=2, veto=False)
     rid = review["id"]
@@ -252,8 +318,9 @@ async def test_threshold_two_of_three_with_a_changed_vote(world: World, db: Any)
     r1_vote = next(v for v in changed.json["votes"] if v["reviewer"] == p["r1"].id)
     assert r1_vote["decision"] == "APPROVE" and r1_vote["reason"] is None
     # Once voting started, the panel and rule are fixed.
-    assert_envelope(await p["author"].api.patch(f"/api/reviews/{rid}/", {"reviewers": [p["r1"].id, p["r2"].id]}),
-                    409, "CONFLICT")
+    assert_envelope(
+        await p["author"].api.patch(f"/api/reviews/{rid}/", {"reviewers": [p["r1"].id, p["r2"].id]}), 409, "CONFLICT"
+    )
     done = await p["r2"].api.post(f"/api/reviews/{rid}/approve/", {})
     assert done.json["status"] == "COMPLETED" and done.json["outcome"] == "APPROVED"
     assert next(v for v in done.json["votes"] if v["reviewer"] == p["r3"].id)["decision"] is None
@@ -273,15 +340,18 @@ async def test_threshold_two_of_three_with_a_changed_vote(world: World, db: Any)
 async def test_the_uploader_may_not_approve_their_own_design(world: World, db: Any) -> None:
     org, p, series_id = await team(world)
     design = await ready_design(db, p["author"], series_id)
-    body = assert_envelope(await p["member"].api.post("/api/reviews/", {
-        "design_asset": design["_id"], "reviewers": [p["r1"].id, p["author"].id]}), 400, "VALIDATION_ERROR")
+    body = assert_envelope(
+        await p["member"].api.post(
+            "/api/reviews/", {"design_asset": design["_id"], "reviewers": [p["r1"].id, p["author"].id]}
+        ),
+        400,
+        "VALIDATION_ERROR",
+    )
     assert "author" in body["detail"] and "self-approval" in body["field_errors"]["reviewers"][0]
     review = await open_review(p["member"], design["_id"], [p["r1"], p["r2"]])
     # The uploader is no reviewer here, and the design-level approve is a reviewer's vote.
-    assert_envelope(await p["author"].api.post(f"/api/designs/{design['_id']}/approve/", {}), 403,
-                    "PERMISSION_DENIED")
-    assert_envelope(await p["author"].api.post(f"/api/reviews/{review['id']}/approve/", {}), 403,
-                    "PERMISSION_DENIED")
+    assert_envelope(await p["author"].api.post(f"/api/designs/{design['_id']}/approve/", {}), 403, "PERMISSION_DENIED")
+    assert_envelope(await p["author"].api.post(f"/api/reviews/{review['id']}/approve/", {}), 403, "PERMISSION_DENIED")
 
     # An organization that allows self-approval may put the uploader on the panel...
     await db.organizations.update_one({"_id": org["_id"]}, {"$set": {"allow_self_approval": True}})
@@ -301,33 +371,58 @@ async def test_reviewers_must_be_members_cleared_for_the_design(world: World, db
     _, p, series_id = await team(world)
     itar = await ready_design(db, p["author"], series_id, "ITAR")
     secret = await ready_design(db, p["author"], series_id, "SECRET")
-    body = assert_envelope(await p["author"].api.post("/api/reviews/", {
-        "design_asset": itar["_id"], "reviewers": [p["r1"].id, p["foreign"].id]}), 400, "VALIDATION_ERROR")
+    body = assert_envelope(
+        await p["author"].api.post(
+            "/api/reviews/", {"design_asset": itar["_id"], "reviewers": [p["r1"].id, p["foreign"].id]}
+        ),
+        400,
+        "VALIDATION_ERROR",
+    )
     assert body["field_errors"]["reviewers"] == [
-        f"foreign (user {p['foreign'].id}) may not see this ITAR-controlled design (US persons only)."]
-    body = assert_envelope(await p["author"].api.post("/api/reviews/", {
-        "design_asset": secret["_id"], "reviewers": [p["low"].id, p["outsider"].id, 999999]}), 400, "VALIDATION_ERROR")
+        f"foreign (user {p['foreign'].id}) may not see this ITAR-controlled design (US persons only)."
+    ]
+    body = assert_envelope(
+        await p["author"].api.post(
+            "/api/reviews/", {"design_asset": secret["_id"], "reviewers": [p["low"].id, p["outsider"].id, 999999]}
+        ),
+        400,
+        "VALIDATION_ERROR",
+    )
     problems = body["field_errors"]["reviewers"]
     assert "low (user" in problems[0] and "UNCLASSIFIED clearance" in problems[0] and "SECRET" in problems[0]
     assert problems[1] == f"User {p['outsider'].id} is not a member of the design's organization."
     assert problems[2] == "User 999999 is not a member of the design's organization."
     await db.users.update_one({"_id": p["r2"].id}, {"$set": {"is_active": False}})
-    body = assert_envelope(await p["author"].api.post("/api/reviews/", {
-        "design_asset": secret["_id"], "reviewers": [p["r2"].id]}), 400, "VALIDATION_ERROR")
+    body = assert_envelope(
+        await p["author"].api.post("/api/reviews/", {"design_asset": secret["_id"], "reviewers": [p["r2"].id]}),
+        400,
+        "VALIDATION_ERROR",
+    )
     assert "deactivated" in body["field_errors"]["reviewers"][0]
     assert await design_status(db, itar["_id"]) == "READY"
 
     # Who may open a review at all: MEMBER and up, of a design they can see, that is READY.
-    assert_envelope(await p["viewer"].api.post("/api/reviews/", {"design_asset": secret["_id"],
-                                                                 "reviewers": [p["r1"].id]}), 403, "PERMISSION_DENIED")
-    assert_envelope(await p["foreign"].api.post("/api/reviews/", {"design_asset": itar["_id"],
-                                                                  "reviewers": [p["r1"].id]}), 403, "ITAR_VIOLATION")
-    assert_envelope(await p["outsider"].api.post("/api/reviews/", {"design_asset": itar["_id"],
-                                                                   "reviewers": [p["r1"].id]}), 404,
-                    "RESOURCE_NOT_FOUND")
+    assert_envelope(
+        await p["viewer"].api.post("/api/reviews/", {"design_asset": secret["_id"], "reviewers": [p["r1"].id]}),
+        403,
+        "PERMISSION_DENIED",
+    )
+    assert_envelope(
+        await p["foreign"].api.post("/api/reviews/", {"design_asset": itar["_id"], "reviewers": [p["r1"].id]}),
+        403,
+        "ITAR_VIOLATION",
+    )
+    assert_envelope(
+        await p["outsider"].api.post("/api/reviews/", {"design_asset": itar["_id"], "reviewers": [p["r1"].id]}),
+        404,
+        "RESOURCE_NOT_FOUND",
+    )
     await db.designs.update_one({"_id": secret["_id"]}, {"$set": {"status": "PROCESSING"}})
-    assert_envelope(await p["author"].api.post("/api/reviews/", {"design_asset": secret["_id"],
-                                                                 "reviewers": [p["r1"].id]}), 409, "CONFLICT")
+    assert_envelope(
+        await p["author"].api.post("/api/reviews/", {"design_asset": secret["_id"], "reviewers": [p["r1"].id]}),
+        409,
+        "CONFLICT",
+    )
     ok = await p["author"].api.post("/api/reviews/", {"design_asset": itar["_id"], "reviewers": [p["r1"].id]})
     assert ok.status == 201 and ok.json["classification"] == "ITAR"
 
@@ -340,8 +435,11 @@ async def test_password_is_re_entered_to_sign(world: World, db: Any) -> None:
     rid = review["id"]
     body = assert_envelope(await p["r1"].api.post(f"/api/reviews/{rid}/approve/", {}), 400, "VALIDATION_ERROR")
     assert "password" in body["field_errors"]
-    body = assert_envelope(await p["r1"].api.post(f"/api/reviews/{rid}/approve/", {"password": "not-my-password"}),
-                           403, "PERMISSION_DENIED")
+    body = assert_envelope(
+        await p["r1"].api.post(f"/api/reviews/{rid}/approve/", {"password": "not-my-password"}),
+        403,
+        "PERMISSION_DENIED",
+    )
     assert body["field_errors"] == {"password": ["Incorrect password."]}
     failed = await db.audit_log.find_one({"action": "SIGNATURE_FAILED", "resource_id": rid})
     assert failed is not None and failed["actor_id"] == p["r1"].id
@@ -352,8 +450,9 @@ async def test_password_is_re_entered_to_sign(world: World, db: Any) -> None:
     assert next(v for v in signed.json["votes"] if v["reviewer"] == p["r1"].id)["signed"] is True
     # Rejecting is signing too; and guessing is bounded.
     for _ in range(5):
-        assert (await p["r2"].api.post(f"/api/reviews/{rid}/reject/", {"reason": "OTHER", "password": "guess-guess"})
-                ).status == 403
+        assert (
+            await p["r2"].api.post(f"/api/reviews/{rid}/reject/", {"reason": "OTHER", "password": "guess-guess"})
+        ).status == 403
     locked = await p["r2"].api.post(f"/api/reviews/{rid}/reject/", {"reason": "OTHER", "password": PASSWORD})
     assert_envelope(locked, 429, "RATE_LIMIT_EXCEEDED")
     assert await db.audit_log.count_documents({"action": "SIGNATURE_FAILED", "actor_id": p["r2"].id}) == 5
@@ -383,15 +482,24 @@ async def test_who_reads_votes_manages_and_cancels(world: World, db: Any, record
     for name in ("r2", "member", "author"):
         assert_envelope(await p[name].api.patch(f"/api/reviews/{rid}/", {"notes": "mine"}), 403, "PERMISSION_DENIED")
         assert_envelope(await p[name].api.post(f"/api/reviews/{rid}/cancel/", {}), 403, "PERMISSION_DENIED")
-    change = {"notes": "Focus on the root", "status": "IN_PROGRESS",
-              "reviewers": [p["r2"].id, p["r3"].id, p["admin"].id]}
+    change = {
+        "notes": "Focus on the root",
+        "status": "IN_PROGRESS",
+        "reviewers": [p["r2"].id, p["r3"].id, p["admin"].id],
+    }
     patched = await p["r1"].api.patch(f"/api/reviews/{rid}/", change, headers={"If-Match": f'"{review["version"]}"'})
     assert patched.status == 200, patched.body
     assert patched.json["status"] == "IN_PROGRESS" and patched.json["reviewers"][-1] == p["admin"].id
-    assert_envelope(await p["r1"].api.patch(f"/api/reviews/{rid}/", {"notes": "stale"},
-                                            headers={"If-Match": f'"{review["version"]}"'}), 409, "CONFLICT")
-    assert_envelope(await p["r1"].api.patch(f"/api/reviews/{rid}/", {"reviewers": [p["outsider"].id]}),
-                    400, "VALIDATION_ERROR")
+    assert_envelope(
+        await p["r1"].api.patch(
+            f"/api/reviews/{rid}/", {"notes": "stale"}, headers={"If-Match": f'"{review["version"]}"'}
+        ),
+        409,
+        "CONFLICT",
+    )
+    assert_envelope(
+        await p["r1"].api.patch(f"/api/reviews/{rid}/", {"reviewers": [p["outsider"].id]}), 400, "VALIDATION_ERROR"
+    )
     assert_envelope(await p["r1"].api.patch(f"/api/reviews/{rid}/", {"status": "COMPLETED"}), 400, "VALIDATION_ERROR")
     assert_envelope(await p["r1"].api.patch(f"/api/reviews/{rid}/", {"reviewers": None}), 400, "VALIDATION_ERROR")
     await p["admin"].api.post(f"/api/reviews/{rid}/approve/", {})
@@ -402,13 +510,15 @@ async def test_who_reads_votes_manages_and_cancels(world: World, db: Any, record
     assert cancelled.json["cancelled_by"] == p["admin"].id and cancelled.json["completed_at"] is None
     assert await design_status(db, design["_id"]) == "READY"
     assert_envelope(await p["r2"].api.post(f"/api/reviews/{rid}/approve/", {}), 409, "CONFLICT")
-    assert "review.cancelled" in recorder.on(f"review:{rid}") and "review.cancelled" in recorder.on(
-        f"org:{org['_id']}")
+    assert "review.cancelled" in recorder.on(f"review:{rid}") and "review.cancelled" in recorder.on(f"org:{org['_id']}")
     assert await db.audit_log.count_documents({"resource_id": rid, "action": "CANCEL"}) == 1
     # The design can go to review again, and the creator may cancel through PATCH as well.
     again = await open_review(p["r1"], design["_id"], [p["r2"]])
-    assert_envelope(await p["r1"].api.patch(f"/api/reviews/{again['id']}/", {"status": "CANCELLED", "notes": "x"}),
-                    400, "VALIDATION_ERROR")
+    assert_envelope(
+        await p["r1"].api.patch(f"/api/reviews/{again['id']}/", {"status": "CANCELLED", "notes": "x"}),
+        400,
+        "VALIDATION_ERROR",
+    )
     gone = await p["r1"].api.patch(f"/api/reviews/{again['id']}/", {"status": "CANCELLED"})
     assert gone.json["status"] == "CANCELLED" and await design_status(db, design["_id"]) == "READY"
 
@@ -421,14 +531,20 @@ async def test_non_us_member_never_sees_itar_reviews(world: World, db: Any, reco
     visible = await open_review(p["author"], plain["_id"], [p["r1"]])
     hidden = await open_review(p["author"], itar["_id"], [p["r1"], p["r2"]])
     foreign = p["foreign"].api
-    for path in ("/api/reviews/", f"/api/reviews/?reviewers={p['r1'].id}", "/api/reviews/?status=PENDING",
-                 "/api/reviews/?search=review", "/api/reviews/?is_overdue=false", "/api/reviews/?page=1"):
+    for path in (
+        "/api/reviews/",
+        f"/api/reviews/?reviewers={p['r1'].id}",
+        "/api/reviews/?status=PENDING",
+        "/api/reviews/?search=review",
+        "/api/reviews/?is_overdue=false",
+        "/api/reviews/?page=1",
+    ):
         listed = (await foreign.get(path)).json
         assert [r["id"] for r in listed["results"]] == [visible["id"]] and listed["count"] == 1, path
     for path in (f"/api/reviews/?design_asset={itar['_id']}", f"/api/reviews/?reviewers={p['r2'].id}"):
         assert (await foreign.get(path)).json == {"count": 0, "next": None, "previous": None, "results": []}
     assert (await p["r1"].api.get("/api/reviews/")).json["count"] == 2
-    for path in (f"/api/reviews/{hidden['id']}/", ):
+    for path in (f"/api/reviews/{hidden['id']}/",):
         assert_envelope(await foreign.get(path), 403, "ITAR_VIOLATION")
     assert_envelope(await foreign.patch(f"/api/reviews/{hidden['id']}/", {"notes": "x"}), 403, "ITAR_VIOLATION")
     # Every event on the shared org feed carries its classification and organization, which is what the
@@ -465,7 +581,9 @@ async def test_overdue_sessions_are_flagged_and_filterable(world: World, db: Any
     assert (await api.get(f"/api/reviews/?reviewers={p['r2'].id}")).json["results"][0]["id"] == timely["id"]
     assert (await api.get(f"/api/reviews/?created_by={p['member'].id}")).json["count"] == 1
     assert [r["id"] for r in (await api.get("/api/reviews/?ordering=due_date")).json["results"]] == [
-        late["id"], timely["id"]]
+        late["id"],
+        timely["id"],
+    ]
     for bad in ("is_overdue=maybe", "status=OPEN", "reviewers=abc", "colour=red", "ordering=password"):
         assert_envelope(await api.get(f"/api/reviews/?{bad}"), 400, "VALIDATION_ERROR")
     # A completed session is not overdue, whatever its due date.
@@ -488,8 +606,9 @@ async def test_socket_commands_share_the_rules(world: World, db: Any, services: 
     assert "decision" in bad.value.field_errors
     with pytest.raises(PermissionDenied):
         await commands["review.vote"](member, {"review_id": review["id"], "decision": "APPROVE"})
-    result = await commands["review.vote"](r1, {"review_id": review["id"], "decision": "REJECT",
-                                                "reason": "MATERIAL_ISSUE", "comments": "via socket"})
+    result = await commands["review.vote"](
+        r1, {"review_id": review["id"], "decision": "REJECT", "reason": "MATERIAL_ISSUE", "comments": "via socket"}
+    )
     assert result["status"] == "IN_PROGRESS" and result["tally"]["rejected"] == 1
     audit_entry = await db.audit_log.find_one({"action": "VOTE", "resource_id": review["id"]})
     assert audit_entry["user_agent"] == "websocket"

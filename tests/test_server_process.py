@@ -1,4 +1,5 @@
 """server.py as a user runs it: starts on embedded defaults, serves, and leaves nothing behind when stopped."""
+
 from __future__ import annotations
 
 import contextlib
@@ -60,23 +61,39 @@ ROOT_PASSWORD = "a-long-root-password"
 
 
 @contextlib.contextmanager
-def shared_servers(mongo_uri: str, redis_url: str, data_dir: Path, count: int = 2,
-                   **settings: str) -> Iterator[list[int]]:
+def shared_servers(
+    mongo_uri: str, redis_url: str, data_dir: Path, count: int = 2, **settings: str
+) -> Iterator[list[int]]:
     """`count` real server.py processes on one fresh database and one Redis, with a platform admin
     `root`; yields their ports and stops them afterwards."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
-    env.update(ENGINEL_MONGODB_URI=mongo_uri, ENGINEL_MONGODB_DATABASE="s" + uuid.uuid4().hex[:12],
-               ENGINEL_REDIS_URL=redis_url, ENGINEL_WORKERS="0", ENGINEL_BOOTSTRAP_ADMIN=f"root:{ROOT_PASSWORD}",
-               ENGINEL_ARGON2_TIME_COST="1", ENGINEL_ARGON2_MEMORY_KIB="64", ENGINEL_LOG_LEVEL="WARNING",
-               ENGINEL_DATA_DIR=str(data_dir), ENGINEL_REALTIME_REDIS_PREFIX="s" + uuid.uuid4().hex[:8])
+    env.update(
+        ENGINEL_MONGODB_URI=mongo_uri,
+        ENGINEL_MONGODB_DATABASE="s" + uuid.uuid4().hex[:12],
+        ENGINEL_REDIS_URL=redis_url,
+        ENGINEL_WORKERS="0",
+        ENGINEL_BOOTSTRAP_ADMIN=f"root:{ROOT_PASSWORD}",
+        ENGINEL_ARGON2_TIME_COST="1",
+        ENGINEL_ARGON2_MEMORY_KIB="64",
+        ENGINEL_LOG_LEVEL="WARNING",
+        ENGINEL_DATA_DIR=str(data_dir),
+        ENGINEL_REALTIME_REDIS_PREFIX="s" + uuid.uuid4().hex[:8],
+    )
     env.update({f"ENGINEL_{k.upper()}": v for k, v in settings.items()})
     ports = [free_port() for _ in range(count)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
             # One after the other: the first bootstraps the admin, the second finds it there.
-            procs.append(subprocess.Popen([sys.executable, "server.py", "--port", str(port)], cwd=REPO, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "server.py", "--port", str(port)],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             wait_healthy(port, procs[-1])
         yield ports
     finally:
@@ -87,9 +104,13 @@ def shared_servers(mongo_uri: str, redis_url: str, data_dir: Path, count: int = 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
-    return subprocess.Popen([sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir),
-                             "--workers", "0"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir), "--workers", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
@@ -101,8 +122,9 @@ def test_server_starts_on_embedded_defaults_and_leaves_no_database_behind(tmp_pa
     try:
         assert wait_healthy(port, proc) == {"status": "ok", "service": "enginel"}
         assert time.monotonic() - started < 60
-        db_children = [pid for pid in children_of(proc.pid)
-                       if b"secantusd" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        db_children = [
+            pid for pid in children_of(proc.pid) if b"secantusd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
         assert len(db_children) == 1, "the embedded database runs as the server's child"
         proc.send_signal(sig)
         proc.wait(30)
@@ -151,8 +173,10 @@ def test_second_start_reuses_the_data(tmp_path: Path) -> None:
 
 def test_help_documents_every_flag() -> None:
     from config.settings import Settings
-    out = subprocess.run([sys.executable, "server.py", "--help"], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
+
+    out = subprocess.run(
+        [sys.executable, "server.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         assert flag in out, flag
@@ -162,6 +186,7 @@ def test_help_documents_every_flag() -> None:
 
 def test_readme_documents_every_setting() -> None:
     from config.settings import Settings
+
     readme = (REPO / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"ENGINEL_{name.upper()}" in readme, name

@@ -1,4 +1,5 @@
 """models.storage on both backends: a real directory, and GridFS on the live SecantusDB."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,26 +14,51 @@ from typing import Any
 import pytest
 
 from models.errors import ValidationFailed
-from models.storage import (GRIDFS_CHUNK_SIZE, READ_CHUNK, ContentNotFound, CorruptContent, FileSystemStorage,
-                            FileTooLarge, GridFSStorage, Storage, StoredFile, check_sha256, make_storage,
-                            parse_file_hash)
+from models.storage import (
+    GRIDFS_CHUNK_SIZE,
+    READ_CHUNK,
+    ContentNotFound,
+    CorruptContent,
+    FileSystemStorage,
+    FileTooLarge,
+    GridFSStorage,
+    Storage,
+    StoredFile,
+    check_sha256,
+    make_storage,
+    parse_file_hash,
+)
 
 MIB = 1 << 20
-PAYLOAD = random.Random(20251215).randbytes(5 * MIB + 12345)   # not a multiple of any chunk size
+PAYLOAD = random.Random(20251215).randbytes(5 * MIB + 12345)  # not a multiple of any chunk size
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 # Uneven pieces, so buffering and chunking boundaries never line up with the writes.
 PIECES = (1, 1000, 65536, 70001, 262144, 1, MIB + 3, 17)
 
 BAD_DIGESTS: list[Any] = [
-    "../../etc/passwd", "../" + "a" * 61, "/" + "a" * 63, "a" * 62 + "/.", "A" * 64, "a" * 63, "a" * 65,
-    "a" * 64 + "\n", "", "sha256:" + "a" * 64, "g" * 64, "a" * 32 + "\x00" + "a" * 31, {"$gt": ""}, None, 42]
+    "../../etc/passwd",
+    "../" + "a" * 61,
+    "/" + "a" * 63,
+    "a" * 62 + "/.",
+    "A" * 64,
+    "a" * 63,
+    "a" * 65,
+    "a" * 64 + "\n",
+    "",
+    "sha256:" + "a" * 64,
+    "g" * 64,
+    "a" * 32 + "\x00" + "a" * 31,
+    {"$gt": ""},
+    None,
+    42,
+]
 
 
 def pieces(data: bytes) -> list[bytes]:
     out, offset, i = [], 0, 0
     while offset < len(data):
         size = PIECES[i % len(PIECES)]
-        out.append(data[offset:offset + size])
+        out.append(data[offset : offset + size])
         offset, i = offset + size, i + 1
     return out
 
@@ -56,12 +82,16 @@ async def leftovers(storage: Storage) -> dict[str, int]:
     """Everything a backend holds, by kind: what "stored once" and "abort leaves nothing" assert on."""
     if isinstance(storage, FileSystemStorage):
         files = [p for p in storage.root.rglob("*") if p.is_file()]
-        return {"content": sum(1 for p in files if p.parent != storage.tmp_dir),
-                "temporary": sum(1 for p in files if p.parent == storage.tmp_dir)}
+        return {
+            "content": sum(1 for p in files if p.parent != storage.tmp_dir),
+            "temporary": sum(1 for p in files if p.parent == storage.tmp_dir),
+        }
     assert isinstance(storage, GridFSStorage)
-    return {"content": await storage.files.count_documents({}),
-            "chunks": await storage.chunks.count_documents({}),
-            "temporary": await storage.uploads.count_documents({})}
+    return {
+        "content": await storage.files.count_documents({}),
+        "chunks": await storage.chunks.count_documents({}),
+        "temporary": await storage.uploads.count_documents({}),
+    }
 
 
 def chunk_count(size: int) -> int:
@@ -77,6 +107,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 
 
 # ---------------------------------------------------------------- both backends
+
 
 @pytest.mark.gen_test(timeout=60)
 async def test_round_trip_hash_size_and_local_path(storage: Storage) -> None:
@@ -129,10 +160,10 @@ async def test_identical_content_is_stored_once(storage: Storage) -> None:
 @pytest.mark.gen_test(timeout=60)
 async def test_abort_leaves_nothing(storage: Storage) -> None:
     writer = await storage.writer()
-    for piece in pieces(PAYLOAD[:3 * MIB]):
+    for piece in pieces(PAYLOAD[: 3 * MIB]):
         await writer.write(piece)
     await writer.abort()
-    await writer.abort()   # idempotent
+    await writer.abort()  # idempotent
     with pytest.raises(ValueError):
         await writer.write(b"more")
     with pytest.raises(ValueError):
@@ -140,18 +171,18 @@ async def test_abort_leaves_nothing(storage: Storage) -> None:
 
     with pytest.raises(RuntimeError, match="client went away"):
         async with await storage.writer() as writer:
-            await writer.write(PAYLOAD[:2 * MIB])
+            await writer.write(PAYLOAD[: 2 * MIB])
             raise RuntimeError("client went away")
 
     async with await storage.writer() as writer:
         await writer.write(b"never committed")
     assert all(count == 0 for count in (await leftovers(storage)).values()), await leftovers(storage)
-    assert not await storage.exists(hashlib.sha256(PAYLOAD[:3 * MIB]).hexdigest())
+    assert not await storage.exists(hashlib.sha256(PAYLOAD[: 3 * MIB]).hexdigest())
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_cancelled_or_concurrently_aborted_writes_leave_nothing(storage: Storage) -> None:
-    big = PAYLOAD[:4 * MIB]
+    big = PAYLOAD[: 4 * MIB]
     # The request handler's task is cancelled in the middle of a write (thread or database call in flight).
     writer = await storage.writer()
     await writer.write(big)
@@ -177,7 +208,7 @@ async def test_cancelled_or_concurrently_aborted_writes_leave_nothing(storage: S
 @pytest.mark.gen_test(timeout=60)
 async def test_size_limit_aborts_the_upload(storage: Storage) -> None:
     writer = await storage.writer(max_size=2 * MIB)
-    await writer.write(PAYLOAD[:2 * MIB])          # exactly the limit is fine
+    await writer.write(PAYLOAD[: 2 * MIB])  # exactly the limit is fine
     with pytest.raises(FileTooLarge) as caught:
         await writer.write(b"!")
     assert caught.value.status == 413 and caught.value.code == "FILE_TOO_LARGE"
@@ -191,8 +222,17 @@ async def test_byte_ranges(storage: Storage) -> None:
     sha = (await store(storage, PAYLOAD)).sha256
     size = len(PAYLOAD)
     chunk = GRIDFS_CHUNK_SIZE
-    for start, end in [(0, 1), (0, size), (5, 17), (chunk - 1, chunk + 1), (chunk, 2 * chunk),
-                       (MIB - 5, 3 * MIB + 7), (size - 10, None), (size - 1, size), (1234, size + 999)]:
+    for start, end in [
+        (0, 1),
+        (0, size),
+        (5, 17),
+        (chunk - 1, chunk + 1),
+        (chunk, 2 * chunk),
+        (MIB - 5, 3 * MIB + 7),
+        (size - 10, None),
+        (size - 1, size),
+        (1234, size + 999),
+    ]:
         assert await read_all(storage, sha, start, end) == PAYLOAD[start:end], (start, end)
     assert await read_all(storage, sha, size, None) == b""
     assert await read_all(storage, sha, 100, 100) == b""
@@ -245,7 +285,7 @@ async def test_malformed_digests_are_refused(storage: Storage, tmp_path: Path) -
 @pytest.mark.gen_test(timeout=60)
 async def test_purge_incomplete_removes_abandoned_uploads(storage: Storage) -> None:
     abandoned = await storage.writer()
-    await abandoned.write(PAYLOAD[:2 * MIB])     # flushed, as a crashed process would leave it
+    await abandoned.write(PAYLOAD[: 2 * MIB])  # flushed, as a crashed process would leave it
     kept = await store(storage, b"finished")
     assert await storage.purge_incomplete(older_than=3600) == 0
     # A negative age puts the cut-off in the future: everything in progress counts as abandoned.
@@ -258,11 +298,12 @@ async def test_purge_incomplete_removes_abandoned_uploads(storage: Storage) -> N
 
 # ---------------------------------------------------------------- filesystem only
 
+
 @pytest.mark.gen_test(timeout=60)
 async def test_filesystem_writes_200_mib_in_bounded_memory(tmp_path: Path) -> None:
     storage = FileSystemStorage(tmp_path / "files", durable=False)
     block = random.Random(7).randbytes(MIB)
-    piece_size = 64 * 1024                       # what Tornado's streamed request bodies deliver
+    piece_size = 64 * 1024  # what Tornado's streamed request bodies deliver
     expected = hashlib.sha256()
     tracemalloc.start()
     try:
@@ -271,7 +312,7 @@ async def test_filesystem_writes_200_mib_in_bounded_memory(tmp_path: Path) -> No
             # A different MiB each time (one byte differs), so the file is not 200 copies of one block.
             head = i.to_bytes(4, "little")
             for offset in range(0, MIB, piece_size):
-                piece = (head + block[4:piece_size]) if offset == 0 else block[offset:offset + piece_size]
+                piece = (head + block[4:piece_size]) if offset == 0 else block[offset : offset + piece_size]
                 expected.update(piece)
                 await writer.write(piece)
         stored = await writer.commit()
@@ -294,6 +335,7 @@ async def test_filesystem_layout_stays_inside_root(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- GridFS only
+
 
 @pytest.mark.gen_test(timeout=60)
 async def test_gridfs_documents_follow_the_spec(db: Any, tmp_path: Path) -> None:
@@ -324,17 +366,17 @@ async def test_gridfs_detects_a_missing_chunk(db: Any) -> None:
 @pytest.mark.gen_test(timeout=60)
 async def test_gridfs_writes_and_reads_in_bounded_memory(db: Any) -> None:
     storage = GridFSStorage(db)
-    data = PAYLOAD * 3                           # ~15 MiB: gridfs.AsyncGridIn would hold all of it
+    data = PAYLOAD * 3  # ~15 MiB: gridfs.AsyncGridIn would hold all of it
     tracemalloc.start()
     try:
         writer = await storage.writer()
         for offset in range(0, len(data), 64 * 1024):
-            await writer.write(data[offset:offset + 64 * 1024])
+            await writer.write(data[offset : offset + 64 * 1024])
         stored = await writer.commit()
         write_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
         digest = hashlib.sha256()
-        async for piece in storage.read(stored.sha256):      # AsyncGridOut's first batch alone is ~25 MB
+        async for piece in storage.read(stored.sha256):  # AsyncGridOut's first batch alone is ~25 MB
             digest.update(piece)
         read_peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -345,6 +387,7 @@ async def test_gridfs_writes_and_reads_in_bounded_memory(db: Any) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def test_digest_parsing() -> None:
     sha = "ab" * 32

@@ -1,4 +1,5 @@
 """models.units: the whitelisted conversions, their precision, and the errors a client sees."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,17 @@ from models.errors import ValidationFailed
 from models.units import UNITS, convert, registry
 
 # Exact definitions (inch 25.4 mm, pound 0.45359237 kg), so every factor is known independently of pint.
-EXACT = {"mm": 1e-3, "cm": 1e-2, "m": 1.0, "in": 0.0254, "ft": 0.3048, "g": 1e-3, "kg": 1.0,
-         "lb": 0.45359237, "oz": 0.45359237 / 16}
+EXACT = {
+    "mm": 1e-3,
+    "cm": 1e-2,
+    "m": 1.0,
+    "in": 0.0254,
+    "ft": 0.3048,
+    "g": 1e-3,
+    "kg": 1.0,
+    "lb": 0.45359237,
+    "oz": 0.45359237 / 16,
+}
 
 
 def exact_factor(unit: str) -> float:
@@ -20,8 +30,27 @@ def exact_factor(unit: str) -> float:
 
 
 def test_whitelist_is_exactly_the_documented_units() -> None:
-    assert set(UNITS) == {"mm", "cm", "m", "in", "ft", "mm2", "cm2", "m2", "in2", "ft2",
-                          "mm3", "cm3", "m3", "in3", "ft3", "g", "kg", "lb", "oz"}
+    assert set(UNITS) == {
+        "mm",
+        "cm",
+        "m",
+        "in",
+        "ft",
+        "mm2",
+        "cm2",
+        "m2",
+        "in2",
+        "ft2",
+        "mm3",
+        "cm3",
+        "m3",
+        "in3",
+        "ft3",
+        "g",
+        "kg",
+        "lb",
+        "oz",
+    }
 
 
 def test_seed_example() -> None:
@@ -44,10 +73,20 @@ def test_every_pair_of_the_same_dimension(source: str) -> None:
         assert math.isclose(result["converted_value"], 2.5 * factor, rel_tol=1e-11), (source, target)
 
 
-@pytest.mark.parametrize("args, expected", [
-    ((1, "ft", "in"), 12.0), ((1, "lb", "kg"), 0.45359237), ((1, "oz", "g"), 28.349523125),
-    ((1, "in2", "mm2"), 645.16), ((1, "in3", "cm3"), 16.387064), ((1, "m3", "mm3"), 1e9),
-    ((-3, "in", "mm"), -76.2), ((0, "kg", "lb"), 0.0), ((2.5, "m3", "cm3"), 2_500_000.0)])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ((1, "ft", "in"), 12.0),
+        ((1, "lb", "kg"), 0.45359237),
+        ((1, "oz", "g"), 28.349523125),
+        ((1, "in2", "mm2"), 645.16),
+        ((1, "in3", "cm3"), 16.387064),
+        ((1, "m3", "mm3"), 1e9),
+        ((-3, "in", "mm"), -76.2),
+        ((0, "kg", "lb"), 0.0),
+        ((2.5, "m3", "cm3"), 2_500_000.0),
+    ],
+)
 def test_clean_results(args: tuple[Any, ...], expected: float) -> None:
     # Rounded to 12 significant digits: no binary noise such as 0.4535923700000001.
     assert convert(*args)["converted_value"] == expected
@@ -58,10 +97,19 @@ def test_unit_spelling_is_forgiving_about_case_and_spaces() -> None:
     assert (result["from_unit"], result["to_unit"]) == ("mm", "in")
 
 
-@pytest.mark.parametrize("source, target, field", [
-    ("furlong", "mm", "from_unit"), ("mm", "parsec", "to_unit"), ("", "mm", "from_unit"),
-    ("meter", "mm", "from_unit"), ("mm^2", "m2", "from_unit"), ("1/mm", "m", "from_unit"),
-    ("mm" * 100, "m", "from_unit"), ("__import__('os')", "m", "from_unit")])
+@pytest.mark.parametrize(
+    "source, target, field",
+    [
+        ("furlong", "mm", "from_unit"),
+        ("mm", "parsec", "to_unit"),
+        ("", "mm", "from_unit"),
+        ("meter", "mm", "from_unit"),
+        ("mm^2", "m2", "from_unit"),
+        ("1/mm", "m", "from_unit"),
+        ("mm" * 100, "m", "from_unit"),
+        ("__import__('os')", "m", "from_unit"),
+    ],
+)
 def test_unknown_units(source: str, target: str, field: str) -> None:
     with pytest.raises(ValidationFailed) as caught:
         convert(1, source, target)
@@ -72,10 +120,14 @@ def test_unknown_units(source: str, target: str, field: str) -> None:
     assert "mass: g, kg, lb, oz" in error.detail and len(error.detail) < 300
 
 
-@pytest.mark.parametrize("source, target, message", [
-    ("mm", "kg", "Cannot convert length (mm) to mass (kg)."),
-    ("mm2", "mm3", "Cannot convert area (mm2) to volume (mm3)."),
-    ("lb", "ft", "Cannot convert mass (lb) to length (ft).")])
+@pytest.mark.parametrize(
+    "source, target, message",
+    [
+        ("mm", "kg", "Cannot convert length (mm) to mass (kg)."),
+        ("mm2", "mm3", "Cannot convert area (mm2) to volume (mm3)."),
+        ("lb", "ft", "Cannot convert mass (lb) to length (ft)."),
+    ],
+)
 def test_dimension_mismatch(source: str, target: str, message: str) -> None:
     with pytest.raises(ValidationFailed) as caught:
         convert(1, source, target)

@@ -1,4 +1,5 @@
 """processing.cad against real OpenCascade: the shared samples, their reference figures, generated shapes."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ from OCP.Interface import Interface_Static
 from OCP.STEPControl import STEPControl_StepModelType, STEPControl_Writer
 from OCP.TopoDS import TopoDS_Shape
 
-from processing.cad import (ANALYSIS_STAGES, CadFileError, UnsupportedFormat, analyze_file, detect_format,
-                            tessellate_to_glb)
+from processing.cad import (
+    ANALYSIS_STAGES,
+    CadFileError,
+    UnsupportedFormat,
+    analyze_file,
+    detect_format,
+    tessellate_to_glb,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "cad-samples"
 REFERENCE: dict[str, dict[str, Any]] = json.loads((SAMPLES / "reference-properties.json").read_text())
@@ -38,6 +45,7 @@ def analyzed() -> Iterator[Analyze]:
         if name not in cache:
             cache[name] = analyze_file(str(SAMPLES / name))
         return cache[name]
+
     yield get
 
 
@@ -72,21 +80,27 @@ def write_brep(shape: TopoDS_Shape, path: Path) -> Path:
 
 # -- the shared samples against OpenCascade's own figures ---------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_sample_matches_reference_figures(analyzed: Analyze, name: str) -> None:
     expected = REFERENCE[name]
     result = analyzed(name)
     topology, geometry = result["topology"], result["geometry"]
-    assert (topology["solids"], topology["shells"], topology["faces"]) == \
-        (expected["solids"], expected["shells"], expected["faces"])
+    assert (topology["solids"], topology["shells"], topology["faces"]) == (
+        expected["solids"],
+        expected["shells"],
+        expected["faces"],
+    )
     assert close(geometry["volume_mm3"], expected["volume_mm3"]), geometry["volume_mm3"]
     assert close(geometry["surface_area_mm2"], expected["surface_area_mm2"]), geometry["surface_area_mm2"]
     assert result["validation"]["brepcheck_valid"] is expected["brepcheck_valid"]
     box = geometry["bounding_box"]
-    for actual, wanted in zip(xyz(box["min"]) + xyz(box["max"]), expected["bbox_min"] + expected["bbox_max"]):
+    for actual, wanted in zip(
+        xyz(box["min"]) + xyz(box["max"]), expected["bbox_min"] + expected["bbox_max"], strict=True
+    ):
         assert math.isclose(actual, wanted, abs_tol=BBOX_ABS), (box, expected)
     if expected["faces"]:
-        for actual, wanted in zip(xyz(geometry["center_of_mass"]), expected["center_of_mass"]):
+        for actual, wanted in zip(xyz(geometry["center_of_mass"]), expected["center_of_mass"], strict=True):
             assert close(actual, wanted), (geometry["center_of_mass"], expected["center_of_mass"])
     else:
         # Without faces OpenCascade's centre of mass is arbitrary (wire.brep's lies far outside its box).
@@ -96,8 +110,17 @@ def test_sample_matches_reference_figures(analyzed: Analyze, name: str) -> None:
     pickle.loads(pickle.dumps(result))
 
 
-@pytest.mark.parametrize("name", ["11752.stp", "Motor-c.brep", "Ventilator.stp", "as1-oc-214.stp",
-                                  "as1_pe_203.stp", "face_recognition_sample_part.stp"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "11752.stp",
+        "Motor-c.brep",
+        "Ventilator.stp",
+        "as1-oc-214.stp",
+        "as1_pe_203.stp",
+        "face_recognition_sample_part.stp",
+    ],
+)
 def test_closed_solids_are_valid(analyzed: Analyze, name: str) -> None:
     validation = analyzed(name)["validation"]
     assert validation["is_valid_geometry"] is True
@@ -111,14 +134,16 @@ def test_closed_meshes_are_valid_with_a_mesh_warning(analyzed: Analyze, name: st
     assert {"MESH_ONLY", "UNITLESS_FORMAT"} <= codes(validation["warnings"])
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("splinecage.stp", {"NO_SOLID", "OPEN_SHELL", "FREE_EDGES", "NON_POSITIVE_VOLUME"}),
-    ("surf114.igs", {"NO_SOLID", "FREE_EDGES"}),
-    ("curve_geom_plate.igs", {"NO_FACES", "NO_SOLID"}),
-    ("wire.brep", {"NO_FACES", "NO_SOLID"}),
-])
-def test_models_without_a_closed_solid_are_reported_invalid(analyzed: Analyze, name: str,
-                                                            expected: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("splinecage.stp", {"NO_SOLID", "OPEN_SHELL", "FREE_EDGES", "NON_POSITIVE_VOLUME"}),
+        ("surf114.igs", {"NO_SOLID", "FREE_EDGES"}),
+        ("curve_geom_plate.igs", {"NO_FACES", "NO_SOLID"}),
+        ("wire.brep", {"NO_FACES", "NO_SOLID"}),
+    ],
+)
+def test_models_without_a_closed_solid_are_reported_invalid(analyzed: Analyze, name: str, expected: set[str]) -> None:
     validation = analyzed(name)["validation"]
     assert validation["is_valid_geometry"] is False
     assert codes(validation["validation_errors"]) == expected
@@ -134,20 +159,27 @@ def test_splinecage_reports_counts_in_its_messages(analyzed: Analyze) -> None:
     assert "-6.57" in messages["NON_POSITIVE_VOLUME"]
 
 
-@pytest.mark.parametrize(("name", "unit", "symbol", "mm"), [
-    ("as1_pe_203.stp", "inch", "in", 25.4),
-    ("11752.stp", "inch", "in", 25.4),
-    ("as1-oc-214.stp", "millimetre", "mm", 1.0),
-    ("surf114.igs", "inch", "in", 25.4),
-    ("curve_geom_plate.igs", "millimetre", "mm", 1.0),
-    ("fan.stl", None, None, None),
-    ("Motor-c.brep", None, None, None),
-])
-def test_source_length_unit(analyzed: Analyze, name: str, unit: str | None, symbol: str | None,
-                            mm: float | None) -> None:
+@pytest.mark.parametrize(
+    ("name", "unit", "symbol", "mm"),
+    [
+        ("as1_pe_203.stp", "inch", "in", 25.4),
+        ("11752.stp", "inch", "in", 25.4),
+        ("as1-oc-214.stp", "millimetre", "mm", 1.0),
+        ("surf114.igs", "inch", "in", 25.4),
+        ("curve_geom_plate.igs", "millimetre", "mm", 1.0),
+        ("fan.stl", None, None, None),
+        ("Motor-c.brep", None, None, None),
+    ],
+)
+def test_source_length_unit(
+    analyzed: Analyze, name: str, unit: str | None, symbol: str | None, mm: float | None
+) -> None:
     result = analyzed(name)
-    assert (result["source_length_unit"], result["source_length_unit_symbol"],
-            result["source_length_unit_mm"]) == (unit, symbol, mm)
+    assert (result["source_length_unit"], result["source_length_unit_symbol"], result["source_length_unit_mm"]) == (
+        unit,
+        symbol,
+        mm,
+    )
     assert result["length_unit"] == "mm"
 
 
@@ -161,29 +193,58 @@ def test_inch_assembly_is_reported_in_millimetres(analyzed: Analyze) -> None:
 
 # -- bill of materials ------------------------------------------------------------------------------
 
+
 def shape_of(node: dict[str, Any]) -> tuple[Any, ...]:
-    return (node["part_name"], node["quantity"], node["depth"], node["path"],
-            [shape_of(child) for child in node["children"]])
+    return (
+        node["part_name"],
+        node["quantity"],
+        node["depth"],
+        node["path"],
+        [shape_of(child) for child in node["children"]],
+    )
 
 
 def test_as1_bom_tree_is_pinned(analyzed: Analyze) -> None:
     result = analyzed("as1-oc-214.stp")
     assert len(result["bom"]) == 1
     assert shape_of(result["bom"][0]) == (
-        "as1", 1, 1, "0001", [
-            ("rod-assembly", 1, 2, "0001.0001", [
-                ("nut", 2, 3, "0001.0001.0001", []),
-                ("rod", 1, 3, "0001.0001.0002", []),
-            ]),
-            ("l-bracket-assembly", 2, 2, "0001.0002", [
-                ("nut-bolt-assembly", 3, 3, "0001.0002.0001", [
-                    ("bolt", 1, 4, "0001.0002.0001.0001", []),
-                    ("nut", 1, 4, "0001.0002.0001.0002", []),
-                ]),
-                ("l-bracket", 1, 3, "0001.0002.0002", []),
-            ]),
+        "as1",
+        1,
+        1,
+        "0001",
+        [
+            (
+                "rod-assembly",
+                1,
+                2,
+                "0001.0001",
+                [
+                    ("nut", 2, 3, "0001.0001.0001", []),
+                    ("rod", 1, 3, "0001.0001.0002", []),
+                ],
+            ),
+            (
+                "l-bracket-assembly",
+                2,
+                2,
+                "0001.0002",
+                [
+                    (
+                        "nut-bolt-assembly",
+                        3,
+                        3,
+                        "0001.0002.0001",
+                        [
+                            ("bolt", 1, 4, "0001.0002.0001.0001", []),
+                            ("nut", 1, 4, "0001.0002.0001.0002", []),
+                        ],
+                    ),
+                    ("l-bracket", 1, 3, "0001.0002.0002", []),
+                ],
+            ),
             ("plate", 1, 2, "0001.0003", []),
-        ])
+        ],
+    )
     assert result["bom_part_count"] == 18 == result["topology"]["solids"]
     assert result["bom_node_count"] == 10
 
@@ -200,7 +261,7 @@ def test_as1_bom_node_fields(analyzed: Analyze) -> None:
     nodes = list(walk(root))
     for node in nodes:
         assert node["unit_of_measure"] == "EA"
-        assert node["part_number"] == node["part_name"]   # PRODUCT('nut','nut',...): id equals name here
+        assert node["part_number"] == node["part_name"]  # PRODUCT('nut','nut',...): id equals name here
         assert node["is_assembly"] is bool(node["children"])
         assert node["volume_mm3"] > 0
     by_path = {node["path"]: node for node in nodes}
@@ -215,51 +276,84 @@ def test_as1_bom_node_fields(analyzed: Analyze) -> None:
             total = sum(c["volume_mm3"] * c["quantity"] for c in node["children"])
             assert math.isclose(node["volume_mm3"], total, rel_tol=1e-9)
     assert root["volume_mm3"] == result["geometry"]["volume_mm3"]
-    assert math.isclose(sum(c["volume_mm3"] * c["quantity"] for c in root["children"]), root["volume_mm3"],
-                        rel_tol=1e-5)
+    assert math.isclose(
+        sum(c["volume_mm3"] * c["quantity"] for c in root["children"]), root["volume_mm3"], rel_tol=1e-5
+    )
 
 
 def test_ap203_bom_keeps_products_and_drops_representation_items(analyzed: Analyze) -> None:
     # Each AP203 part has a solid plus a construction-geometry compound; neither is a product.
     root = analyzed("as1_pe_203.stp")["bom"][0]
     assert shape_of(root) == (
-        "AS1_PE_ASM", 1, 1, "0001", [
+        "AS1_PE_ASM",
+        1,
+        1,
+        "0001",
+        [
             ("PLATE", 1, 2, "0001.0001", []),
-            ("L_BRACKET_ASSEMBLY_ASM", 2, 2, "0001.0002", [
-                ("L-BRACKET", 1, 3, "0001.0002.0001", []),
-                ("NUT_BOLT_ASSEMBLY_ASM", 3, 3, "0001.0002.0002", [
-                    ("BOLT", 1, 4, "0001.0002.0002.0001", []),
-                    ("NUT", 1, 4, "0001.0002.0002.0002", []),
-                ]),
-            ]),
-            ("ROD_ASM", 1, 2, "0001.0003", [
-                ("ROD", 1, 3, "0001.0003.0001", []),
-                ("NUT", 2, 3, "0001.0003.0002", []),
-            ]),
-        ])
+            (
+                "L_BRACKET_ASSEMBLY_ASM",
+                2,
+                2,
+                "0001.0002",
+                [
+                    ("L-BRACKET", 1, 3, "0001.0002.0001", []),
+                    (
+                        "NUT_BOLT_ASSEMBLY_ASM",
+                        3,
+                        3,
+                        "0001.0002.0002",
+                        [
+                            ("BOLT", 1, 4, "0001.0002.0002.0001", []),
+                            ("NUT", 1, 4, "0001.0002.0002.0002", []),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "ROD_ASM",
+                1,
+                2,
+                "0001.0003",
+                [
+                    ("ROD", 1, 3, "0001.0003.0001", []),
+                    ("NUT", 2, 3, "0001.0003.0002", []),
+                ],
+            ),
+        ],
+    )
 
 
-@pytest.mark.parametrize(("name", "part_name", "part_number"), [
-    ("11752.stp", "11752", "11752"),
-    ("Ventilator.stp", "Part1", "Part1"),            # PRODUCT('Part1','',...): the id stands in for the name
-    ("face_recognition_sample_part.stp", "part_parametric", "part_parametric"),
-    ("splinecage.stp", "Document", "Document"),
-    ("fan.stl", "fan", "fan"),
-    ("Motor-c.brep", "Motor-c", "Motor-c"),
-    ("surf114.igs", "surf114", "surf114"),
-])
-def test_single_part_files_yield_one_node(analyzed: Analyze, name: str, part_name: str,
-                                          part_number: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "part_name", "part_number"),
+    [
+        ("11752.stp", "11752", "11752"),
+        ("Ventilator.stp", "Part1", "Part1"),  # PRODUCT('Part1','',...): the id stands in for the name
+        ("face_recognition_sample_part.stp", "part_parametric", "part_parametric"),
+        ("splinecage.stp", "Document", "Document"),
+        ("fan.stl", "fan", "fan"),
+        ("Motor-c.brep", "Motor-c", "Motor-c"),
+        ("surf114.igs", "surf114", "surf114"),
+    ],
+)
+def test_single_part_files_yield_one_node(analyzed: Analyze, name: str, part_name: str, part_number: str) -> None:
     result = analyzed(name)
     assert len(result["bom"]) == 1
     node = result["bom"][0]
-    assert (node["part_name"], node["part_number"], node["quantity"], node["path"], node["depth"],
-            node["children"]) == (part_name, part_number, 1, "0001", 1, [])
+    assert (
+        node["part_name"],
+        node["part_number"],
+        node["quantity"],
+        node["path"],
+        node["depth"],
+        node["children"],
+    ) == (part_name, part_number, 1, "0001", 1, [])
     assert node["volume_mm3"] == result["geometry"]["volume_mm3"]
     assert result["bom_part_count"] == 1 and result["bom_node_count"] == 1
 
 
 # -- generated geometry with known answers -----------------------------------------------------------
+
 
 def test_box_mass_properties_are_exact(tmp_path: Path) -> None:
     box = BRepPrimAPI_MakeBox(10.0, 20.0, 30.0).Shape()
@@ -271,7 +365,8 @@ def test_box_mass_properties_are_exact(tmp_path: Path) -> None:
         assert xyz(geometry["center_of_mass"]) == pytest.approx([5.0, 10.0, 15.0], abs=1e-9)
         # Solid box about its centre: I = V (b² + c²) / 12 and so on; unit density, so mm⁵.
         assert sum(geometry["inertia_tensor"], []) == pytest.approx(
-            [650_000.0, 0.0, 0.0, 0.0, 500_000.0, 0.0, 0.0, 0.0, 250_000.0], abs=1e-3)
+            [650_000.0, 0.0, 0.0, 0.0, 500_000.0, 0.0, 0.0, 0.0, 250_000.0], abs=1e-3
+        )
         assert sorted(geometry["principal_moments"]) == pytest.approx([250_000.0, 500_000.0, 650_000.0])
         assert xyz(geometry["bounding_box"]["min"]) == pytest.approx([0, 0, 0], abs=BBOX_ABS)
         assert xyz(geometry["bounding_box"]["max"]) == pytest.approx([10, 20, 30], abs=BBOX_ABS)
@@ -298,7 +393,7 @@ def test_rotated_box_inertia_has_the_tensor_sign_convention(tmp_path: Path) -> N
 
 
 def test_step_in_inches_is_converted_to_millimetres(tmp_path: Path) -> None:
-    box = BRepPrimAPI_MakeBox(25.4, 50.8, 76.2).Shape()   # 1 x 2 x 3 inches
+    box = BRepPrimAPI_MakeBox(25.4, 50.8, 76.2).Shape()  # 1 x 2 x 3 inches
     result = analyze_file(str(write_step(box, tmp_path / "inch-box.stp", unit="INCH")))
     assert result["source_length_unit"] == "inch"
     assert math.isclose(result["geometry"]["volume_mm3"], 25.4 * 50.8 * 76.2, rel_tol=1e-6)
@@ -320,8 +415,9 @@ def test_progress_reports_each_stage_in_order(tmp_path: Path) -> None:
 def test_glb_is_written_from_the_same_parse(tmp_path: Path) -> None:
     out = tmp_path / "as1.glb"
     seen: list[tuple[int, int, str]] = []
-    result = analyze_file(str(SAMPLES / "as1-oc-214.stp"), glb_path=str(out),
-                          progress=lambda c, t, m: seen.append((c, t, m)))
+    result = analyze_file(
+        str(SAMPLES / "as1-oc-214.stp"), glb_path=str(out), progress=lambda c, t, m: seen.append((c, t, m))
+    )
     data = out.read_bytes()
     assert data[:4] == b"glTF" and result["glb"]["bytes"] == len(data)
     assert result["glb"]["triangles"] > 1000
@@ -334,11 +430,12 @@ def test_glb_is_written_from_the_same_parse(tmp_path: Path) -> None:
 
 # -- bad input ends with a clear error, never a hang or a crash ---------------------------------------
 
+
 @pytest.mark.timeout(60)
 def test_truncated_step_is_a_clear_error(tmp_path: Path) -> None:
     data = (SAMPLES / "as1-oc-214.stp").read_bytes()
     path = tmp_path / "truncated.stp"
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CadFileError, match="STEP"):
         analyze_file(str(path))
 
@@ -366,8 +463,12 @@ def test_empty_missing_and_shapeless_files(tmp_path: Path) -> None:
 
 
 def test_unsupported_formats(tmp_path: Path) -> None:
-    assert [detect_format("a.STP"), detect_format("b.iges"), detect_format("c", "stl"),
-            detect_format("d.x", "BREP")] == ["STEP", "IGES", "STL", "BREP"]
+    assert [
+        detect_format("a.STP"),
+        detect_format("b.iges"),
+        detect_format("c", "stl"),
+        detect_format("d.x", "BREP"),
+    ] == ["STEP", "IGES", "STL", "BREP"]
     with pytest.raises(UnsupportedFormat, match="obj"):
         analyze_file(str(tmp_path / "mesh.obj"))
     with pytest.raises(UnsupportedFormat):

@@ -1,4 +1,5 @@
 """processing.pool with real spawned processes: results, progress, crashes, timeouts, cancels, shutdown."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from processing.pool import (JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed,
-                             WorkerError)
+from processing.pool import JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed, WorkerError
 from tests.processing import workers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def with_pool(test: Callable[[ProcessPool], Awaitable[T]], size: int = 2, **options: Any) -> T:
     """Run ``test`` against a started pool in a fresh event loop, always closing the pool."""
+
     async def main() -> T:
         pool = ProcessPool(size, **options)
         await pool.start()
@@ -34,6 +35,7 @@ def with_pool(test: Callable[[ProcessPool], Awaitable[T]], size: int = 2, **opti
             return await test(pool)
         finally:
             await pool.close()
+
     return asyncio.run(main())
 
 
@@ -77,6 +79,7 @@ def test_results_come_back_by_name_or_function() -> None:
         stats = pool.stats()
         assert (stats["size"], stats["alive"], stats["busy"], stats["replaced"]) == (2, 2, 0, 0)
         assert stats["completed"] == 9
+
     with_pool(test)
 
 
@@ -87,6 +90,7 @@ def test_worker_functions_must_be_importable() -> None:
         with pytest.raises(WorkerError) as missing:
             await pool.run(W + "no_such_function")
         assert missing.value.remote_type == "AttributeError"
+
     with_pool(test, size=1)
 
 
@@ -99,14 +103,17 @@ def test_progress_arrives_in_order_for_sync_and_async_callbacks() -> None:
         slow: list[int] = []
 
         async def record(current: int, total: int, message: str) -> None:
-            await asyncio.sleep(0.001)   # a slow consumer still sees every update, in order
+            await asyncio.sleep(0.001)  # a slow consumer still sees every update, in order
             slow.append(current)
+
         await pool.run(W + "count_up", 30, on_progress=record)
         assert slow == list(range(1, 31))
 
         def broken(current: int, total: int, message: str) -> None:
             raise RuntimeError("sink down")
-        assert await pool.run(W + "count_up", 3, on_progress=broken) == 3   # the job is not failed by it
+
+        assert await pool.run(W + "count_up", 3, on_progress=broken) == 3  # the job is not failed by it
+
     with_pool(test, size=1)
 
 
@@ -117,15 +124,19 @@ def test_remote_exception_becomes_worker_error() -> None:
         error = raised.value
         assert (error.remote_type, error.remote_message) == ("ValueError", "bad flange")
         assert "in fail" in error.remote_traceback and "raise ValueError" in error.remote_traceback
-        assert pool.stats()["replaced"] == 0   # an exception does not cost the worker
+        assert pool.stats()["replaced"] == 0  # an exception does not cost the worker
         assert await pool.run(W + "echo", 1) == 1
+
     with_pool(test, size=1)
 
 
-@pytest.mark.parametrize(("job", "args", "expected"), [
-    ("exit_now", (3,), "exited with code 3"),
-    ("segfault", (), "SIGSEGV"),
-])
+@pytest.mark.parametrize(
+    ("job", "args", "expected"),
+    [
+        ("exit_now", (3,), "exited with code 3"),
+        ("segfault", (), "SIGSEGV"),
+    ],
+)
 def test_crashed_worker_is_reported_and_replaced(job: str, args: tuple[Any, ...], expected: str) -> None:
     async def test(pool: ProcessPool) -> None:
         before = set(pool.stats()["pids"])
@@ -141,6 +152,7 @@ def test_crashed_worker_is_reported_and_replaced(job: str, args: tuple[Any, ...]
         stats = pool.stats()
         assert stats["replaced"] == 1 and stats["crashed"] == 1 and stats["alive"] == 2
         assert raised.value.pid not in stats["pids"]
+
     with_pool(test)
 
 
@@ -157,6 +169,7 @@ def test_timeout_kills_and_replaces_the_worker() -> None:
         assert pool.stats()["timed_out"] == 1 and pool.stats()["replaced"] == 1
         # A job that finishes in time is unaffected by its timeout.
         assert await pool.run(W + "add", 1, 2, timeout=30) == 3
+
     with_pool(test, size=1)
 
 
@@ -168,17 +181,19 @@ def test_cancel_running_job_kills_its_process() -> None:
         def started(current: int, total: int, message: str) -> None:
             pids.append(int(message))
             running.set()
+
         task = asyncio.ensure_future(pool.run(W + "sleep", 60, job_id="job-1", on_progress=started))
         await asyncio.wait_for(running.wait(), 30)
         assert alive(pids[0])
         assert pool.cancel("job-1") is True
         with pytest.raises(JobCancelled):
             await task
-        assert not alive(pids[0])           # gone and reaped, not a zombie
+        assert not alive(pids[0])  # gone and reaped, not a zombie
         assert pool.cancel("job-1") is False
         assert pool.cancel("never-existed") is False
         assert await pool.run(W + "echo", 5) == 5
         assert pool.stats()["cancelled"] == 1
+
     with_pool(test, size=1)
 
 
@@ -198,6 +213,7 @@ def test_cancel_queued_job_and_caller_cancellation() -> None:
             await blocker
         await wait_for(lambda: not alive(pids[0]))
         assert await pool.run(W + "echo", "next") == "next"
+
     with_pool(test, size=1)
 
 
@@ -206,8 +222,9 @@ def test_more_jobs_than_workers_queue_and_all_complete() -> None:
         results = await asyncio.gather(*(pool.run(W + "timed_sleep", 0.2) for _ in range(7)))
         assert len(results) == 7 and len({pid for pid, _, _ in results}) <= 2
         # Never more than two jobs at once: at each start, count the jobs running then.
-        for pid, start, _ in results:
+        for _pid, start, _ in results:
             assert sum(1 for _, s, e in results if s <= start < e) <= 2
+
     with_pool(test)
 
 
@@ -223,8 +240,8 @@ def test_full_queue_raises_pool_busy() -> None:
         running.cancel()
         assert await waiting == 1
         with pytest.raises(ValueError, match="already"):
-            await asyncio.gather(pool.run(W + "sleep", 0.2, job_id="same"),
-                                 pool.run(W + "echo", 0, job_id="same"))
+            await asyncio.gather(pool.run(W + "sleep", 0.2, job_id="same"), pool.run(W + "echo", 0, job_id="same"))
+
     with_pool(test, size=1, max_queued=1)
 
 
@@ -235,6 +252,7 @@ def test_oversized_messages_are_refused() -> None:
         with pytest.raises(WorkerError, match="exceeds the pool's limit"):
             await pool.run(W + "large_result", 200_000)
         assert len(await pool.run(W + "large_result", 50_000)) == 50_000
+
     with_pool(test, size=1, max_message_bytes=100_000)
 
 
@@ -255,6 +273,7 @@ def test_close_leaves_no_child_process() -> None:
         assert pool.stats()["alive"] == 0
         with pytest.raises(PoolClosed):
             await pool.run(W + "echo", 1)
+
     asyncio.run(main())
 
 
@@ -266,6 +285,7 @@ def test_close_with_grace_lets_running_jobs_finish() -> None:
         await wait_for(lambda: pool.stats()["busy"] == 1)
         await pool.close(grace=10)
         assert len(await job) == 3
+
     asyncio.run(main())
 
 
@@ -273,7 +293,8 @@ def test_workers_do_not_import_the_server(tmp_path: Path) -> None:
     # spawn re-imports the parent's __main__ in each child; a worker of `python server.py` must not load
     # Tornado and PyMongo. The control pool (import_main=True) shows the script would otherwise be imported.
     script = tmp_path / "server_like.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import asyncio, json, sys
         sys.path.insert(0, {str(REPO)!r})
         import tornado.web, pymongo
@@ -287,22 +308,36 @@ def test_workers_do_not_import_the_server(tmp_path: Path) -> None:
 
         if __name__ == "__main__":
             asyncio.run(main())
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                         cwd=tmp_path)
+    """)
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ['{"tornado":', 'false,', '"pymongo":', 'false}',
-                                  '{"tornado":', 'true,', '"pymongo":', 'true}']
+    assert out.stdout.split() == [
+        '{"tornado":',
+        "false,",
+        '"pymongo":',
+        "false}",
+        '{"tornado":',
+        "true,",
+        '"pymongo":',
+        "true}",
+    ]
 
 
 def test_analysis_runs_in_the_pool_with_progress() -> None:
     async def test(pool: ProcessPool) -> None:
         seen: list[tuple[int, int, str]] = []
-        result = await pool.run("processing.cad:analyze_file", str(SAMPLES / "as1-oc-214.stp"), "STEP",
-                                on_progress=lambda c, t, m: seen.append((c, t, m)), timeout=60)
+        result = await pool.run(
+            "processing.cad:analyze_file",
+            str(SAMPLES / "as1-oc-214.stp"),
+            "STEP",
+            on_progress=lambda c, t, m: seen.append((c, t, m)),
+            timeout=60,
+        )
         assert result["bom_part_count"] == 18
         assert [c for c, _, _ in seen] == [0, 1, 2, 3, 4, 5]
         with pytest.raises(WorkerError) as raised:
             await pool.run("processing.cad:analyze_file", str(SAMPLES / "README.md"), "STEP", timeout=60)
         assert raised.value.remote_type == "processing.cad.CadFileError"
+
     with_pool(test, size=1, preload=("processing.cad",))

@@ -1,4 +1,5 @@
 """Worker functions for the pool tests: well-behaved, failing, crashing and slow jobs for spawned workers."""
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,7 @@ def exit_now(code: int) -> None:
 
 def segfault() -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
-    time.sleep(10)   # the signal is delivered before this returns
+    time.sleep(10)  # the signal is delivered before this returns
 
 
 def sleep(seconds: float, progress: Progress | None = None) -> int:

@@ -1,4 +1,5 @@
 """A small WebSocket test client (Tornado's) that speaks enginel.v1 in either codec and keeps pushed events aside."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,16 +31,22 @@ class Client:
         self.welcome: dict[str, Any] | None = None
 
     @classmethod
-    async def connect(cls, url: str, *, codec: str = "json", token: str | None = None,
-                      headers: dict[str, str] | None = None, subprotocols: list[str] | None = None,
-                      wait_welcome: bool = True) -> "Client":
+    async def connect(
+        cls,
+        url: str,
+        *,
+        codec: str = "json",
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        subprotocols: list[str] | None = None,
+        wait_welcome: bool = True,
+    ) -> Client:
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = f"Token {token}"
         if subprotocols is None:
             subprotocols = [PROTOCOLS[codec]] if codec in PROTOCOLS else []
-        conn = await websocket_connect(HTTPRequest(url, headers=hdrs, request_timeout=10),
-                                       subprotocols=subprotocols)
+        conn = await websocket_connect(HTTPRequest(url, headers=hdrs, request_timeout=10), subprotocols=subprotocols)
         client = cls(conn, codec)
         if token is not None and wait_welcome:
             client.welcome = await client.recv()
@@ -113,7 +120,7 @@ class Client:
         try:
             while True:
                 got.append(await self.recv(seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return got
 
     def close(self) -> None:
@@ -131,9 +138,13 @@ async def raw_socket_client(port: int, token: str, rcvbuf: int = 16384) -> Raw:
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     # A small limit: StreamReader stops reading from the socket once 2 x limit bytes wait unread.
     reader, writer = await asyncio.open_connection(sock=sock, limit=16384)
-    writer.write((f"GET /ws/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  f"Sec-WebSocket-Version: 13\r\nAuthorization: Token {token}\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /ws/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Token {token}\r\n\r\n"
+        ).encode()
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     assert b" 101 " in head.split(b"\r\n")[0], head
     return reader, writer

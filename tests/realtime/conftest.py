@@ -1,10 +1,11 @@
 """Live realtime servers for socket tests: real Tornado, sockets and Redis; only identity and policy are stand-ins."""
+
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,9 +29,14 @@ class User:
 ALICE = User(1, "alice")
 BOB = User(2, "bob")
 CAROL = User(3, "carol")
-CREDENTIALS = {("token", "alice-token"): ALICE, ("token", "bob-token"): BOB, ("token", "carol-token"): CAROL,
-               ("bearer", "alice-bearer"): ALICE, ("api_key", "bob-key"): BOB,
-               ("session", "carol-session"): CAROL}
+CREDENTIALS = {
+    ("token", "alice-token"): ALICE,
+    ("token", "bob-token"): BOB,
+    ("token", "carol-token"): CAROL,
+    ("bearer", "alice-bearer"): ALICE,
+    ("api_key", "bob-key"): BOB,
+    ("session", "carol-session"): CAROL,
+}
 
 
 @dataclass
@@ -87,8 +93,9 @@ def make_commands(policy: Policy, gateway_ref: list[Gateway]) -> dict[str, Any]:
 
     async def publish(principal: User, payload: dict[str, Any]) -> dict[str, Any]:
         # Like markup.create: a write whose effect every subscriber sees as an event.
-        epoch, offset = await gateway_ref[0].publish(payload["channel"], "markup.created",
-                                                     {"by": principal.id, **payload.get("data", {})})
+        epoch, offset = await gateway_ref[0].publish(
+            payload["channel"], "markup.created", {"by": principal.id, **payload.get("data", {})}
+        )
         return {"epoch": epoch, "offset": offset}
 
     return {"test.echo": echo, "test.invalid": invalid, "test.crash": crash, "markup.create": publish}
@@ -112,6 +119,7 @@ def make_broker(redis_url: str, key_prefix: str) -> Callable[..., Broker]:
         if kind == "redis":
             return RedisBroker(redis_url, prefix=key_prefix, config=broker_config)
         return InProcessBroker(broker_config)
+
     return factory
 
 
@@ -120,16 +128,30 @@ def make_node(io_loop: Any, make_broker: Callable[..., Broker]) -> Iterator[Call
     """`await make_node(kind, broker=..., **realtime_config)`: a started server on a free port."""
     nodes: list[Node] = []
 
-    async def factory(kind: str = "memory", *, broker: Broker | None = None, policy: Policy | None = None,
-                      history_size: int = 2000, history_ttl: float = 600.0, presence_ttl: float = 60.0,
-                      cookie_secret: str | None = None, **config: Any) -> Node:
+    async def factory(
+        kind: str = "memory",
+        *,
+        broker: Broker | None = None,
+        policy: Policy | None = None,
+        history_size: int = 2000,
+        history_ttl: float = 600.0,
+        presence_ttl: float = 60.0,
+        cookie_secret: str | None = None,
+        **config: Any,
+    ) -> Node:
         policy = policy or Policy()
-        broker = broker or make_broker(kind, history_size=history_size, history_ttl=history_ttl,
-                                       presence_ttl=presence_ttl)
+        broker = broker or make_broker(
+            kind, history_size=history_size, history_ttl=history_ttl, presence_ttl=presence_ttl
+        )
         ref: list[Gateway] = []
-        gateway = Gateway(broker, authenticate=policy.authenticate, authorize=policy.authorize,
-                          commands=make_commands(policy, ref), refresh_principal=policy.refresh,
-                          config=RealtimeConfig(**config))
+        gateway = Gateway(
+            broker,
+            authenticate=policy.authenticate,
+            authorize=policy.authorize,
+            commands=make_commands(policy, ref),
+            refresh_principal=policy.refresh,
+            config=RealtimeConfig(**config),
+        )
         ref.append(gateway)
         await gateway.start()
         # Only what the handler reads (services.extra["realtime"]); the real Services needs a database.
@@ -148,4 +170,5 @@ def make_node(io_loop: Any, make_broker: Callable[..., Broker]) -> Iterator[Call
         for node in nodes:
             node.server.stop()
             await node.gateway.stop()
+
     io_loop.run_sync(stop, timeout=30)

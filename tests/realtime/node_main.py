@@ -1,4 +1,5 @@
 """A realtime server process for the cross-process tests: `python -m tests.realtime.node_main --port P --redis URL`."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,18 @@ async def serve(port: int, redis_url: str, prefix: str, presence_ttl: float) -> 
     policy = Policy()
     ref: list[Gateway] = []
     broker = RedisBroker(redis_url, prefix=prefix, config=BrokerConfig(presence_ttl=presence_ttl))
-    gateway = Gateway(broker, authenticate=policy.authenticate, authorize=policy.authorize,
-                      commands=make_commands(policy, ref), config=RealtimeConfig())
+    gateway = Gateway(
+        broker,
+        authenticate=policy.authenticate,
+        authorize=policy.authorize,
+        commands=make_commands(policy, ref),
+        config=RealtimeConfig(),
+    )
     ref.append(gateway)
     await gateway.start()
-    server = HTTPServer(tornado.web.Application(websocket.routes,
-                                                services=SimpleNamespace(extra={"realtime": gateway})))
+    server = HTTPServer(
+        tornado.web.Application(websocket.routes, services=SimpleNamespace(extra={"realtime": gateway}))
+    )
     server.listen(port, "127.0.0.1")
     print("ready", flush=True)
     stopping = asyncio.Event()

@@ -1,4 +1,5 @@
 """The broker contract, run against both implementations: offsets, history, recovery bounds, presence, control."""
+
 from __future__ import annotations
 
 import asyncio
@@ -53,13 +54,15 @@ async def test_offsets_increase_within_an_epoch_and_history_replays_in_order(mak
         results = [await broker.publish("review:1", "markup.created", {"n": n}) for n in range(1, 6)]
         assert results == [(tip.epoch, n) for n in range(1, 6)]
         await until(lambda: len(recorder.events) == 5)
-        assert [(e.channel, e.epoch, e.offset, e.data) for e in recorder.events] == \
-            [("review:1", tip.epoch, n, {"n": n}) for n in range(1, 6)]
+        assert [(e.channel, e.epoch, e.offset, e.data) for e in recorder.events] == [
+            ("review:1", tip.epoch, n, {"n": n}) for n in range(1, 6)
+        ]
 
         history = await broker.history("review:1", Position(tip.epoch, 2))
         assert history.recovered is True and history.position == Position(tip.epoch, 5)
-        assert [(e.offset, e.event, e.data) for e in history.events] == \
-            [(n, "markup.created", {"n": n}) for n in (3, 4, 5)]
+        assert [(e.offset, e.event, e.data) for e in history.events] == [
+            (n, "markup.created", {"n": n}) for n in (3, 4, 5)
+        ]
         assert (await broker.history("review:1", Position(tip.epoch, 5))).events == []
         assert (await broker.history("review:1", Position(tip.epoch, 5))).recovered is True
     finally:
@@ -73,10 +76,10 @@ async def test_a_gap_outside_the_history_is_not_recovered(make_broker, broker_ki
         for n in range(6):
             epoch, _ = await broker.publish("job:9", "job.progress", {"n": n})
         assert (await broker.history("job:9", Position(epoch, 3))).recovered is True
-        lost = await broker.history("job:9", Position(epoch, 2))       # offset 3 was trimmed
+        lost = await broker.history("job:9", Position(epoch, 2))  # offset 3 was trimmed
         assert lost.recovered is False and lost.events == [] and lost.position == Position(epoch, 6)
-        assert (await broker.history("job:9", Position("other", 6))).recovered is False     # epoch changed
-        assert (await broker.history("job:9", Position(epoch, 7))).recovered is False       # from the future
+        assert (await broker.history("job:9", Position("other", 6))).recovered is False  # epoch changed
+        assert (await broker.history("job:9", Position(epoch, 7))).recovered is False  # from the future
     finally:
         await broker.close()
 
@@ -117,7 +120,7 @@ async def test_publish_refuses_bad_names_unserialisable_and_oversized_data(make_
         with pytest.raises(TypeError):
             await broker.publish("review:1", "ok", {"x": object()})
         with pytest.raises(ValueError):
-            await broker.publish("review:1", "ok", {"x": float("nan")})      # JSON clients could not parse it
+            await broker.publish("review:1", "ok", {"x": float("nan")})  # JSON clients could not parse it
         with pytest.raises(ValueError):
             await broker.publish("review:1", "ok", {"x": "y" * 2000})
         assert (await broker.history("review:1")).position.offset == 0
@@ -137,9 +140,9 @@ async def test_presence_entries_list_remove_and_expire(make_broker, broker_kind)
         await asyncio.sleep(0.2)
         await broker.presence_set("review:1", "c", {"client": "c", "user": {"id": 3}})
         await asyncio.sleep(0.15)
-        assert [m["client"] for m in await broker.presence_list("review:1")] == ["c"]    # b expired
+        assert [m["client"] for m in await broker.presence_list("review:1")] == ["c"]  # b expired
         assert [m["client"] for m in await broker.presence_expire("review:1")] == ["b"]
-        assert await broker.presence_expire("review:1") == []                          # removed once
+        assert await broker.presence_expire("review:1") == []  # removed once
     finally:
         await broker.close()
 

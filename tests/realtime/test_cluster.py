@@ -1,4 +1,5 @@
 """Several server processes sharing one Redis act as one: fan-out, presence, revocation and recovery across them."""
+
 from __future__ import annotations
 
 import asyncio
@@ -74,7 +75,7 @@ async def test_revocation_on_one_process_ends_subscriptions_on_the_other(make_no
     alice = await Client.connect(two.url, token="alice-token")
     for channel in ("review:1", "review:2", "design:1"):
         await alice.ok("subscribe", channel=channel)
-    assert await one.gateway.revoke(1, "review:1") == 0          # nothing of alice's on this process
+    assert await one.gateway.revoke(1, "review:1") == 0  # nothing of alice's on this process
     ended = await alice.next_event("subscription.ended")
     assert ended["channel"] == "review:1" and ended["data"]["code"] == "PERMISSION_DENIED"
 
@@ -126,9 +127,23 @@ async def test_no_event_is_lost_when_the_pubsub_connection_drops(make_node, redi
 @pytest.fixture
 def subprocess_node(redis_url: str, key_prefix: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.realtime.node_main", "--port", str(port),
-                             "--redis", redis_url, "--prefix", key_prefix, "--presence-ttl", "0.6"],
-                            cwd=REPO, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.realtime.node_main",
+            "--port",
+            str(port),
+            "--redis",
+            redis_url,
+            "--prefix",
+            key_prefix,
+            "--presence-ttl",
+            "0.6",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdout is not None and b"ready" in proc.stdout.readline()
     yield port, proc
     if proc.poll() is None:

@@ -1,5 +1,6 @@
 """Realtime through the real application: REST and socket writes meet, the access policy guards channels,
 revocation ends subscriptions, job progress is pushed, and the org feed hides what a listener may not see."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,9 @@ async def ready_review(world: World, db: Any) -> tuple[dict[str, Any], dict[str,
     org, people, series_id = await setup_team(world)
     design = await upload(people["owner"], series_id, "wire.brep", (SAMPLES / "wire.brep").read_bytes())
     await db.designs.update_one({"_id": design["id"]}, {"$set": {"status": "READY"}})
-    review = await people["owner"].api.post("/api/reviews/", {"design_asset": design["id"],
-                                                              "reviewers": [people["member"].id, people["admin"].id]})
+    review = await people["owner"].api.post(
+        "/api/reviews/", {"design_asset": design["id"], "reviewers": [people["member"].id, people["admin"].id]}
+    )
     assert review.status == 201, review.body
     return org, people, design, review.json["id"]
 
@@ -29,15 +31,21 @@ def ws_url(base_url: str) -> str:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reaches_rest(
-        world: World, db: Any, base_url: str) -> None:
+    world: World, db: Any, base_url: str
+) -> None:
     _, people, design, review_id = await ready_review(world, db)
     as_json = await Client.connect(ws_url(base_url), token=people["member"].token)
     as_msgpack = await Client.connect(ws_url(base_url), codec="msgpack", token=people["admin"].token)
     for client in (as_json, as_msgpack):
         result = await client.ok("subscribe", channel=f"review:{review_id}")
         assert result["channel"] == f"review:{review_id}"
-    body = {"design_asset": design["id"], "review_session": review_id, "position": {"x": 1.5, "y": 2, "z": 3},
-            "annotation_text": "Check this fillet", "severity": "MAJOR"}
+    body = {
+        "design_asset": design["id"],
+        "review_session": review_id,
+        "position": {"x": 1.5, "y": 2, "z": 3},
+        "annotation_text": "Check this fillet",
+        "severity": "MAJOR",
+    }
     created = await people["member"].api.post("/api/markups/", body)
     assert created.status == 201, created.body
     seen = [await c.next_event("markup.created") for c in (as_json, as_msgpack)]
@@ -45,9 +53,14 @@ async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reac
     assert seen[0]["offset"] == seen[1]["offset"] and seen[0]["epoch"] == seen[1]["epoch"]
     assert seen[0]["data"]["markup"]["annotation_text"] == "Check this fillet"
     # A command over the socket goes through the same models and shows up over REST.
-    reply = await as_msgpack.ok("markup.create", design_asset=design["id"], review_session=review_id,
-                                position={"x": 0, "y": 0, "z": 0}, annotation_text="From the socket",
-                                severity="MINOR")
+    reply = await as_msgpack.ok(
+        "markup.create",
+        design_asset=design["id"],
+        review_session=review_id,
+        position={"x": 0, "y": 0, "z": 0},
+        annotation_text="From the socket",
+        severity="MINOR",
+    )
     listed = (await people["owner"].api.get(f"/api/markups/?review_session={review_id}")).json
     assert {m["annotation_text"] for m in listed["results"]} >= {"Check this fillet", "From the socket"}
     assert reply["annotation_text"] == "From the socket"
@@ -55,8 +68,14 @@ async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reac
     assert pushed["data"]["markup"]["annotation_text"] == "From the socket"
     assert pushed["offset"] == seen[0]["offset"] + 1
     # Invalid commands get the REST validation, as an error reply.
-    bad = await as_json.request("markup.create", design_asset=design["id"], review_session=review_id,
-                                position={"x": "NaN", "y": 0, "z": 0}, annotation_text="", severity="HUGE")
+    bad = await as_json.request(
+        "markup.create",
+        design_asset=design["id"],
+        review_session=review_id,
+        position={"x": "NaN", "y": 0, "z": 0},
+        annotation_text="",
+        severity="HUGE",
+    )
     assert bad["type"] == "error" and bad["error"]["code"] == "VALIDATION_ERROR"
     # A vote over the socket completes nothing yet but is pushed to everyone.
     vote = await as_json.ok("review.vote", review_id=review_id, decision="APPROVE", comments="fine")
@@ -70,15 +89,16 @@ async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reac
 @pytest.mark.gen_test(timeout=60)
 async def test_channels_follow_the_access_policy(world: World, db: Any, base_url: str) -> None:
     org, people, series_id = await setup_team(world)
-    itar = await upload(people["owner"], series_id, "itar.brep", (SAMPLES / "wire.brep").read_bytes(),
-                        classification="ITAR")
+    itar = await upload(
+        people["owner"], series_id, "itar.brep", (SAMPLES / "wire.brep").read_bytes(), classification="ITAR"
+    )
     foreign = await Client.connect(ws_url(base_url), token=people["foreign"].token)
     refused = await foreign.request("subscribe", channel=f"design:{itar['id']}")
     assert refused["type"] == "error" and refused["error"]["code"] == "ITAR_VIOLATION"
     job = await foreign.request("subscribe", channel=f"job:{itar['finalize']['analysis_job_id']}")
     assert job["type"] == "error" and job["error"]["code"] == "ITAR_VIOLATION"
     assert (await foreign.ok("subscribe", channel=f"org:{org['_id']}"))["channel"] == f"org:{org['_id']}"
-    assert (await foreign.ok("subscribe", channel=f"user:{people['foreign'].id}"))
+    assert await foreign.ok("subscribe", channel=f"user:{people['foreign'].id}")
     other_user = await foreign.request("subscribe", channel=f"user:{people['owner'].id}")
     assert other_user["type"] == "error" and other_user["error"]["code"] == "PERMISSION_DENIED"
     stranger = await world.user("stranger", is_us_person=True, security_clearance_level="TOP_SECRET")
@@ -112,18 +132,24 @@ async def test_access_revoked_mid_session_ends_the_subscription(world: World, db
     assert {e["channel"] for e in ended} == {f"design:{design['id']}", f"org:{org['_id']}"}
     assert all(e["data"]["code"] == "RESOURCE_NOT_FOUND" for e in ended)
     # Clearance lowered: a SECRET design's channel ends for that user.
-    secret = await upload(people["owner"], (await db.series.find_one({}))["_id"], "s.brep",
-                          (SAMPLES / "wire.brep").read_bytes(), classification="SECRET")
+    secret = await upload(
+        people["owner"],
+        (await db.series.find_one({}))["_id"],
+        "s.brep",
+        (SAMPLES / "wire.brep").read_bytes(),
+        classification="SECRET",
+    )
     member = await Client.connect(ws_url(base_url), token=people["member"].token)
     await member.ok("subscribe", channel=f"design:{secret['id']}")
-    lowered = await people["owner"].api.patch(f"/api/users/{people['member'].id}/",
-                                              {"security_clearance_level": "CONFIDENTIAL"})
+    lowered = await people["owner"].api.patch(
+        f"/api/users/{people['member'].id}/", {"security_clearance_level": "CONFIDENTIAL"}
+    )
     assert lowered.status == 200
     ended_secret = await member.next_event("subscription.ended")
     assert ended_secret["channel"] == f"design:{secret['id']}"
     assert ended_secret["data"]["code"] == "PERMISSION_DENIED"
     # A design reclassified above a listener's clearance ends their subscription too.
-    admin = await Client.connect(ws_url(base_url), token=people["admin"].token)   # SECRET clearance
+    admin = await Client.connect(ws_url(base_url), token=people["admin"].token)  # SECRET clearance
     await admin.ok("subscribe", channel=f"design:{design['id']}")
     raised = await people["owner"].api.patch(f"/api/designs/{design['id']}/", {"classification": "TOP_SECRET"})
     assert raised.status == 200
@@ -148,12 +174,19 @@ async def test_logout_and_deactivation_close_sockets(world: World, db: Any, base
     assert (await laptop.ok("ping")) is not None
     # A read-only API key may listen but not write over the socket either.
     key = (await people["member"].api.post("/api/auth/api-keys/", {"name": "ro", "scopes": ["read"]})).json["key"]
-    refused = await Client.connect(ws_url(base_url), token=None, headers={"Authorization": f"ApiKey {key}"},
-                                   wait_welcome=False)
+    refused = await Client.connect(
+        ws_url(base_url), token=None, headers={"Authorization": f"ApiKey {key}"}, wait_welcome=False
+    )
     welcome = await refused.recv()
     assert welcome["type"] == "welcome"
-    write = await refused.request("markup.create", design_asset=design["id"], review_session=review_id,
-                                  position={"x": 0, "y": 0, "z": 0}, annotation_text="x", severity="INFO")
+    write = await refused.request(
+        "markup.create",
+        design_asset=design["id"],
+        review_session=review_id,
+        position={"x": 0, "y": 0, "z": 0},
+        annotation_text="x",
+        severity="INFO",
+    )
     assert write["type"] == "error" and write["error"]["code"] == "PERMISSION_DENIED", write
     for client in (laptop, refused):
         client.close()
@@ -179,11 +212,16 @@ class TestJobProgressOverSockets:
         member = people["member"].api
         url = await member.post("/api/designs/upload-url/", {"filename": "as1.stp", "file_size": len(data)})
         await people["member"].api.request("PUT", url.json["upload_url"], raw=data)
-        created = (await people["member"].api.post("/api/designs/", {"series": series_id, "filename": "as1.stp",
-                                                                     "upload_id": url.json["upload_id"]})).json
+        created = (
+            await people["member"].api.post(
+                "/api/designs/", {"series": series_id, "filename": "as1.stp", "upload_id": url.json["upload_id"]}
+            )
+        ).json
         await listener.ok("subscribe", channel=f"design:{created['id']}")
-        final = await people["member"].api.post(f"/api/designs/{created['id']}/finalize_upload/",
-                                                {"file_hash": "sha256:" + hashlib.sha256(data).hexdigest()})
+        final = await people["member"].api.post(
+            f"/api/designs/{created['id']}/finalize_upload/",
+            {"file_hash": "sha256:" + hashlib.sha256(data).hexdigest()},
+        )
         assert final.status == 200
         events = []
         while True:

@@ -1,4 +1,5 @@
 """The protocol without a socket: a Session over a fake transport, codecs, frames, credentials and limits."""
+
 from __future__ import annotations
 
 import asyncio
@@ -39,20 +40,26 @@ class FakeTransport:
         self.closed = (code, reason)
 
     def messages(self, codec: Any = JSON) -> list[dict[str, Any]]:
-        return [codec.decode(payload_of(frame).decode() if codec is JSON else payload_of(frame))
-                for frame in self.frames]
+        return [
+            codec.decode(payload_of(frame).decode() if codec is JSON else payload_of(frame)) for frame in self.frames
+        ]
 
 
 def payload_of(frame: bytes) -> bytes:
     size = frame[1] & 0x7F
-    return frame[2 if size < 126 else 4 if size == 126 else 10:]
+    return frame[2 if size < 126 else 4 if size == 126 else 10 :]
 
 
 def make_gateway(**config: Any) -> Gateway:
     policy = Policy()
     ref: list[Gateway] = []
-    gateway = Gateway(InProcessBroker(), authenticate=policy.authenticate, authorize=policy.authorize,
-                      commands=make_commands(policy, ref), config=p.RealtimeConfig(**config))
+    gateway = Gateway(
+        InProcessBroker(),
+        authenticate=policy.authenticate,
+        authorize=policy.authorize,
+        commands=make_commands(policy, ref),
+        config=p.RealtimeConfig(**config),
+    )
     ref.append(gateway)
     return gateway
 
@@ -104,9 +111,19 @@ def test_an_event_is_encoded_once_per_codec_and_identically_in_both() -> None:
     assert event.frame(MSGPACK) is event.frame(MSGPACK)
     as_json = json.loads(payload_of(event.frame(JSON)).decode())
     as_msgpack = msgpack.unpackb(payload_of(event.frame(MSGPACK)))
-    assert as_json == as_msgpack == {"type": "event", "channel": "review:1", "epoch": "ep", "offset": 7,
-                                     "event": "markup.created", "data": {"id": 5, "text": "Ø 12 mm"},
-                                     "ts": "1970-01-01T00:00:00.500Z"}
+    assert (
+        as_json
+        == as_msgpack
+        == {
+            "type": "event",
+            "channel": "review:1",
+            "epoch": "ep",
+            "offset": 7,
+            "event": "markup.created",
+            "data": {"id": 5, "text": "Ø 12 mm"},
+            "ts": "1970-01-01T00:00:00.500Z",
+        }
+    )
 
 
 def test_channel_names_are_validated() -> None:
@@ -146,11 +163,16 @@ async def test_welcome_then_replies_carry_the_request_id() -> None:
 async def test_malformed_messages_get_error_replies_and_many_close_the_connection() -> None:
     gateway = make_gateway(max_invalid_messages=6)
     session, transport = await open_session(gateway)
-    for raw in ("{not json", "[1,2]", json.dumps({"type": "ping"}), json.dumps({"type": "ping", "id": "1"}),
-                b"binary on a text protocol"):
+    for raw in (
+        "{not json",
+        "[1,2]",
+        json.dumps({"type": "ping"}),
+        json.dumps({"type": "ping", "id": "1"}),
+        b"binary on a text protocol",
+    ):
         session.receive(raw)
     session.receive(json.dumps({"type": "ping", "id": 5}))
-    session.receive(json.dumps({"type": "ping", "id": 5}))        # not increasing
+    session.receive(json.dumps({"type": "ping", "id": 5}))  # not increasing
     await settle()
     replies = transport.messages()[1:]
     # Rejections are immediate; the valid ping's result comes from the message worker, so ids pair them.
@@ -173,8 +195,11 @@ async def test_unknown_types_and_command_errors_map_to_error_replies() -> None:
     await settle()
     unknown, invalid, crash, bad_field = transport.messages(MSGPACK)[1:]
     assert unknown["error"]["code"] == "UNKNOWN_TYPE"
-    assert invalid["error"] == {"code": "VALIDATION_ERROR", "message": "The markup is not valid.",
-                                "field_errors": {"anchor": ["This field is required."]}}
+    assert invalid["error"] == {
+        "code": "VALIDATION_ERROR",
+        "message": "The markup is not valid.",
+        "field_errors": {"anchor": ["This field is required."]},
+    }
     assert crash["error"]["code"] == "INTERNAL_ERROR" and "boom" not in crash["error"]["message"]
     assert bad_field["error"]["field_errors"] == {"bogus": ["Unknown field."]}
 
@@ -237,7 +262,7 @@ async def test_a_subscriber_past_the_outbound_bound_is_closed_as_slow_consumer()
     for session in (slow, fast):
         session.receive(json.dumps({"type": "subscribe", "id": 1, "channel": "design:1"}))
     await settle()
-    slow_transport.pending = 5000                      # the client stopped reading
+    slow_transport.pending = 5000  # the client stopped reading
     await gateway.publish("design:1", "design.updated", {"n": 1})
     assert slow_transport.closed == (p.CLOSE_SLOW_CONSUMER, "slow consumer")
     await gateway.publish("design:1", "design.updated", {"n": 2})
@@ -265,8 +290,8 @@ async def test_a_policy_change_racing_a_subscribe_is_not_missed() -> None:
     denied: set[tuple[int, str]] = set()
 
     async def authorize(principal: Any, channel: str) -> None:
-        allowed = (principal.id, channel) not in denied      # decided before the change below...
-        await gate.wait()                                    # ...and answered after it
+        allowed = (principal.id, channel) not in denied  # decided before the change below...
+        await gate.wait()  # ...and answered after it
         if not allowed:
             raise PermissionDenied("no")
 
@@ -275,7 +300,7 @@ async def test_a_policy_change_racing_a_subscribe_is_not_missed() -> None:
     session.receive(json.dumps({"type": "subscribe", "id": 1, "channel": "design:1"}))
     await settle()
     denied.add((ALICE.id, "design:1"))
-    assert await gateway.reauthorize(user_id=ALICE.id) == 0   # nothing subscribed yet to re-check
+    assert await gateway.reauthorize(user_id=ALICE.id) == 0  # nothing subscribed yet to re-check
     gate.set()
     await settle()
     kinds = [(m["type"], m.get("event")) for m in transport.messages()[1:]]

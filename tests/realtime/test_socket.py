@@ -1,4 +1,5 @@
 """The gateway over real sockets against a live server, with the in-process and the Redis broker alike."""
+
 from __future__ import annotations
 
 import asyncio
@@ -83,12 +84,13 @@ async def test_authentication_failures_close_with_4001(make_node, broker_kind) -
 @pytest.mark.gen_test
 async def test_origin_allow_list(make_node) -> None:
     node = await make_node(allowed_origins=("https://viewer.example.com",))
-    evil = await Client.connect(node.url, token="alice-token", wait_welcome=False,
-                                headers={"Origin": "https://evil.example.com"})
+    evil = await Client.connect(
+        node.url, token="alice-token", wait_welcome=False, headers={"Origin": "https://evil.example.com"}
+    )
     assert await evil.closed() == (p.CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
     allowed = await Client.connect(node.url, token="alice-token", headers={"Origin": "https://viewer.example.com"})
     same_site = await Client.connect(node.url, token="alice-token", headers={"Origin": f"http://127.0.0.1:{node.port}"})
-    no_origin = await Client.connect(node.url, token="alice-token")     # not a browser
+    no_origin = await Client.connect(node.url, token="alice-token")  # not a browser
     for client in (allowed, same_site, no_origin):
         assert client.welcome is not None
 
@@ -131,8 +133,11 @@ async def test_subscribe_receive_unsubscribe(make_node, broker_kind) -> None:
 async def test_unauthorized_subscriptions_are_refused_with_the_policy_code(make_node, broker_kind) -> None:
     node = await make_node(broker_kind)
     client = await Client.connect(node.url, token="alice-token")
-    refusals = {"review:itar": "ITAR_VIOLATION", "design:elsewhere": "RESOURCE_NOT_FOUND",
-                "user:2": "PERMISSION_DENIED"}
+    refusals = {
+        "review:itar": "ITAR_VIOLATION",
+        "design:elsewhere": "RESOURCE_NOT_FOUND",
+        "user:2": "PERMISSION_DENIED",
+    }
     for channel, code in refusals.items():
         reply = await client.request("subscribe", channel=channel)
         assert reply["type"] == "error" and reply["error"]["code"] == code, reply
@@ -149,8 +154,11 @@ async def test_json_and_msgpack_clients_in_one_channel_see_the_same_events(make_
     binary = await Client.connect(node.url, codec="msgpack", token="bob-token")
     for client in (text, binary):
         await client.ok("subscribe", channel="design:3")
-    payloads = [{"text": "Ø 12 mm ± 0.1", "nested": {"list": [1, 2.5, None, True]}},
-                {"big": 2 ** 40, "neg": -7, "empty": {}}, {"markup": {"id": 9, "anchor": [0.5, 1.0, -2.25]}}]
+    payloads = [
+        {"text": "Ø 12 mm ± 0.1", "nested": {"list": [1, 2.5, None, True]}},
+        {"big": 2**40, "neg": -7, "empty": {}},
+        {"markup": {"id": 9, "anchor": [0.5, 1.0, -2.25]}},
+    ]
     for data in payloads:
         await node.publish("design:3", "markup.created", data)
     seen_text = await text.events(3)
@@ -260,7 +268,7 @@ async def test_recovery_replays_exactly_the_missed_events_then_continues_live(ma
     first.close()
     await until(lambda: node.gateway.stats()["connections"] == 0)
 
-    for n in range(3, 5003):                          # 5,000 events while the client is away
+    for n in range(3, 5003):  # 5,000 events while the client is away
         await node.publish(channel, "markup.updated", {"n": n})
 
     async def keep_publishing() -> None:
@@ -289,7 +297,7 @@ async def test_a_replay_larger_than_the_outbound_bound_is_paced_by_the_reader(ma
     client = await Client.connect(node.url, token="alice-token")
     start = await client.ok("subscribe", channel="design:4")
     client.close()
-    for n in range(400):                              # ~800 KB of history against a 64 KiB bound
+    for n in range(400):  # ~800 KB of history against a 64 KiB bound
         await node.publish("design:4", "design.updated", {"n": n, "blob": "z" * 2000})
     again = await Client.connect(node.url, token="alice-token")
     result = await again.ok("subscribe", channel="design:4", since={"epoch": start["epoch"], "offset": 0})
@@ -322,7 +330,7 @@ async def test_a_live_subscription_survives_its_channel_restarting_in_a_new_epoc
     await client.ok("subscribe", channel="org:1")
     await node.publish("org:1", "org.updated", {"n": 1})
     before = await client.next_event()
-    await asyncio.sleep(0.3)                          # idle past the history's age: the stream is dropped
+    await asyncio.sleep(0.3)  # idle past the history's age: the stream is dropped
     await node.publish("org:1", "org.updated", {"n": 2})
     after = await client.next_event()
     assert after["epoch"] != before["epoch"] and after["offset"] == 1 and after["data"] == {"n": 2}
@@ -343,14 +351,14 @@ async def test_a_slow_client_is_cut_off_while_a_fast_one_keeps_receiving(make_no
 
     blob = "x" * 16384
     sent = 0
-    for n in range(800):                              # ~13 MB: past every kernel buffer and the bound
+    for n in range(800):  # ~13 MB: past every kernel buffer and the bound
         await node.publish("design:7", "design.updated", {"n": n, "blob": blob})
         assert (await fast.next_event("design.updated"))["data"]["n"] == n
         sent = n + 1
         if node.gateway.stats()["connections"] == 1:
             break
     assert node.gateway.stats()["connections"] == 1, "the slow consumer was never cut off"
-    for n in range(sent, sent + 20):                  # the fast one is unaffected
+    for n in range(sent, sent + 20):  # the fast one is unaffected
         await node.publish("design:7", "design.updated", {"n": n})
         assert (await fast.next_event("design.updated"))["data"]["n"] == n
 
@@ -376,7 +384,7 @@ async def test_oversized_messages_close_with_1009(make_node) -> None:
 @pytest.mark.gen_test
 async def test_server_pings_and_drops_a_peer_that_never_answers(make_node) -> None:
     node = await make_node(ping_interval=0.1, ping_timeout=0.1)
-    lively = await Client.connect(node.url, token="alice-token")     # Tornado's client answers pings
+    lively = await Client.connect(node.url, token="alice-token")  # Tornado's client answers pings
     reader, writer = await raw_socket_client(node.port, "bob-token")
     frames = []
     while True:
@@ -384,7 +392,7 @@ async def test_server_pings_and_drops_a_peer_that_never_answers(make_node) -> No
         frames.append(opcode)
         if opcode == 8:
             break
-    assert 9 in frames                                # it was pinged, never answered, and was closed
+    assert 9 in frames  # it was pinged, never answered, and was closed
     assert await lively.ok("ping")
     writer.close()
 
