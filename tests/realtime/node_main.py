@@ -16,10 +16,11 @@ from realtime.redis_broker import RedisBroker
 from tests.realtime.conftest import Policy, make_commands
 
 
-async def serve(port: int, redis_url: str, prefix: str, presence_ttl: float) -> None:
+async def serve(port: int, redis_url: str, prefix: str, presence_ttl: float, history_size: int) -> None:
     policy = Policy()
     ref: list[Gateway] = []
-    broker = RedisBroker(redis_url, prefix=prefix, config=BrokerConfig(presence_ttl=presence_ttl))
+    config = BrokerConfig(presence_ttl=presence_ttl, history_size=history_size)
+    broker = RedisBroker(redis_url, prefix=prefix, config=config)
     gateway = Gateway(
         broker,
         authenticate=policy.authenticate,
@@ -47,5 +48,6 @@ if __name__ == "__main__":
     parser.add_argument("--redis", required=True)
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--presence-ttl", type=float, default=60.0)
+    parser.add_argument("--history-size", type=int, default=2000)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.redis, args.prefix, args.presence_ttl))
+    asyncio.run(serve(args.port, args.redis, args.prefix, args.presence_ttl, args.history_size))
