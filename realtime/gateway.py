@@ -11,7 +11,7 @@ from typing import Any
 from realtime import protocol as p
 from realtime.broker import Broker, InProcessBroker
 from realtime.codec import CODECS
-from realtime.events import Event, Position, iso, parse_channel
+from realtime.events import Event, History, Position, iso, parse_channel
 from realtime.protocol import RealtimeConfig
 from realtime.session import Credential, Principal, Session
 from realtime.transport import Flusher
@@ -28,19 +28,36 @@ EventFilter = Callable[[Any, Event], bool]
 
 
 class Subscription:
-    """One connection's interest in one channel; buffers live events until its history replay is written."""
+    """One connection's interest in one channel, and the position of the last durable event it was given.
 
-    __slots__ = ("session", "channel", "buffer", "buffered_bytes")
+    Exactly-once delivery rests on one rule, applied by _place(): a durable event reaches a subscription only
+    if it is the next one after `epoch`/`offset` (offset + 1, or offset 1 of a new epoch); an event at or below
+    that position is dropped, and an event past it waits until the hole is filled from history. Between the
+    history read and the live fan-out the subscription is "joining": while its replay (or a history fill) is
+    being written, live events wait in `buffer`; after that, with `buffer` None, it takes each event by its
+    own position until it stands where the channel stands, and then it moves to the channel's live fan-out,
+    where the channel's position is its position (see ChannelState).
+    """
+
+    __slots__ = ("session", "channel", "epoch", "offset", "buffer", "buffered_bytes")
 
     def __init__(self, session: Session, channel: str) -> None:
         self.session = session
         self.channel = channel
-        self.buffer: list[Event] | None = []  # None once live
+        self.epoch: str | None = None  # set from `since` or the tip once the history is read
+        self.offset = 0
+        self.buffer: list[Event] | None = []  # live events held while history is written to this connection
         self.buffered_bytes = 0
 
 
 class ChannelState:
-    """This process's view of one channel: who listens here and the last offset delivered."""
+    """This process's view of one channel: who listens here and the last offset delivered to the live fan-out.
+
+    Invariant: every subscription in `live` has been given exactly the events up to (`epoch`, `offset`), and
+    the channel delivers durable events only in offset order without holes (on_event fills a hole from
+    history before delivering past it). So the hot fan-out path compares nothing per subscriber: a
+    subscription enters `live` only when its own position equals the channel's (Gateway._promote).
+    """
 
     __slots__ = ("name", "epoch", "offset", "live", "joining", "ready", "pending")
 
@@ -56,6 +73,18 @@ class ChannelState:
 
     def empty(self) -> bool:
         return not self.joining and not any(self.live)
+
+
+def _place(sub: Subscription, event: Event) -> int:
+    """Where `event` stands for `sub`: -1 already given (drop), 0 the next one (deliver), 1 past a hole."""
+    if event.offset is None:
+        return 0  # ephemeral (presence): no position, delivered as it comes
+    if event.epoch == sub.epoch:
+        if event.offset <= sub.offset:
+            return -1
+        return 0 if event.offset == sub.offset + 1 else 1
+    # Another epoch (the channel's history was lost and restarted): only its first event continues the stream.
+    return 0 if event.offset == 1 else 1
 
 
 def _matches(pattern: str, channel: str) -> bool:
@@ -255,58 +284,144 @@ class Gateway:
             )
         tip = history.position
         if state.epoch is None:
+            # No live event has reached this channel yet: it starts at the tip, and live events at or below
+            # it are dropped. A subscription that read an older tip is then behind and catches up from history.
             state.epoch, state.offset = tip.epoch, tip.offset
         reply: dict[str, Any] = {"channel": channel, **tip.as_dict()}
         if since is not None:
             reply["recovered"] = bool(history.recovered)
             reply["replayed"] = len(history.events)
         session.send(p.result(msg_id, reply))
-        last = Position(tip.epoch, tip.offset)
-        if history.events:
-            last = await self._replay(session, history.events)
-            if session.closed or session.subscriptions.get(channel) is not sub:
-                return
-        self._go_live(state, sub, last)
+        start = Position(since.epoch, since.offset) if since is not None and history.recovered else tip
+        sub.epoch, sub.offset = start.epoch, start.offset
+        if not await self._write(sub, history.events):
+            return
+        await self._catch_up(state, sub)
+        if not self._current(sub):
+            return
         if session.policy_generation != generation:
             await self._recheck(session, channel, "access_changed")
-        if channel.partition(":")[0] in self.config.presence_kinds and session.subscriptions.get(channel) is sub:
+        if channel.partition(":")[0] in self.config.presence_kinds and self._current(sub):
             await self._presence_join(session, channel)
 
-    async def _replay(self, session: Session, events: list[Event]) -> Position:
+    @staticmethod
+    def _current(sub: Subscription) -> bool:
+        """Whether `sub` is still its connection's subscription (checked after every await)."""
+        return not sub.session.closed and sub.session.subscriptions.get(sub.channel) is sub
+
+    async def _write(self, sub: Subscription, events: list[Event]) -> bool:
+        """Write history events to a joining subscription by its position, paced by the client's reading;
+        False once the subscription has ended."""
+        session = sub.session
         assert session.codec is not None
         codec = session.codec
         half = self.config.max_pending_bytes // 2
         for event in events:
-            if session.closed:
-                break
+            place = _place(sub, event)
+            if place < 0:
+                continue
+            if place > 0:
+                # A broker's history is contiguous after `since`; a hole means events are gone for good.
+                self.end_subscription(session, sub.channel, "events_lost", "EVENTS_LOST")
+                return False
+            sub.epoch, sub.offset = event.epoch, event.offset or 0
             if not self.visible(session, event):
                 continue
             try:
                 pending = session.transport.write_frame(event.frame(codec))
             except Exception:
                 session.transport_closed()
-                break
+                return False
             if pending > half:
-                # A long replay is paced by the client's reading, not buffered whole in memory.
+                # A long replay is paced by the client's reading, not buffered whole in memory; live events
+                # meanwhile wait in sub.buffer.
                 try:
                     await session.drain()
                 except Exception:
                     self.drop(session)
-                    break
-        return Position(events[-1].epoch or "", events[-1].offset or 0)
+                    return False
+                if not self._current(sub):
+                    return False
+        return self._current(sub)
 
-    def _go_live(self, state: ChannelState, sub: Subscription, last: Position) -> None:
+    async def _catch_up(self, state: ChannelState, sub: Subscription) -> None:
+        """Bring a joining subscription from its replayed position to the channel's live position.
+
+        The history read and the live pub/sub stream are two sources that race: the history's tip may be
+        ahead of what this process has received live (the pub/sub reader lags the history reply), behind it
+        (another subscription's newer tip started the channel), or the buffered live events may have a hole.
+        Each pass writes the buffered events in order by the subscription's own position, then: equal to the
+        channel's position, it joins the live fan-out; ahead (or in another epoch), it waits for the channel in
+        _deliver_joining, which drops what it was already given; behind or at a hole, history fills the hole.
+        """
         session = sub.session
-        assert session.codec is not None and sub.buffer is not None
-        buffered, sub.buffer = sub.buffer, None
+        while self._current(sub):
+            assert sub.buffer is not None
+            hole = self._drain_buffer(sub)
+            if not self._current(sub):
+                return
+            if hole is None:
+                if sub.epoch != state.epoch or sub.offset > state.offset:
+                    sub.buffer, sub.buffered_bytes = None, 0
+                    return
+                if sub.offset == state.offset:
+                    self._promote(state, sub)
+                    return
+                since = Position(sub.epoch or "", sub.offset)  # behind: the channel delivered what we never saw
+            elif hole.epoch == sub.epoch:
+                since = Position(sub.epoch or "", sub.offset)
+            else:
+                since = Position(hole.epoch or "", 0)  # a new epoch began: fill it from its first event
+            try:
+                history: History | None = await self.broker.history(sub.channel, since)
+            except Exception as exc:
+                log.warning("realtime history for %s unavailable: %r", sub.channel, exc)
+                history = None
+            if not self._current(sub):
+                return
+            if history is None or not history.recovered:
+                self.end_subscription(session, sub.channel, "events_lost", "EVENTS_LOST")
+                return
+            before = (sub.epoch, sub.offset)
+            if since.epoch != sub.epoch:
+                sub.epoch, sub.offset = since.epoch, since.offset
+            if not await self._write(sub, history.events):
+                return
+            if (sub.epoch, sub.offset) == before:
+                # The history has nothing past this subscription, yet the live stream does: they disagree
+                # (the channel's store was reset). Ending it beats looping; the client resubscribes with since.
+                self.end_subscription(session, sub.channel, "events_lost", "EVENTS_LOST")
+                return
+
+    def _drain_buffer(self, sub: Subscription) -> Event | None:
+        """Deliver buffered live events by `sub`'s position; returns the first one past a hole (kept)."""
+        buffered = sub.buffer
+        assert buffered is not None and sub.session.codec is not None
+        session, codec = sub.session, sub.session.codec
+        for index, event in enumerate(buffered):
+            place = _place(sub, event)
+            if place > 0:
+                del buffered[:index]
+                sub.buffered_bytes = sum(len(e.frame(codec)) for e in buffered)
+                return event
+            if place == 0:
+                if event.offset is not None:
+                    sub.epoch, sub.offset = event.epoch, event.offset
+                if self.visible(session, event):
+                    session.send_event(event)
+                    if session.closed:
+                        return None
+        buffered.clear()
+        sub.buffered_bytes = 0
+        return None
+
+    def _promote(self, state: ChannelState, sub: Subscription) -> None:
+        """Move a joining subscription that stands exactly at the channel's position into the live fan-out."""
+        session = sub.session
+        assert session.codec is not None and sub.epoch == state.epoch and sub.offset == state.offset
+        sub.buffer, sub.buffered_bytes = None, 0
         del state.joining[session]
-        for event in buffered:
-            if event.offset is not None and event.epoch == last.epoch and event.offset <= last.offset:
-                continue  # already in the replay or before the reported tip
-            if self.visible(session, event):
-                session.send_event(event)
-        if not session.closed:
-            state.live[session.codec.index][session] = sub
+        state.live[session.codec.index][session] = sub
 
     def unsubscribe(self, session: Session, channel: str) -> None:
         self._leave(session, channel, "unsubscribed")
@@ -343,7 +458,11 @@ class Gateway:
 
     # --- fan-out
     def on_event(self, event: Event) -> None:
-        """Every event for a channel arrives here once per process, in offset order; delivered to all sessions."""
+        """The one ordered source of a channel's events in this process (the broker calls it in publish order).
+
+        Durable events reach the live fan-out strictly by offset: at or below the channel's position they are
+        dropped (a resync or refill overlapped), past a hole they wait until _refill has delivered the hole
+        from history. Joining subscriptions apply the same rule to their own position (_deliver_joining)."""
         state = self._channels.get(event.channel)
         if state is None:
             return
@@ -381,19 +500,45 @@ class Gateway:
                         dropped = []
                     dropped.append(session)
         if state.joining:
-            limit = self.config.max_pending_bytes
-            for session, sub in state.joining.items():
-                assert sub.buffer is not None and session.codec is not None
-                sub.buffer.append(event)
-                sub.buffered_bytes += len(event.frame(session.codec))
-                if sub.buffered_bytes > limit:
-                    if dropped is None:
-                        dropped = []
-                    dropped.append(session)
+            joining_dropped = self._deliver_joining(state, event)
+            if joining_dropped:
+                dropped = (dropped or []) + joining_dropped
         if dropped:
             # After the loops: closing a session changes the dicts being iterated.
             for session in dropped:
                 self.drop(session)
+
+    def _deliver_joining(self, state: ChannelState, event: Event) -> list[Session]:
+        """Joining subscriptions take each event by their own position (Subscription); returns slow consumers."""
+        dropped: list[Session] = []
+        promoted: list[Subscription] = []
+        limit = self.config.max_pending_bytes
+        for session, sub in state.joining.items():
+            assert session.codec is not None
+            if sub.buffer is not None:
+                sub.buffer.append(event)
+                sub.buffered_bytes += len(event.frame(session.codec))
+                if sub.buffered_bytes > limit:
+                    dropped.append(session)
+                continue
+            place = _place(sub, event)
+            if place > 0:
+                # The channel delivers without holes, so this subscription's own position is off (another
+                # epoch): hold live events again and fill the hole from history before going further.
+                sub.buffer, sub.buffered_bytes = [event], len(event.frame(session.codec))
+                self._spawn(self._catch_up(state, sub))
+                continue
+            if place == 0:
+                if event.offset is not None:
+                    sub.epoch, sub.offset = event.epoch, event.offset
+                if self.visible(session, event) and not session.push(event.frame(session.codec)):
+                    dropped.append(session)
+                    continue
+            if sub.epoch == state.epoch and sub.offset == state.offset:
+                promoted.append(sub)
+        for sub in promoted:
+            self._promote(state, sub)
+        return dropped
 
     def _fill_gap(self, state: ChannelState, event: Event, since: Position) -> None:
         state.pending = [event]
@@ -422,7 +567,10 @@ class Gateway:
             for session in [*state.joining, *(s for live in state.live for s in live)]:
                 self.end_subscription(session, state.name, "events_lost", "EVENTS_LOST")
             return
-        state.epoch, state.offset = since.epoch, since.offset
+        if since.epoch != state.epoch:
+            # A new epoch: the live fan-out continues from its first event. Within an epoch `since` is the
+            # channel's own position (nothing moves it while `pending` holds events), so nothing is rewound.
+            state.epoch, state.offset = since.epoch, since.offset
         for event in history.events:
             self.on_event(event)
         for event in pending:

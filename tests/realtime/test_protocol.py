@@ -306,3 +306,99 @@ async def test_a_policy_change_racing_a_subscribe_is_not_missed() -> None:
     kinds = [(m["type"], m.get("event")) for m in transport.messages()[1:]]
     assert kinds == [("result", None), ("event", "subscription.ended")]
     assert gateway.stats()["subscriptions"] == 0
+
+
+class LaggingBroker(InProcessBroker):
+    """The in-process broker with the Redis broker's timing made explicit: a publish is in the history at once,
+    but this process sees it live only on release() (the pub/sub reader lagging the history reply), and a
+    history read may be answered late (`late`: its snapshot is taken when asked, like the Lua script's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Event] = []
+        self.late: asyncio.Event | None = None
+        self._gateway: Any = None
+
+    def attach(self, handler: Any) -> None:
+        self._gateway = handler
+        super().attach(self)
+
+    def on_event(self, event: Event) -> None:
+        self.held.append(event)
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        self._gateway.on_control(message)
+
+    def on_resync(self, channel: str) -> None:
+        self._gateway.on_resync(channel)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for event in held:
+            self._gateway.on_event(event)
+
+    async def history(self, channel: str, since: Any = None) -> Any:
+        answer = await super().history(channel, since)
+        late, self.late = self.late, None
+        if late is not None:
+            await late.wait()
+        return answer
+
+
+def lagging_gateway() -> tuple[Gateway, LaggingBroker]:
+    broker = LaggingBroker()
+    policy = Policy()
+    return Gateway(broker, authenticate=policy.authenticate, authorize=policy.authorize), broker
+
+
+def offsets(transport: FakeTransport, channel: str) -> list[int]:
+    return [m["offset"] for m in transport.messages() if m["type"] == "event" and m["channel"] == channel]
+
+
+@pytest.mark.gen_test
+async def test_history_ahead_of_the_live_stream_is_not_delivered_twice() -> None:
+    gateway, broker = lagging_gateway()
+    observer, watched = await open_session(gateway, token="bob-token")
+    observer.receive(json.dumps({"type": "subscribe", "id": 1, "channel": "design:1"}))
+    await settle()
+    for n in range(10):
+        epoch, _ = await gateway.publish("design:1", "design.updated", {"n": n})
+    broker.release()
+    for n in range(10, 15):  # in the history, not yet seen live here
+        await gateway.publish("design:1", "design.updated", {"n": n})
+    session, transport = await open_session(gateway)
+    since = {"epoch": epoch, "offset": 3}
+    session.receive(json.dumps({"type": "subscribe", "id": 1, "channel": "design:1", "since": since}))
+    await settle()
+    assert offsets(transport, "design:1") == list(range(4, 16))  # replayed up to the tip, 15
+    broker.release()  # 11..15 arrive live: the observer needs them, the recovered subscriber has them
+    for n in range(15, 18):
+        await gateway.publish("design:1", "design.updated", {"n": n})
+    broker.release()
+    assert offsets(transport, "design:1") == list(range(4, 19))
+    assert offsets(watched, "design:1") == list(range(1, 19))
+
+
+@pytest.mark.gen_test
+async def test_a_subscriber_whose_history_is_older_than_the_channel_catches_up_from_history() -> None:
+    gateway, broker = lagging_gateway()
+    for n in range(5):
+        epoch, _ = await gateway.publish("design:2", "design.updated", {"n": n})
+    broker.release()  # nobody listens yet
+    late = broker.late = asyncio.Event()
+    first, slow = await open_session(gateway)
+    since = {"epoch": epoch, "offset": 2}
+    first.receive(json.dumps({"type": "subscribe", "id": 1, "channel": "design:2", "since": since}))
+    await settle()  # its history (tip 5) is read but not yet answered
+    for n in range(5, 8):
+        await gateway.publish("design:2", "design.updated", {"n": n})
+    second, fresh = await open_session(gateway, token="bob-token")
+    second.receive(json.dumps({"type": "subscribe", "id": 1, "channel": "design:2"}))
+    await settle()  # answered first: the channel starts at its tip, 8
+    late.set()
+    await settle()
+    broker.release()  # 6..8 arrive live only now
+    await gateway.publish("design:2", "design.updated", {"n": 8})
+    broker.release()
+    assert offsets(slow, "design:2") == list(range(3, 10))  # 6..8 came from history, none twice
+    assert offsets(fresh, "design:2") == [9]
