@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint format
+.PHONY: run test lint format stress stress-realtime
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,17 @@ test: $(VENV)/.test
 	    exit 1; \
 	  fi; }
 	$(PY) -m pytest
+
+# Longer runs of the suite's randomized race tests: `make test` runs each scenario for a few seconds,
+# these for STRESS_SECONDS each (default 60). `stress` runs every area's stress-* target.
+STRESS_SECONDS ?= 60
+stress: stress-realtime
+
+# Realtime recovery: subscribe-with-since cycles racing a publisher under CPU load (one server per broker,
+# two processes sharing Redis); every cycle checks exact offsets (tests/realtime/test_recovery_stress.py).
+stress-realtime: $(VENV)/.test
+	REALTIME_STRESS_SECONDS=$(STRESS_SECONDS) $(PY) -m pytest -q --timeout=$$(( $(STRESS_SECONDS) * 4 + 300 )) \
+	  tests/realtime/test_recovery_stress.py
 
 # ruff (format check and lint, settings in pyproject.toml) and mypy over the server's packages.
 lint: $(VENV)/.test

@@ -265,7 +265,7 @@ class Gateway:
         session.subscriptions[channel] = sub
         try:
             # Listening starts before the history read, so every event is in the history or arrives live
-            # (buffered in sub.buffer); duplicates between the two are dropped by offset below.
+            # (buffered in sub.buffer); _catch_up merges the two by this subscription's own offset.
             assert state.ready is not None
             await asyncio.shield(state.ready)
             history = await self.broker.history(channel, Position(since.epoch, since.offset) if since else None)
