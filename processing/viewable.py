@@ -32,7 +32,7 @@ MAX_ATTEMPTS = 6
 #: Angular deflection (radians) of the first mesh, and the coarsest one the budget may push it to.
 ANGULAR_DEFLECTION = 0.5
 MAX_ANGULAR_DEFLECTION = 1.2
-DEFAULT_COLOR = (0.62, 0.66, 0.71)  # linear RGB: a neutral blue-grey for parts without a colour in the file
+DEFAULT_COLOR = (0.40, 0.45, 0.52)  # linear RGB: a neutral blue-grey for parts without a colour in the file
 
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _FLOAT, _UNSIGNED_SHORT, _UNSIGNED_INT = 5126, 5123, 5125
@@ -270,7 +270,7 @@ class _Builder:
         doc: dict[str, Any] = {
             "asset": {"version": "2.0", "generator": "Enginel (OpenCascade BRepMesh)", "extras": asset_extras},
             "scene": 0,
-            "scenes": [{"name": "model", "nodes": [scene_root]}],
+            "scenes": [{"name": "scene", "nodes": [scene_root]}],
             "nodes": self.nodes,
         }
         if self.meshes:

@@ -115,9 +115,7 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_viewable_endpoint_serves_the_glb_under_the_design_policy(
-    world: World, db: Any, assembly: Path
-) -> None:
+async def test_viewable_endpoint_serves_the_glb_under_the_design_policy(world: World, db: Any, assembly: Path) -> None:
     org, people, series_id = await setup_team(world)
     member = people["member"]
     design = await upload(member, series_id, "bracket-assembly.step", assembly.read_bytes())
