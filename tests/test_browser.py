@@ -347,7 +347,8 @@ def test_review_room_end_to_end(
     a.locator("#recent-jobs tr[data-job]").first.wait_for(timeout=10_000)
     assert a.locator("#m-total .card-value").inner_text() == "1"
     b.goto(server.base + "/#/jobs")
-    series = server.call("GET", f"/api/series/?organization={team['org']['id']}", token=alice)["results"][0]["id"]
+    org_id = team["org"]["id"]
+    series = server.call("GET", f"/api/series/?organization={org_id}", token=alice)["results"][0]["id"]
     broken = post_file(server, alice, series, "damaged.step", DAMAGED_STEP)
     failed = a.locator(f'#recent-jobs tr[data-job="{broken["analysis_job_id"]}"]')
     failed.locator('[data-status="FAILURE"]').wait_for(timeout=LONG)
@@ -355,7 +356,10 @@ def test_review_room_end_to_end(
     a.locator("#top-errors li", has_text="Could not read the CAD file").wait_for(timeout=10_000)
     if (SAMPLES / "11752.stp").exists():
         # A large part keeps a worker busy for seconds: the screenshots show a job running.
-        slow = post_file(server, alice, series, "11752.stp", (SAMPLES / "11752.stp").read_bytes())
+        shaft = server.call(
+            "POST", "/api/series/", {"organization": org_id, "part_number": "SHF-2040", "name": "Drive shaft"}, alice
+        )["id"]
+        slow = post_file(server, alice, shaft, "11752.stp", (SAMPLES / "11752.stp").read_bytes())
         running = f'#running-jobs tr[data-job="{slow["analysis_job_id"]}"]'
         a.locator(running + " progress").wait_for(timeout=LONG)
         b.locator(running).wait_for(timeout=LONG)

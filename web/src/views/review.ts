@@ -56,6 +56,12 @@ export class ReviewRoom {
   private readonly alerts = h("div", { class: "room-alerts" });
   private readonly composer = h("div", { class: "composer", id: "markup-composer", hidden: true });
   private showClosed = true;
+  private closing: { id: number; how: "resolve" | "dismiss" } | null = null;
+  private voteBox: HTMLElement | null = null;
+  // Items are kept by id and rebuilt only when they change, and forms live across rebuilds: a live event
+  // arriving while someone types a reply must not take their text or their focus away.
+  private items = new Map<number, { el: HTMLElement; sig: string }>();
+  private forms = new Map<string, HTMLFormElement>();
 
   constructor(
     private readonly app: App,
@@ -469,8 +475,8 @@ export class ReviewRoom {
       ),
     );
     const mine = r.reviewers.includes(me) && OPEN.includes(r.status);
-    let box: HTMLElement | null = null;
-    if (mine) {
+    let box: HTMLElement | null = mine ? this.voteBox : null;
+    if (mine && !box) {
       const comments = h("textarea", { id: "vote-comments", rows: 2, maxlength: 5000, placeholder: "Comments (optional)" });
       const reason = h("select", { id: "vote-reason" }, REASONS.map((x) => h("option", { value: x }, titleCase(x))));
       const error = h("p", { class: "form-error", role: "alert" });
@@ -481,7 +487,9 @@ export class ReviewRoom {
         error.textContent = "";
         try {
           const body = decision === "approve" ? { comments: comments.value } : { comments: comments.value, reason: reason.value };
-          this.setReview(await post<Review>(`/api/reviews/${r.id}/${decision}/`, body));
+          const updated = await post<Review>(`/api/reviews/${r.id}/${decision}/`, body);
+          approve.disabled = reject.disabled = false;
+          this.setReview(updated);
         } catch (err) {
           error.textContent = err instanceof ApiError ? err.detail : "The vote was not recorded.";
           approve.disabled = reject.disabled = false;
@@ -498,8 +506,11 @@ export class ReviewRoom {
         error,
         h("div", { class: "row" }, approve, reject),
       );
+      this.voteBox = box; // kept across re-renders: what the reviewer typed survives others' votes
     }
+    const focused = this.votes.contains(document.activeElement) ? (document.activeElement as HTMLElement) : null;
     replace(this.votes, h("ul", { class: "vote-list" }, rows), box);
+    if (focused?.isConnected) focused.focus({ preventScroll: true });
   }
 
   // ---------------------------------------------------------------- markups
@@ -526,19 +537,50 @@ export class ReviewRoom {
 
   private renderMarkups(): void {
     this.renderPins();
-    const items = this.ordered();
-    const shown = items.filter((m) => this.showClosed || m.status === "OPEN");
+    const all = this.ordered();
+    const shown = all.filter((m) => this.showClosed || m.status === "OPEN");
     if (shown.length === 0) {
+      this.items.clear();
       replace(
         this.list,
         h("li", { class: "empty muted" }, this.canWrite() ? "No markups yet. Use “Add markup”, then click on the model." : "No markups."),
       );
       return;
     }
-    replace(
-      this.list,
-      shown.map((m) => this.markupItem(m, items.indexOf(m) + 1)),
-    );
+    this.list.querySelector(":scope > li.empty")?.remove();
+    const wanted = new Set(shown.map((m) => m.id));
+    for (const [id, item] of this.items) {
+      if (!wanted.has(id)) {
+        item.el.remove();
+        this.items.delete(id);
+      }
+    }
+    let previous: Element | null = null;
+    for (const m of shown) {
+      const number = all.indexOf(m) + 1;
+      const sig = JSON.stringify([
+        m.version,
+        m.reply_count,
+        number,
+        m.id === this.selectedMarkup,
+        this.openThreads.has(m.id),
+        this.replies.get(m.id)?.length ?? -1,
+        this.closing?.id === m.id ? this.closing.how : null,
+        this.review.status,
+      ]);
+      let item = this.items.get(m.id);
+      if (!item || item.sig !== sig) {
+        const focused = item?.el.contains(document.activeElement) ? (document.activeElement as HTMLElement) : null;
+        const el = this.markupItem(m, number);
+        item?.el.replaceWith(el);
+        item = { el, sig };
+        this.items.set(m.id, item);
+        if (focused?.isConnected) focused.focus({ preventScroll: true });
+      }
+      const expected: Element | null = previous ? previous.nextElementSibling : this.list.firstElementChild;
+      if (expected !== item.el) this.list.insertBefore(item.el, expected);
+      previous = item.el;
+    }
   }
 
   private markupItem(m: Markup, number: number): HTMLElement {
@@ -550,8 +592,8 @@ export class ReviewRoom {
     ];
     if (open && m.status === "OPEN") {
       actions.push(
-        h("button", { type: "button", class: "btn tiny", onclick: () => void this.close(m, "resolve") }, "Resolve"),
-        h("button", { type: "button", class: "btn tiny ghost", onclick: () => void this.close(m, "dismiss") }, "Dismiss"),
+        h("button", { type: "button", class: "btn tiny", onclick: () => this.askClose(m.id, "resolve") }, "Resolve"),
+        h("button", { type: "button", class: "btn tiny ghost", onclick: () => this.askClose(m.id, "dismiss") }, "Dismiss"),
       );
     }
     const item = h(
@@ -573,27 +615,35 @@ export class ReviewRoom {
       m.dismiss_reason ? h("p", { class: "small" }, `Dismissed: ${m.dismiss_reason}`) : null,
       h("div", { class: "row actions" }, actions),
     );
+    if (this.closing?.id === m.id && open && m.status === "OPEN") item.append(this.closeForm(m, this.closing.how));
     if (this.openThreads.has(m.id)) item.append(this.thread(m, open));
     return item;
   }
 
   private thread(m: Markup, open: boolean): HTMLElement {
     const replies = this.replies.get(m.id);
-    const text = h("textarea", { rows: 2, maxlength: 5000, "aria-label": "Reply", placeholder: "Reply…" });
-    const send = h("button", { type: "submit", class: "btn small primary" }, "Send");
-    const form = h("form", { class: "reply-form" }, text, send);
-    form.addEventListener("submit", async (e) => {
-      e.preventDefault();
-      if (!text.value.trim()) return;
-      send.disabled = true;
-      try {
-        const reply = await post<Reply>(`/api/markups/${m.id}/replies/`, { text: text.value.trim() });
-        this.addReply(m.id, reply);
-      } catch (err) {
-        this.app.toast(err instanceof ApiError ? err.detail : "The reply was not sent.", "error");
+    const key = `reply:${m.id}`;
+    let form = this.forms.get(key);
+    if (!form) {
+      const text = h("textarea", { rows: 2, maxlength: 5000, "aria-label": "Reply", placeholder: "Reply…" });
+      const send = h("button", { type: "submit", class: "btn small primary" }, "Send");
+      const created = h("form", { class: "reply-form" }, text, send);
+      created.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        if (!text.value.trim()) return;
+        send.disabled = true;
+        try {
+          const reply = await post<Reply>(`/api/markups/${m.id}/replies/`, { text: text.value.trim() });
+          text.value = "";
+          this.addReply(m.id, reply);
+        } catch (err) {
+          this.app.toast(err instanceof ApiError ? err.detail : "The reply was not sent.", "error");
+        }
         send.disabled = false;
-      }
-    });
+      });
+      this.forms.set(key, created);
+      form = created;
+    }
     return h(
       "div",
       { class: "thread" },
@@ -623,19 +673,49 @@ export class ReviewRoom {
     this.renderMarkups();
   }
 
-  private async close(m: Markup, how: "resolve" | "dismiss"): Promise<void> {
-    const answer = window.prompt(how === "resolve" ? "Resolution notes (optional)" : "Why dismiss this markup?", "");
-    if (answer === null) return;
-    if (how === "dismiss" && !answer.trim()) {
-      this.app.toast("A dismissal needs a reason.", "error");
-      return;
-    }
-    try {
-      const body = how === "resolve" ? { resolution_notes: answer } : { reason: answer };
-      this.upsert(await post<Markup>(`/api/markups/${m.id}/${how}/`, body));
-    } catch (err) {
-      this.app.toast(err instanceof ApiError ? err.detail : "The markup was not changed.", "error");
-    }
+  private askClose(id: number, how: "resolve" | "dismiss"): void {
+    this.closing = { id, how };
+    this.renderMarkups();
+    this.list.querySelector<HTMLTextAreaElement>(`[data-markup="${id}"] .close-form textarea`)?.focus();
+  }
+
+  private closeForm(m: Markup, how: "resolve" | "dismiss"): HTMLElement {
+    const key = `close:${m.id}:${how}`;
+    const kept = this.forms.get(key);
+    if (kept) return kept;
+    const id = `close-${m.id}`;
+    const text = h("textarea", { id, rows: 2, maxlength: 5000, required: how === "dismiss" });
+    const confirm = h("button", { type: "submit", class: "btn small primary" }, how === "resolve" ? "Resolve" : "Dismiss");
+    const cancel = h("button", { type: "button", class: "btn small" }, "Cancel");
+    const form = h(
+      "form",
+      { class: "close-form" },
+      h("label", { for: id }, how === "resolve" ? "Resolution notes (optional)" : "Reason for dismissing"),
+      text,
+      h("div", { class: "row" }, confirm, cancel),
+    );
+    this.forms.set(key, form);
+    cancel.addEventListener("click", () => {
+      this.closing = null;
+      this.forms.delete(key);
+      this.renderMarkups();
+    });
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      if (how === "dismiss" && !text.value.trim()) return;
+      confirm.disabled = true;
+      try {
+        const body = how === "resolve" ? { resolution_notes: text.value.trim() } : { reason: text.value.trim() };
+        const updated = await post<Markup>(`/api/markups/${m.id}/${how}/`, body);
+        this.closing = null;
+        this.forms.delete(key);
+        this.upsert(updated);
+      } catch (err) {
+        this.app.toast(err instanceof ApiError ? err.detail : "The markup was not changed.", "error");
+        confirm.disabled = false;
+      }
+    });
+    return form;
   }
 
   /** Select a markup; "go to" also restores the camera it was placed from. */
