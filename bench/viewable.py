@@ -89,6 +89,7 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
+    """Measure every file of the corpus and print the table the README quotes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("samples", nargs="?", type=Path, default=SAMPLES)
     parser.add_argument("--rounds", type=int, default=3)

@@ -192,7 +192,7 @@ class _Builder:
         self.meshes: list[dict[str, Any]] = []
         self.materials: list[dict[str, Any]] = []
         self.nodes: list[dict[str, Any]] = []
-        self._material_of: dict[tuple[float, float, float], int] = {}
+        self._material_of: dict[tuple[float, ...], int] = {}
 
     def view(self, data: array, target: int) -> int:
         if sys.byteorder != "little":
@@ -224,8 +224,8 @@ class _Builder:
                     "doubleSided": True,  # open shells and surface models are seen from both sides
                 }
             )
-            self._material_of[rgb] = len(self.materials) - 1  # type: ignore[index]
-        return self._material_of[rgb]  # type: ignore[index]
+            self._material_of[rgb] = len(self.materials) - 1
+        return self._material_of[rgb]
 
     def mesh(self, name: str, mesh: _Mesh, color: tuple[float, float, float] | None) -> int | None:
         if mesh.triangles == 0:

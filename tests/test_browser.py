@@ -94,26 +94,39 @@ def build_web() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def server(mongo_uri: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextlib.contextmanager
+def live_server(mongo_uri: str, redis_url: str, data_dir: Path, **settings: str) -> Iterator[Server]:
+    """server.py with two analysis workers, Redis and a platform admin; rate limits out of the tests' way."""
     build_web()
     with shared_servers(
         mongo_uri,
         redis_url,
-        tmp_path_factory.mktemp("server"),
+        data_dir,
         count=1,
         workers="2",
         job_poll_interval="0.1",
         rate_limit_per_minute="100000",
         rate_limit_per_hour="1000000",
         uploads_per_hour="1000",
+        **settings,
     ) as ports:
         base = f"http://127.0.0.1:{ports[0]}"
         yield Server(base, Server(base, "").token("root", ROOT_PASSWORD))
 
 
 @pytest.fixture(scope="module")
+def server(mongo_uri: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with live_server(mongo_uri, redis_url, tmp_path_factory.mktemp("server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def team(server: Server) -> dict[str, Any]:
+    return make_team(server)
+
+
+def make_team(server: Server) -> dict[str, Any]:
+    """A US organization with alice and bob (SECRET, US persons) and carol (no clearance, not a US person)."""
     org = server.call(
         "POST", "/api/organizations/", {"name": "Aero Structures", "slug": "aero", "is_us_organization": True}
     )
@@ -254,6 +267,7 @@ def place_markup(page: Any, text: str, severity: str, at: tuple[float, float]) -
 def test_review_room_end_to_end(
     server: Server, team: dict[str, Any], browsers: tuple[Any, Any], tmp_path: Path
 ) -> None:
+    """Upload to render, BOM to 3D, a review with markups and presence, offline recovery, vote, jobs, refusal."""
     first, second = browsers
     fixture = write_assembly(tmp_path / "bracket-assembly.step")
     a_context = first.new_context(viewport={"width": 1280, "height": 720})
@@ -401,3 +415,51 @@ def test_corpus_assembly_renders(server: Server, team: dict[str, Any], browsers:
     page.locator('.bom-row[data-name="nut"]').first.click()
     assert page.locator("#selection-status").inner_text().startswith("nut — ")
     context.close()
+
+
+def test_a_gap_too_old_to_replay_shows_the_reload_banner(
+    mongo_uri: str, redis_url: str, browsers: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """recovered: false after a reconnect: the page says so and reloads the room over REST on request."""
+    # Two events of history per channel: three markups made while B is offline cannot be replayed.
+    with live_server(mongo_uri, redis_url, tmp_path / "server", realtime_history_size="2") as server:
+        team = make_team(server)
+        alice, bob = server.token("alice"), server.token("bob")
+        series = server.call(
+            "POST",
+            "/api/series/",
+            {"organization": team["org"]["id"], "part_number": "BRK-7", "name": "Bracket"},
+            alice,
+        )["id"]
+        design = post_file(server, alice, series, "bracket.step", write_assembly(tmp_path / "b.step").read_bytes())
+        deadline = time.monotonic() + 60
+        while server.call("GET", f"/api/designs/{design['id']}/", token=alice)["status"] != "READY":
+            assert time.monotonic() < deadline, "analysis did not finish"
+            time.sleep(0.2)
+        review = server.call(
+            "POST", "/api/reviews/", {"design_asset": design["id"], "reviewers": [team["users"]["bob"]["id"]]}, alice
+        )
+        context = browsers[1].new_context(viewport={"width": 1280, "height": 720})
+        page = context.new_page()
+        sign_in(page, server.base, "bob", f"#/designs/{design['id']}/review")
+        page.locator("#review-room").wait_for(timeout=LONG)
+        page.locator("#markup-list .empty").wait_for()
+        context.set_offline(True)
+        page.locator(".connection.offline").wait_for(timeout=5000)
+        for n in range(3):
+            body = {
+                "review_session": review["id"],
+                "position": {"x": n, "y": 0, "z": 0},
+                "annotation_text": f"Gap markup {n}",
+            }
+            server.call("POST", "/api/markups/", body, alice)
+        context.set_offline(False)
+        banner = page.locator("#reload-banner")
+        banner.wait_for(timeout=15_000)
+        assert page.locator(".markup-item").count() == 0  # nothing was replayed: the banner says so
+        banner.get_by_role("button", name="Reload").click()
+        for n in range(3):
+            page.locator(".markup-item", has_text=f"Gap markup {n}").wait_for(timeout=10_000)
+        assert page.locator(".markup-item").count() == 3 and banner.count() == 0
+        assert server.call("GET", f"/api/reviews/{review['id']}/", token=bob)["status"] in ("PENDING", "IN_PROGRESS")
+        context.close()

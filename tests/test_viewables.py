@@ -14,6 +14,7 @@ import pytest
 from processing.cad import analyze_file, tessellate_to_glb
 from tests.assembly_fixture import EXPECTED_BOM, NUT_INSTANCES, write_assembly
 from tests.helpers import World, assert_envelope
+from tests.realtime.client import Client
 from tests.test_designs import setup_team, upload
 from tests.test_jobs import RUNNING, wait_job
 
@@ -116,6 +117,7 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.mark.gen_test(timeout=120)
 async def test_viewable_endpoint_serves_the_glb_under_the_design_policy(world: World, db: Any, assembly: Path) -> None:
+    """200 with ETag and private caching, 304, audit entries, 403/404 by policy, storage released on delete."""
     org, people, series_id = await setup_team(world)
     member = people["member"]
     design = await upload(member, series_id, "bracket-assembly.step", assembly.read_bytes())
@@ -195,3 +197,30 @@ async def test_a_design_analysed_before_viewables_gets_one_by_a_job(world: World
     assert (await member.api.get(f"/api/designs/{design['id']}/")).json["status"] == "READY"
     metrics = (await member.api.get("/api/analysis-jobs/metrics/?job_type=TESSELLATION")).json
     assert metrics["success_count"] == 1
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_job_status_reaches_the_org_feed_only_for_the_cleared(
+    world: World, base_url: str, assembly: Path
+) -> None:
+    org, people, series_id = await setup_team(world)
+    url = base_url.replace("http://", "ws://") + "/ws/"
+    owner = await Client.connect(url, token=people["owner"].token)
+    viewer = await Client.connect(url, token=people["viewer"].token)
+    for client in (owner, viewer):
+        await client.ok("subscribe", channel=f"org:{org['_id']}")
+    secret = await upload(people["member"], series_id, "secret.step", assembly.read_bytes(), classification="SECRET")
+    job_id = secret["finalize"]["analysis_job_id"]
+    statuses = []
+    while not statuses or statuses[-1]["status"] != "SUCCESS":
+        event = await owner.next_event("job.status", timeout=60)
+        assert event["data"]["job_id"] == job_id
+        statuses.append(event["data"])
+    assert [s["status"] for s in statuses] == ["PROCESSING", "SUCCESS"]
+    assert statuses[-1]["classification"] == "SECRET" and statuses[-1]["job_type"] == "PROCESSING"
+    # The uncleared viewer heard nothing of the SECRET job; an UNCLASSIFIED one reaches them.
+    plain = await upload(people["member"], series_id, "plain.step", assembly.read_bytes())
+    first = await viewer.next_event("job.status", timeout=60)
+    assert first["data"]["job_id"] == plain["finalize"]["analysis_job_id"], first
+    for client in (owner, viewer):
+        client.close()

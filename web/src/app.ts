@@ -16,6 +16,7 @@ export class App {
   org: Organization | null = null;
   realtime: Realtime | null = null;
   private orgListeners = new Set<() => void>();
+  private offState: (() => void) | null = null;
 
   readonly main = document.getElementById("main") as HTMLElement;
   private readonly top = document.getElementById("banner-top") as HTMLElement;
@@ -97,10 +98,11 @@ export class App {
       this.orgs.map((o) => h("option", { value: o.id, selected: o.id === this.org?.id }, o.name)),
     );
     const connection = h("span", { class: "connection", role: "status", "aria-live": "polite" });
-    this.realtime?.onState((state: ConnectionState) => {
+    this.offState?.();
+    this.offState = this.realtime?.onState((state: ConnectionState) => {
       connection.className = `connection ${state}`;
       connection.textContent = { online: "Live", connecting: "Connecting…", reconnecting: "Reconnecting…", offline: "Offline" }[state];
-    });
+    }) ?? null;
     replace(
       this.header,
       h("a", { class: "brand", href: "#/designs", "aria-label": "Enginel home" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Enginel"),

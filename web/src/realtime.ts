@@ -94,7 +94,7 @@ export class Realtime {
   onState(fn: (state: ConnectionState) => void): () => void {
     this.stateListeners.add(fn);
     fn(this.state);
-    return () => this.stateListeners.delete(fn);
+    return () => void this.stateListeners.delete(fn);
   }
 
   /** Listen on a channel; events arrive in order, once each, across reconnects. Returns the unsubscribe. */
