@@ -313,6 +313,13 @@ def test_review_room_end_to_end(
     b.locator("#review-room").wait_for()
     a.locator('#presence li[data-user="bob"]').wait_for(timeout=10_000)
     b.locator('#presence li[data-user="alice"]').wait_for(timeout=10_000)
+    # A's pointer over the model is a named cursor on B's view; B can follow A's camera.
+    box = a.locator("#viewer-host canvas").bounding_box()
+    a.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    b.locator(".remote-cursor", has_text="alice").wait_for(state="attached", timeout=5000)
+    follow = b.locator('#presence li[data-user="alice"]').get_by_role("button", name="Follow")
+    follow.click()
+    b.locator('#presence li[data-user="alice"] button[aria-pressed="true"]').wait_for(timeout=5000)
 
     # B clicks the model to place a markup; A's page shows the pin within a second, without reloading.
     compose_markup(b, "Weld bead too close to the bolt head", "MAJOR", (0.5, 0.5))

@@ -92,7 +92,11 @@ export class ReviewRoom {
     if (realtime) {
       this.offs.push(
         realtime.subscribe(this.channel, (event) => this.onEvent(event), {
-          onReady: () => void this.loadPresence(),
+          onReady: () => {
+            void this.loadPresence();
+            // Present with a view from the start, so others can follow before this user moves.
+            if (this.viewer) this.share({ camera: this.presenceCamera() });
+          },
           onReset: () => this.lostEvents(),
           onFailure: (error) => this.alert(`Live updates are unavailable: ${error.message}`),
         }),
@@ -136,6 +140,7 @@ export class ReviewRoom {
     }, 200);
     viewer.element.addEventListener("pointerdown", () => this.follow(null));
     viewer.element.addEventListener("wheel", () => this.follow(null), { passive: true });
+    this.share({ camera: this.presenceCamera() });
     this.renderPins();
     this.renderCursors();
   }
