@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/build.mjs web/tsconfig.json
 
-.PHONY: run test lint format stress stress-realtime
+.PHONY: run test lint format web stress stress-realtime
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +17,25 @@ $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-run: $(VENV)/.base
+# The browser app (web/): npm packages from the lockfile, then a type check and the esbuild bundle in
+# web/dist, rebuilt only when its sources change. Node.js and npm are needed to build it, not to serve it.
+web: web/dist/index.html
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "Building the web app (web/) needs Node.js 18+ and npm."; \
+	  echo "Install them with: sudo apt-get install nodejs npm  (Debian/Ubuntu)  or  brew install node  (macOS)"; \
+	  exit 1; }
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && npm run --silent typecheck && npm run --silent build
+
+run: $(VENV)/.base web
 	$(PY) server.py --port $(PORT)
 
-test: $(VENV)/.test
+test: $(VENV)/.test web
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "redis-server not found: installing Debian's redis-server"; \
@@ -28,6 +44,14 @@ test: $(VENV)/.test
 	    echo "The tests need a real redis-server binary on PATH."; \
 	    echo "Install it with: sudo apt-get install redis-server  (Debian/Ubuntu)  or  brew install redis  (macOS)"; \
 	    exit 1; \
+	  fi; }
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium not found: installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser tests drive Debian's Chromium at /usr/bin/chromium (or ENGINEL_CHROMIUM)."; \
+	    echo "Install it with: sudo apt-get install chromium  (Debian/Ubuntu); without it they are skipped."; \
 	  fi; }
 	$(PY) -m pytest
 

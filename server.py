@@ -16,7 +16,7 @@ import tornado.web
 
 from config import Settings, load_settings
 from handlers import audit as audit_handlers
-from handlers import auth, designs, health, organizations, users, websocket
+from handlers import auth, designs, health, organizations, users, viewables, web, websocket
 from handlers import bom as bom_handlers
 from handlers import jobs as job_handlers
 from handlers import markups as markup_handlers
@@ -38,8 +38,9 @@ from models.reviews import Reviews
 from models.series import Series
 from models.storage import make_storage
 from models.users import Users
+from models.viewables import Viewables
 from processing.pool import ProcessPool
-from processing.runner import JobRunner
+from processing.runner import JobRunner, ViewableOptions
 from realtime import Broker, BrokerConfig, Credential, Gateway, InProcessBroker, RealtimeConfig
 from realtime.redis_broker import RedisBroker
 
@@ -59,7 +60,9 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         *markup_handlers.routes,
         *job_handlers.routes,
         *bom_handlers.routes,
+        *viewables.routes,
         *websocket.routes,
+        *web.routes,
     ]
 
 
@@ -211,6 +214,7 @@ class Runtime:
             jobs=jobs,
             bom=BomNodes(db, designs),
             channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=jobs, orgs=orgs),
+            viewables=Viewables(db, designs, gateway, max_retries=settings.job_max_retries),
         )
         for name, command in socket_commands(reviews, markups).items():
             gateway.add_command(name, command)
@@ -233,6 +237,11 @@ class Runtime:
                 max_retries=settings.job_max_retries,
                 lease_seconds=settings.job_lease_seconds,
                 poll_interval=settings.job_poll_interval,
+                viewables=self.services.viewables,
+                viewable_options=ViewableOptions(
+                    max_triangles=settings.viewable_max_triangles,
+                    relative_deflection=settings.viewable_relative_deflection,
+                ),
             )
             await self.services.runner.start()
         return self.services

@@ -90,6 +90,23 @@ class Settings(BaseSettings):
     job_poll_interval: float = Field(
         0.5, gt=0, le=60, description="Seconds an idle job runner waits before looking for pending jobs again."
     )
+    viewable_max_triangles: int = Field(
+        500_000,
+        ge=1000,
+        le=50_000_000,
+        description="Triangles the browser viewer's GLB of a design may draw (instances counted); "
+        "a finer mesh is coarsened until it fits.",
+    )
+    viewable_relative_deflection: float = Field(
+        0.001,
+        gt=0,
+        le=0.1,
+        description="Chord deflection of the viewer mesh as a fraction of the model's bounding-box diagonal.",
+    )
+    web_dir: Path = Field(
+        Path(__file__).resolve().parent.parent / "web" / "dist",
+        description="Directory of the built browser app served at / (make web builds it from web/).",
+    )
 
     # --- identity
     bootstrap_admin: str | None = Field(

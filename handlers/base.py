@@ -92,6 +92,7 @@ class Services:
     bom: Any = None  # models.bom.BomNodes
     realtime: Any = None  # realtime.Gateway: this process's sockets, and the models' publisher
     channels: Any = None  # models.channels.ChannelPolicy
+    viewables: Any = None  # models.viewables.Viewables
     extra: dict[str, Any] = field(default_factory=dict)
 
 

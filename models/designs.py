@@ -35,6 +35,7 @@ from models.policy import (
 from models.schema import Input
 from models.series import DESIGNS, Series
 from models.storage import FileTooLarge, Storage, StorageWriter, StoredFile, parse_file_hash
+from models.viewables import render_viewable
 
 UPLOADS = "uploads"
 MATERIALS = "materials"
@@ -145,6 +146,7 @@ DESIGN_FIELDS = frozenset(
         "density_kg_m3",
         "length_unit",
         "analysis_job_id",
+        "viewable",
         "uploaded_by",
         "uploaded_by_username",
         "created_at",
@@ -694,18 +696,26 @@ class Designs:
         await self.db["markups"].delete_many({"design_id": doc["_id"]})
         if doc.get("content_sha256"):
             await self.release_content(doc["content_sha256"])
+        if (doc.get("viewable") or {}).get("sha256"):
+            await self.release_content(doc["viewable"]["sha256"])
 
     async def release_content(self, sha: str) -> None:
-        """Delete stored content that no design and no pending upload references any more."""
-        if not await self.db[DESIGNS].count_documents({"content_sha256": sha}, limit=1) and not await self.db[
-            UPLOADS
-        ].count_documents({"sha256": sha, "status": "RECEIVED"}, limit=1):
-            await self.storage.delete(sha)
+        """Delete stored content (an upload or a viewer GLB) that no design and no pending upload references."""
+        for collection, query in (
+            (DESIGNS, {"content_sha256": sha}),
+            (DESIGNS, {"viewable.sha256": sha}),
+            (UPLOADS, {"sha256": sha, "status": "RECEIVED"}),
+        ):
+            if await self.db[collection].count_documents(query, limit=1):
+                return
+        await self.storage.delete(sha)
 
     # ------------------------------------------------------------------ analysis results (job runner)
 
-    async def apply_analysis(self, design_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
-        """Store an analysis result on its design and move it to READY."""
+    async def apply_analysis(
+        self, design_id: str, result: dict[str, Any], viewable: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Store an analysis result (and the stored viewer GLB made with it) on its design; it becomes READY."""
         doc = await self.db[DESIGNS].find_one({"_id": design_id})
         if doc is None:
             return None
@@ -728,6 +738,8 @@ class Designs:
             "status": DesignStatus.READY.value,
             "updated_at": utcnow(),
         }
+        if viewable is not None:
+            update["viewable"] = viewable
         updated = await self.db[DESIGNS].find_one_and_update(
             {"_id": design_id, "status": DesignStatus.PROCESSING.value},
             {"$set": update, "$inc": {"version": 1}},
@@ -892,6 +904,7 @@ def render_design(doc: dict[str, Any], series_name: str | None, username: str | 
         "density_kg_m3": doc.get("density_kg_m3"),
         "length_unit": doc.get("length_unit"),
         "analysis_job_id": doc.get("analysis_job_id"),
+        "viewable": render_viewable(doc.get("viewable")),
         "uploaded_by": doc["uploaded_by"],
         "uploaded_by_username": username,
         "created_at": doc["created_at"],

@@ -38,6 +38,7 @@ class JobType(str, Enum):
     VALIDATION = "VALIDATION"
     BOM_EXTRACTION = "BOM_EXTRACTION"
     EXPORT = "EXPORT"
+    TESSELLATION = "TESSELLATION"  # the viewer's GLB of a design analysed before viewables existed
 
 
 FINAL = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILURE.value, JobStatus.CANCELLED.value})
@@ -121,9 +122,20 @@ def _duration(job: dict[str, Any], end: datetime) -> float | None:
 
 
 async def announce_job(publisher: Publisher, job: dict[str, Any], event: str, data: dict[str, Any]) -> None:
-    """Job events go to the job's own channel and its design's, where reviewers already listen."""
-    payload = {"job_id": job["_id"], "design_id": job["design_id"], **data}
-    await announce(publisher, [f"job:{job['_id']}", f"design:{job['design_id']}"], event, payload)
+    """Job events go to the job's own channel and its design's, where reviewers already listen. Status changes
+    also reach the organization's feed (the live job dashboard), where each listener sees only the jobs of
+    designs they are cleared for; progress stays off it, five events a second per job would flood it."""
+    payload = {
+        "job_id": job["_id"],
+        "design_id": job["design_id"],
+        "job_type": job.get("job_type"),
+        "classification": job.get("classification"),
+        **data,
+    }
+    channels = [f"job:{job['_id']}", f"design:{job['design_id']}"]
+    if event == "job.status" and job.get("organization_id"):
+        channels.append(f"org:{job['organization_id']}")
+    await announce(publisher, channels, event, payload)
 
 
 def status_event(job: dict[str, Any]) -> dict[str, Any]:

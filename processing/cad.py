@@ -15,10 +15,8 @@ from OCP.BRep import BRep_Builder, BRep_Tool
 from OCP.BRepBndLib import BRepBndLib
 from OCP.BRepCheck import BRepCheck_Analyzer
 from OCP.BRepGProp import BRepGProp
-from OCP.BRepMesh import BRepMesh_IncrementalMesh
 from OCP.BRepTools import BRepTools
 from OCP.collections import (
-    IndexedDataMap_TCollection_AsciiString_TCollection_AsciiString,
     IndexedDataMap_TopoDS_Shape_List_TopoDS_Shape_TopTools_ShapeMapHasher,
     IndexedMap_TopoDS_Shape_TopTools_ShapeMapHasher,
     Sequence_TCollection_AsciiString,
@@ -27,8 +25,8 @@ from OCP.collections import (
 from OCP.GProp import GProp_GProps
 from OCP.IFSelect import IFSelect_ReturnStatus
 from OCP.IGESCAFControl import IGESCAFControl_Reader
-from OCP.Message import Message, Message_Gravity, Message_ProgressRange
-from OCP.RWGltf import RWGltf_CafWriter
+from OCP.Message import Message, Message_Gravity
+from OCP.Quantity import Quantity_Color
 from OCP.StepBasic import StepBasic_ProductDefinition
 from OCP.STEPCAFControl import STEPCAFControl_Reader
 from OCP.STEPConstruct import STEPConstruct_Tool
@@ -42,7 +40,9 @@ from OCP.TopAbs import TopAbs_EDGE, TopAbs_FACE, TopAbs_ShapeEnum, TopAbs_SHELL,
 from OCP.TopExp import TopExp
 from OCP.TopLoc import TopLoc_Location
 from OCP.TopoDS import TopoDS, TopoDS_Compound, TopoDS_Shape
-from OCP.XCAFDoc import XCAFDoc_DocumentTool, XCAFDoc_ShapeTool
+from OCP.XCAFDoc import XCAFDoc_ColorTool, XCAFDoc_ColorType, XCAFDoc_DocumentTool, XCAFDoc_ShapeTool
+
+from processing.viewable import ScenePart, mesh_within_budget, write_glb
 
 __all__ = [
     "ANALYSIS_STAGES",
@@ -58,6 +58,10 @@ Progress = Callable[[int, int, str], None]
 
 #: Stages reported through ``progress(current, ANALYSIS_STAGES, message)``; one more when a GLB is written.
 ANALYSIS_STAGES = 5
+#: Triangles the viewer GLB may draw (instances counted) before the mesh is coarsened.
+DEFAULT_MAX_TRIANGLES = 500_000
+#: Chord deflection of the viewer mesh as a fraction of the bounding-box diagonal.
+DEFAULT_RELATIVE_DEFLECTION = 0.001
 #: Bigger BOMs are cut (warning BOM_TRUNCATED): one hostile file must not produce a huge job result.
 MAX_BOM_NODES = 10_000
 MAX_BOM_DEPTH = 32
@@ -167,13 +171,17 @@ def analyze_file(
     *,
     display_name: str | None = None,
     glb_path: str | None = None,
+    max_triangles: int = DEFAULT_MAX_TRIANGLES,
+    relative_deflection: float = DEFAULT_RELATIVE_DEFLECTION,
 ) -> dict[str, Any]:
     """Parse ``path`` once and return its geometry, topology, validation, units and BOM as plain data.
 
     ``display_name`` names the BOM root when the file carries no product name (STL, BREP, bare IGES);
     it defaults to the file's stem. With ``glb_path`` the same parsed document is also tessellated to a
-    binary glTF there (one more progress stage). Raises UnsupportedFormat or CadFileError; an invalid
-    shape is a result (``validation.is_valid_geometry`` false), not an error.
+    binary glTF there (one more progress stage; see processing.viewable for its layout), with a chord
+    deflection of ``relative_deflection`` times the bounding-box diagonal, coarsened until at most
+    ``max_triangles`` triangles are drawn. Raises UnsupportedFormat or CadFileError; an invalid shape is a
+    result (``validation.is_valid_geometry`` false), not an error.
     """
     kind = detect_format(path, fmt)
     total = ANALYSIS_STAGES + (1 if glb_path else 0)
@@ -201,15 +209,15 @@ def analyze_file(
     )
 
     unit = _source_unit(loaded, issues)
-    bom, bom_stats = _bom(loaded, name, geometry["volume_mm3"], issues)
+    bom, bom_stats, walk = _bom(loaded, name, geometry["volume_mm3"], issues)
     timings["bom"], clock = _lap(clock)
     report(4, total, f"Extracted bill of materials: {bom_stats['part_count']} parts")
 
     glb: dict[str, Any] | None = None
     if glb_path:
-        glb = _write_glb(loaded, glb_path, geometry["bounding_box"])
+        report(5, total, "Tessellating for the viewer")
+        glb = _write_glb(loaded, walk, bom[0], glb_path, geometry["bounding_box"], max_triangles, relative_deflection)
         timings["glb"], clock = _lap(clock)
-        report(5, total, "Wrote GLB")
     timings["total"] = round(time.perf_counter() - started, 4)
 
     result: dict[str, Any] = {
@@ -236,21 +244,30 @@ def analyze_file(
     return result
 
 
-def tessellate_to_glb(path: str, fmt: str | None, out_path: str, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Parse ``path`` and write a binary glTF of it to ``out_path`` (written whole, then renamed).
-
-    Returns ``{"path", "bytes", "triangles", "linear_deflection_mm"}``; the mesh deflection is 0.1 % of
-    the bounding-box diagonal.
-    """
+def tessellate_to_glb(
+    path: str,
+    fmt: str | None,
+    out_path: str,
+    *,
+    progress: Progress | None = None,
+    display_name: str | None = None,
+    max_triangles: int = DEFAULT_MAX_TRIANGLES,
+    relative_deflection: float = DEFAULT_RELATIVE_DEFLECTION,
+) -> dict[str, Any]:
+    """Parse ``path`` and write only its viewer GLB to ``out_path``, as ``analyze_file(glb_path=...)`` does
+    (for designs analysed before viewables existed). Returns the GLB summary (path, bytes, triangles, ...)."""
     kind = detect_format(path, fmt)
     report = progress or _no_progress
+    name = display_name or Path(path).stem or Path(path).name
     _quiet_occt()
-    report(0, 2, f"Reading {kind} file")
+    report(0, 3, f"Reading {kind} file")
     loaded = _load(path, kind)
-    report(1, 2, "Tessellating")
-    box = _bounding_box(loaded.shape)
-    glb = _write_glb(loaded, out_path, box)
-    report(2, 2, "Done")
+    report(1, 3, "Reading the assembly structure")
+    # The BOM walk names the nodes exactly as the analysis did; its volumes are not needed here.
+    bom, _, walk = _bom(loaded, name, None, _Issues())
+    report(2, 3, "Tessellating for the viewer")
+    glb = _write_glb(loaded, walk, bom[0], out_path, _bounding_box(loaded.shape), max_triangles, relative_deflection)
+    report(3, 3, "Done")
     return glb
 
 
@@ -586,11 +603,14 @@ class _BomWalk:
     volumes: dict[str, float | None] = field(default_factory=dict)
     nodes: int = 0
     truncated: bool = False
+    # For the viewer: each BOM path's label and its non-product components, and each child path's occurrences.
+    labels: dict[str, tuple[TDF_Label, list[TDF_Label]]] = field(default_factory=dict)
+    occurrences: dict[str, list[TDF_Label]] = field(default_factory=dict)
 
 
 def _bom(
     loaded: _Loaded, display_name: str, whole_volume: float | None, issues: _Issues
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+) -> tuple[list[dict[str, Any]], dict[str, int], _BomWalk]:
     walk = _BomWalk(loaded, whole_volume, issues)
     labels = loaded.free_labels
     if not labels or (
@@ -611,7 +631,7 @@ def _bom(
         root = _node(display_name, display_name, 1, "", [], volume, "0001", 1, children)
     if walk.truncated:
         issues.warn("BOM_TRUNCATED", f"The assembly tree was cut at {MAX_BOM_NODES} nodes or depth {MAX_BOM_DEPTH}.")
-    return [root], {"part_count": _part_count(root), "node_count": walk.nodes}
+    return [root], {"part_count": _part_count(root), "node_count": walk.nodes}, walk
 
 
 def _label_node(
@@ -646,6 +666,7 @@ def _label_node(
         referred_of.setdefault(key, referred)
         groups.setdefault(key, []).append(component)  # dicts keep first-occurrence order
 
+    walk.labels[path] = (label, extra)
     children: list[dict[str, Any]] = []
     if groups and (depth >= MAX_BOM_DEPTH or walk.nodes >= MAX_BOM_NODES):
         walk.truncated = True
@@ -654,6 +675,7 @@ def _label_node(
         if walk.nodes >= MAX_BOM_NODES:
             walk.truncated = True
             break
+        walk.occurrences[f"{path}.{index:04d}"] = occurrences
         names = [_label_name(c) for c in occurrences]
         explicit = [loaded.designators[_entry(c)] for c in occurrences if _entry(c) in loaded.designators]
         children.append(
@@ -737,50 +759,65 @@ def _designator(names: list[str]) -> str:
 # -- glTF --------------------------------------------------------------------------------------------
 
 
-def _write_glb(loaded: _Loaded, out_path: str, box: dict[str, Any] | None) -> dict[str, Any]:
-    doc = loaded.doc
-    labels = loaded.free_labels
-    if doc is None:
-        doc = _new_document()
-        label = XCAFDoc_DocumentTool.ShapeTool_s(doc.Main()).AddShape(loaded.shape, False)
-        labels = [label]
+def _write_glb(
+    loaded: _Loaded,
+    walk: _BomWalk,
+    bom_root: dict[str, Any],
+    out_path: str,
+    box: dict[str, Any] | None,
+    max_triangles: int,
+    relative_deflection: float,
+) -> dict[str, Any]:
+    root = _scene(walk, bom_root, loaded.shape)
     # Deflection relative to the model's size keeps a watch screw and a ship hull equally smooth.
     corners = [list(box["min"].values()), list(box["max"].values())] if box else []
     diagonal = math.dist(*corners) if corners and None not in corners[0] + corners[1] else 1.0
-    deflection = max(diagonal * 1e-3, 1e-4)
-    for label in labels:
-        shape = XCAFDoc_ShapeTool.GetShape_s(label)
-        BRepMesh_IncrementalMesh(shape, deflection, False, 0.5, False)
-    triangles = _triangle_count(loaded.shape)
-    tmp = out_path + ".part"
-    try:
-        writer = RWGltf_CafWriter(TCollection_AsciiString(tmp), True)
-        ok = writer.Perform(
-            doc, IndexedDataMap_TCollection_AsciiString_TCollection_AsciiString(), Message_ProgressRange()
+    info = mesh_within_budget(loaded.shape, root, diagonal, relative_deflection, max_triangles)
+    return write_glb(root, out_path, info)
+
+
+def _scene(walk: _BomWalk, node: dict[str, Any], whole: TopoDS_Shape) -> ScenePart:
+    """The BOM row ``node`` and its subtree as viewer parts: the same rows, with geometry and placements."""
+    path, children = node["path"], node["children"]
+    found = walk.labels.get(path)
+    if found is None:
+        # A file without assembly structure is one part; several free shapes hang under a synthetic root.
+        part = ScenePart(path, node["part_name"], node["part_number"], f"file:{path}", None if children else whole)
+    else:
+        label, extra = found
+        if children:
+            shape = _compound([XCAFDoc_ShapeTool.GetShape_s(c) for c in extra]) if extra else None
+            key = _entry(label) + "/own"
+        else:
+            # A leaf, or a sub-assembly cut by the BOM limits: the whole shape belongs to this row.
+            shape, key = XCAFDoc_ShapeTool.GetShape_s(label), _entry(label) + "/all"
+        part = ScenePart(path, node["part_name"], node["part_number"], key, shape, color=_label_color(label))
+    for child in children:
+        components = walk.occurrences.get(child["path"])
+        placements = (
+            [(XCAFDoc_ShapeTool.GetLocation_s(c), _label_name(c)[:MAX_NAME_CHARS]) for c in components]
+            if components
+            else [(TopLoc_Location(), "")]
         )
-        if not ok or not os.path.isfile(tmp):
-            raise CadError("glTF export failed")
-        os.replace(tmp, out_path)  # readers never see a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return {
-        "path": out_path,
-        "bytes": os.path.getsize(out_path),
-        "triangles": triangles,
-        "linear_deflection_mm": deflection,
-    }
+        part.children.append((_scene(walk, child, whole), placements))
+    return part
 
 
-def _triangle_count(shape: TopoDS_Shape) -> int:
-    faces = IndexedMap_TopoDS_Shape_TopTools_ShapeMapHasher()
-    TopExp.MapShapes_s(shape, TopAbs_FACE, faces)
-    total = 0
-    for i in range(1, faces.Extent() + 1):
-        mesh = BRep_Tool.Triangulation_s(TopoDS.Face(faces.FindKey(i)), TopLoc_Location())
-        if mesh is not None:
-            total += mesh.NbTriangles()
-    return total
+def _compound(shapes: list[TopoDS_Shape]) -> TopoDS_Compound:
+    compound = TopoDS_Compound()
+    builder = BRep_Builder()
+    builder.MakeCompound(compound)
+    for shape in shapes:
+        builder.Add(compound, shape)
+    return compound
+
+
+def _label_color(label: TDF_Label) -> tuple[float, float, float] | None:
+    color = Quantity_Color()
+    for kind in (XCAFDoc_ColorType.XCAFDoc_ColorSurf, XCAFDoc_ColorType.XCAFDoc_ColorGen):
+        if XCAFDoc_ColorTool.GetColor_s(label, kind, color):
+            return (color.Red(), color.Green(), color.Blue())
+    return None
 
 
 # -- small helpers -----------------------------------------------------------------------------------

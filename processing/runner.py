@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,12 +22,14 @@ from models.jobs import (
     INVALID_FILE_FORMAT,
     JobQueue,
     JobStatus,
+    JobType,
     announce_job,
     progress_doc,
     status_event,
 )
 from models.series import DESIGNS
 from models.storage import ContentNotFound
+from models.viewables import Viewables, viewable_record
 from processing.pool import JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed, WorkerError
 
 log = logging.getLogger("enginel.runner")
@@ -50,15 +53,38 @@ class WorkerCall:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     progress: bool = True  # the function accepts progress(current, total, message) as a keyword
+    outputs: tuple[str, ...] = ()  # files the worker writes; the runner stores what it needs, then removes them
 
 
 MakeCall = Callable[[dict[str, Any], str, dict[str, Any]], WorkerCall]
 
 
-def analysis_call(job: dict[str, Any], path: str, design: dict[str, Any]) -> WorkerCall:
-    """The production call: OpenCascade analysis of the stored file, named after the uploaded file."""
-    name = Path(design.get("filename") or "").stem or None
-    return WorkerCall("processing.cad:analyze_file", (path, design["file_format"]), {"display_name": name})
+@dataclass(frozen=True)
+class ViewableOptions:
+    """How the viewer's GLB is meshed (ENGINEL_VIEWABLE_* settings)."""
+
+    max_triangles: int = 500_000
+    relative_deflection: float = 0.001
+
+
+def analysis_call(
+    job: dict[str, Any], path: str, design: dict[str, Any], options: ViewableOptions = ViewableOptions()
+) -> WorkerCall:
+    """The production call: OpenCascade analysis of the stored file, named after the uploaded file, writing the
+    viewer GLB from the same parse; a TESSELLATION job writes only the GLB."""
+    kwargs: dict[str, Any] = {
+        "display_name": Path(design.get("filename") or "").stem or None,
+        "max_triangles": options.max_triangles,
+        "relative_deflection": options.relative_deflection,
+    }
+    glb = os.path.join(tempfile.gettempdir(), f"enginel-{job['_id']}-{job.get('task_id') or uuid.uuid4().hex}.glb")
+    if job.get("job_type") == JobType.TESSELLATION.value:
+        return WorkerCall(
+            "processing.cad:tessellate_to_glb", (path, design["file_format"], glb), kwargs, outputs=(glb,)
+        )
+    return WorkerCall(
+        "processing.cad:analyze_file", (path, design["file_format"]), {**kwargs, "glb_path": glb}, outputs=(glb,)
+    )
 
 
 @dataclass(eq=False)
@@ -99,6 +125,8 @@ class JobRunner:
         poll_interval: float,
         concurrency: int | None = None,
         name: str | None = None,
+        viewables: Viewables | None = None,
+        viewable_options: ViewableOptions = ViewableOptions(),
     ) -> None:
         self.db = db
         self.pool = pool
@@ -112,8 +140,9 @@ class JobRunner:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queue = JobQueue(db, self.name, lease_seconds)
         self.bom = BomNodes(db, designs)
+        self.viewables = viewables or Viewables(db, designs, designs.publisher, max_retries=max_retries)
         # Tests swap this for crashing or sleeping functions; it decides what a worker runs for each attempt.
-        self.make_call: MakeCall = analysis_call
+        self.make_call: MakeCall = functools.partial(analysis_call, options=viewable_options)
         self._attempts: dict[str, _Attempt] = {}  # task id -> attempt running here
         self._tasks: set[asyncio.Task[None]] = set()
         self._claimer: asyncio.Task[None] | None = None
@@ -260,7 +289,7 @@ class JobRunner:
             if updated is None:
                 continue  # another process reclaimed it first
             log.warning("job %s: lease of %s expired; now %s", job["_id"], job.get("worker"), updated["status"])
-            if updated["status"] == JobStatus.FAILURE.value:
+            if updated["status"] == JobStatus.FAILURE.value and _decides_design(updated):
                 await self.designs.mark_failed(updated["design_id"], updated["error_message"])
             else:
                 self.wake()
@@ -292,6 +321,7 @@ class JobRunner:
         if job.get("cancel_requested"):
             await self._cancelled(attempt, "Analysis cancelled on request.")
             return
+        call: WorkerCall | None = None
         try:
             async with self.storage.local_path(design["content_sha256"]) as path:
                 if attempt.stop_reason is not None:
@@ -334,39 +364,93 @@ class JobRunner:
                 )
         else:
             await self._succeed(attempt, result)
+        finally:
+            for output in call.outputs if call is not None else ():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(output)
 
     async def _succeed(self, attempt: _Attempt, result: Any) -> None:
+        """Record a finished attempt (while its output files still exist)."""
+        job = attempt.job
+        if job.get("job_type") == JobType.TESSELLATION.value:
+            await self._succeed_viewable(attempt, result)
+            return
         if not isinstance(result, dict) or not isinstance(result.get("geometry"), dict):
             await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The analysis returned no result.")
             return
-        job = attempt.job
         # The design as it is now: its classification or material may have changed during the analysis.
         design = await self.db[DESIGNS].find_one({"_id": job["design_id"]})
         if design is None:
             await self._cancelled(attempt, "The design was deleted.")
             return
+        # A viewer model that could not be made or stored is made again on first request, by its own job.
+        viewable = await self._store_glb(attempt, result.get("glb"))
+        result = {**result, "glb": {k: v for k, v in (result.get("glb") or {}).items() if k != "path"} or None}
         # Design first, job last: if this process dies in between, the job is rerun and both writes repeat.
         saved = await self.bom.replace_from_analysis(design, result.get("bom") or [])
-        await self.designs.apply_analysis(design["_id"], result)
-        done = await self.queue.succeed(job, attempt.task_id, summarize(result, saved))
+        applied = await self.designs.apply_analysis(design["_id"], result, viewable)
+        if applied is None and viewable is not None:
+            await self.designs.release_content(viewable["sha256"])
+        summary = summarize(result, saved)
+        summary["viewable"] = viewable and {"bytes": viewable["bytes"], "triangles": viewable["triangles"]}
+        done = await self.queue.succeed(job, attempt.task_id, summary)
         if done is not None:
             log.info("job %s: SUCCESS in %ss", attempt.job_id, done.get("duration_seconds"))
             await announce_job(self.publisher, done, "job.progress", done["progress"])
             await announce_job(self.publisher, done, "job.status", status_event(done))
+
+    async def _succeed_viewable(self, attempt: _Attempt, result: Any) -> None:
+        job = attempt.job
+        if not isinstance(result, dict) or "path" not in result:
+            await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The tessellation returned no model.")
+            return
+        viewable = await self._store_glb(attempt, result)
+        if viewable is None:
+            await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The viewer model could not be stored.")
+            return
+        if not await self.viewables.attach(job["design_id"], viewable):
+            await self.designs.release_content(viewable["sha256"])
+            await self._cancelled(attempt, "The design was deleted.")
+            return
+        summary = {k: v for k, v in viewable.items() if k not in ("sha256", "generated_at")}
+        done = await self.queue.succeed(job, attempt.task_id, summary)
+        if done is not None:
+            log.info("job %s: viewable stored in %ss", attempt.job_id, done.get("duration_seconds"))
+            await announce_job(self.publisher, done, "job.progress", done["progress"])
+            await announce_job(self.publisher, done, "job.status", status_event(done))
+
+    async def _store_glb(self, attempt: _Attempt, glb: Any) -> dict[str, Any] | None:
+        """Move the worker's GLB file into content-addressed storage; None (logged) when there is none."""
+        if not isinstance(glb, dict) or not glb.get("path"):
+            if isinstance(glb, dict) and glb.get("error"):
+                log.warning("job %s: no viewer model: %s", attempt.job_id, glb["error"])
+            return None
+        try:
+            async with await self.storage.writer() as writer:
+                with open(glb["path"], "rb") as source:
+                    while chunk := await asyncio.to_thread(source.read, 1 << 20):
+                        await writer.write(chunk)
+                stored = await writer.commit()
+        except Exception:
+            log.exception("job %s: could not store the viewer model", attempt.job_id)
+            return None
+        return viewable_record(glb, stored.sha256, stored.size)
 
     async def _fail(self, attempt: _Attempt, code: str, message: str) -> None:
         # Job first: only the attempt that still owns the job may fail its design.
         done = await self.queue.fail(attempt.job, attempt.task_id, code, message)
         if done is not None:
             log.info("job %s: FAILURE (%s) %s", attempt.job_id, code, message)
-            await self.designs.mark_failed(done["design_id"], message)
+            if _decides_design(done):
+                await self.designs.mark_failed(done["design_id"], message)
             await announce_job(self.publisher, done, "job.status", status_event(done))
 
     async def _cancelled(self, attempt: _Attempt, message: str) -> None:
         done = await self.queue.cancelled(attempt.job, attempt.task_id, message)
         if done is not None:
             log.info("job %s: CANCELLED (%s)", attempt.job_id, message)
-            await self.designs.mark_failed(done["design_id"], "Analysis cancelled.")
+            if _decides_design(done):
+                await self.designs.mark_failed(done["design_id"], "Analysis cancelled.")
             await announce_job(self.publisher, done, "job.status", status_event(done))
 
     async def _requeue(self, attempt: _Attempt, reason: str) -> None:
@@ -435,6 +519,11 @@ class JobRunner:
         if await self.queue.progress(attempt.job_id, attempt.task_id, progress):
             attempt.job["progress"] = progress
             await announce_job(self.publisher, attempt.job, "job.progress", progress)
+
+
+def _decides_design(job: dict[str, Any]) -> bool:
+    # A failed viewer model leaves its analysed design as it is; only the analysis fails a design.
+    return job.get("job_type", JobType.PROCESSING.value) == JobType.PROCESSING.value
 
 
 def summarize(result: dict[str, Any], bom_items: int) -> dict[str, Any]:
