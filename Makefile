@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint format
+.PHONY: run test lint format stress stress-db
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,11 @@ lint: $(VENV)/.test
 format: $(VENV)/.test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Long stress loops at the counts their issues ask for (minutes each); `make test` runs short versions of them.
+stress: stress-db
+
+# The embedded database: 200 SIGTERMs to the launcher and to plain secantusd-py, 50 SIGKILLed servers.
+stress-db: $(VENV)/.test
+	DB_STRESS=1 $(PY) -m pytest -q -s tests/test_embedded_db.py tests/test_server_process.py \
+	  -k "any_moment or same_signals or killed_server"
