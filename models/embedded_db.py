@@ -1,9 +1,10 @@
 """Launcher of the embedded SecantusDB server (`python -m models.embedded_db`) and the pid file that names it."""
 
 # SecantusDB 0.7.0b3's own entry point (`secantusd-py`) stops the server inside a SIGTERM handler while the
-# main thread sits in threading.Event.wait(); a signal that lands while that thread holds the event's lock, or
-# just before it blocks, hangs the process for good. Here the stop signals are blocked in every thread and
-# taken with sigwait, so the server is stopped from ordinary code, and a watchdog bounds the stop.
+# main thread sits in threading.Event.wait(); a signal that lands just as that thread blocks is never handled,
+# and a second one that lands while the first handler holds the event's lock deadlocks: either hangs the
+# process for good. Here the stop signals are blocked in every thread and taken with sigwait, so the server
+# is stopped from ordinary code, and a watchdog bounds the stop.
 # This module is started as its own process: it imports only the standard library and, in main(), secantus.
 
 from __future__ import annotations
@@ -253,6 +254,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, then stop within the bound; exit codes 0, 1 (failed start), 3, 4 (in use)."""
     # Before any thread exists: threads inherit the mask, so no thread ever runs a handler for these signals;
     # they stay pending until wait_for_stop() takes them.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
