@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/build.mjs web/tsconfig.json
 
-.PHONY: run test lint format web stress stress-realtime
+.PHONY: run test lint format web stress stress-realtime stress-db
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,7 @@ test: $(VENV)/.test web
 # Longer runs of the suite's randomized race tests: `make test` runs each scenario for a few seconds,
 # these for STRESS_SECONDS each (default 60). `stress` runs every area's stress-* target.
 STRESS_SECONDS ?= 60
-stress: stress-realtime
+stress: stress-realtime stress-db
 
 # Realtime recovery: subscribe-with-since cycles racing a publisher under CPU load (one server per broker,
 # two processes sharing Redis); every cycle checks exact offsets (tests/realtime/test_recovery_stress.py).
@@ -75,3 +75,8 @@ lint: $(VENV)/.test
 format: $(VENV)/.test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The embedded database: 200 SIGTERMs to the launcher and to plain secantusd-py, 50 SIGKILLed servers.
+stress-db: $(VENV)/.test
+	DB_STRESS=1 $(PY) -m pytest -q -s tests/test_embedded_db.py tests/test_server_process.py \
+	  -k "any_moment or same_signals or killed_server"

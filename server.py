@@ -27,6 +27,7 @@ from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
 from models.designs import Designs
+from models.embedded_db import DirectoryInUse
 from models.errors import APIError, ServiceUnavailable
 from models.identity import Identity, IdentityConfig
 from models.jobs import Jobs
@@ -153,9 +154,7 @@ class Runtime:
         settings = self.settings
         uri = settings.mongodb_uri
         if uri is None:
-            self.embedded = EmbeddedMongo(
-                settings.db_dir, settings.embedded_db_command, settings.embedded_db_start_timeout
-            )
+            self.embedded = EmbeddedMongo(settings.db_dir, settings.embedded_db_start_timeout)
             uri = await self.embedded.start()
         mongo = connect(uri)
         db = mongo[settings.mongodb_database]
@@ -307,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
+    except DirectoryInUse as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 

@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     mongodb_database: str = Field(
         "enginel", pattern=r"^[A-Za-z0-9_-]{1,63}$", description="Database name inside MongoDB."
     )
-    embedded_db_command: str = Field("secantusd-py", description="Executable of the embedded database server.")
     embedded_db_start_timeout: float = Field(30.0, gt=0, description="Seconds to wait for the embedded database.")
     redis_url: str | None = Field(
         None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -11,15 +12,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pymongo import AsyncMongoClient, IndexModel, MongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+
+from models import embedded_db
 
 log = logging.getLogger("enginel.database")
 
@@ -38,8 +42,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:
-    # Linux only: the database child gets SIGTERM if the server is killed outright (SIGKILL, OOM),
-    # so a crashed server never leaves an orphan holding the data directory's lock.
+    # Linux only: the database child gets SIGTERM if the server is killed outright (SIGKILL, OOM), and the
+    # launcher takes that signal with sigwait, so a crashed server never leaves it holding the data directory.
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
@@ -48,20 +52,29 @@ def _die_with_parent() -> None:
     os.setpgrp()
 
 
+# The child's log is reopened on each start; past this size the previous one is kept as <log>.1 and a new one begun.
+LOG_ROTATE_BYTES = 8 * 1024 * 1024
+
+
 class EmbeddedMongo:
-    """A SecantusDB server run as a child process on a free loopback port."""
+    """A SecantusDB server run through Enginel's launcher (models/embedded_db.py) as a child on a loopback port."""
 
     def __init__(
         self,
         storage_path: Path | str,
-        command: str = "secantusd-py",
         start_timeout: float = 30.0,
         log_level: str = "WARNING",
+        log_path: Path | str | None = None,
+        stop_timeout: float = 15.0,
     ) -> None:
-        self.storage_path = str(storage_path)
-        self.command = command
+        self.storage_path = storage_path if storage_path == ":memory:" else str(Path(storage_path).resolve())
         self.start_timeout = start_timeout
         self.log_level = log_level
+        # The child's output never shares the server's stdout: a reader of that pipe would wait on the child too.
+        self.log_path: Path | None = Path(log_path) if log_path is not None else None
+        self._temporary_log = False
+        # Before SIGKILL; longer than the launcher's own bound on a graceful stop, after which it exits hard.
+        self.stop_timeout = stop_timeout
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -69,96 +82,141 @@ class EmbeddedMongo:
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
+    def _open_log(self) -> BinaryIO:
+        if self.log_path is None:
+            if self.storage_path == ":memory:":
+                fd, name = tempfile.mkstemp(prefix="enginel-db-", suffix=".log")
+                os.close(fd)
+                self.log_path, self._temporary_log = Path(name), True
+            else:
+                self.log_path = Path(self.storage_path) / embedded_db.LOG_FILE
+        with contextlib.suppress(OSError):
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        return self.log_path.open("ab")
+
+    def log_tail(self, limit: int = 2000) -> str:
+        """The end of the child's log, for error messages."""
+        if self.log_path is None:
+            return ""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - limit))
+                return fh.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+
     def launch(self) -> None:
         """Start the child process. Call from a long-lived thread: the child's death signal follows it."""
         if self.storage_path != ":memory:":
             Path(self.storage_path).mkdir(parents=True, exist_ok=True)
-        exe = self.command
-        venv_exe = Path(sys.executable).parent / self.command
-        if os.sep not in exe and venv_exe.exists():
-            exe = str(venv_exe)  # prefer the copy installed beside this interpreter
+            embedded_db.reclaim_directory(self.storage_path, self.stop_timeout)
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                exe,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--storage-path",
-                self.storage_path,
-                "--log-level",
-                self.log_level,
-            ],
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        with self._open_log() as log_file:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    embedded_db.MODULE,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--storage-path",
+                    self.storage_path,
+                    "--log-level",
+                    self.log_level,
+                    "--parent-pid",
+                    str(os.getpid()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # The launcher is imported from this checkout, whatever the server's working directory.
+                cwd=Path(__file__).resolve().parents[1],
+                preexec_fn=_die_with_parent,
+            )
 
     def _check_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError(f"embedded database exited with code {self.process.returncode}")
+            raise RuntimeError(
+                f"embedded database exited with code {self.process.returncode}; its log {self.log_path} ends with:\n"
+                + self.log_tail()
+            )
+
+    def _listening(self) -> bool:
+        # A bare TCP probe: the driver's monitor retries only every 500 ms, which would dominate start-up.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.25):
+                return True
+        except OSError:
+            return False
 
     async def start(self) -> str:
         self.launch()
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(self.uri, serverSelectionTimeoutMS=250)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         try:
-            while True:
+            while not self._listening():
                 self._check_alive()
-                try:
-                    await client.admin.command("ping")
-                    break
-                except Exception:
-                    if loop.time() > deadline:
-                        raise RuntimeError("embedded database did not answer ping in time") from None
-                    await asyncio.sleep(0.05)
+                if loop.time() > deadline:
+                    raise RuntimeError("embedded database did not start listening in time")
+                await asyncio.sleep(0.02)
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+                self.uri, serverSelectionTimeoutMS=max(1000, int((deadline - loop.time()) * 1000))
+            )
+            try:
+                await client.admin.command("ping")
+            finally:
+                await client.close()
         except BaseException:
             self.stop()
             raise
-        finally:
-            await client.close()
         log.info(
-            "embedded database (pid %s) on port %s, data in %s",
+            "embedded database (pid %s) on port %s, data in %s, log in %s",
             self.process.pid if self.process else "?",
             self.port,
             self.storage_path,
+            self.log_path,
         )
         return self.uri
 
     def start_blocking(self) -> str:
         """start() for synchronous callers (test fixtures), polling with the synchronous driver."""
         self.launch()
-        client: MongoClient[dict[str, Any]] = MongoClient(self.uri, serverSelectionTimeoutMS=250)
         deadline = time.monotonic() + self.start_timeout
         try:
-            while True:
+            while not self._listening():
                 self._check_alive()
-                try:
-                    client.admin.command("ping")
-                    return self.uri
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("embedded database did not answer ping in time") from None
-                    time.sleep(0.05)
+                if time.monotonic() > deadline:
+                    raise RuntimeError("embedded database did not start listening in time")
+                time.sleep(0.02)
+            timeout_ms = max(1000, int((deadline - time.monotonic()) * 1000))
+            client: MongoClient[dict[str, Any]] = MongoClient(self.uri, serverSelectionTimeoutMS=timeout_ms)
+            with client:
+                client.admin.command("ping")
         except BaseException:
             self.stop()
             raise
-        finally:
-            client.close()
+        return self.uri
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("embedded database did not stop in %ss; killing it", timeout)
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout or self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded database did not stop in %ss; killing it", timeout or self.stop_timeout)
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            log.warning("embedded database exited with code %s; its log is %s", proc.returncode, self.log_path)
+        elif self._temporary_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
 
 def connect(uri: str) -> AsyncMongoClient[dict[str, Any]]:
