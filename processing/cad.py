@@ -29,7 +29,7 @@ from OCP.IFSelect import IFSelect_ReturnStatus
 from OCP.IGESCAFControl import IGESCAFControl_Reader
 from OCP.Message import Message, Message_Gravity, Message_ProgressRange
 from OCP.RWGltf import RWGltf_CafWriter
-from OCP.StepBasic import StepBasic_ProductDefinition
+from OCP.StepBasic import StepBasic_Product, StepBasic_ProductDefinition
 from OCP.STEPCAFControl import STEPCAFControl_Reader
 from OCP.STEPConstruct import STEPConstruct_Tool
 from OCP.StepRepr import StepRepr_NextAssemblyUsageOccurrence
@@ -342,11 +342,13 @@ def _step_products(reader: STEPCAFControl_Reader, doc: TDocStd_Document, loaded:
             nauos.append(entity)
         elif isinstance(entity, StepBasic_ProductDefinition):
             definitions.append(entity)
-    child_products: set[int] = set()
+    # Products by identity: the bindings hand back one Python object per entity, and the model's own
+    # Number() answers 0 for every entity of a model read this way, which made every product look like a child.
+    child_products: set[StepBasic_Product] = set()
     for nauo in nauos:
         try:
             product = nauo.RelatedProductDefinition().Formation().OfProduct()
-            child_products.add(model.Number(product))
+            child_products.add(product)
             component = STEPCAFControl_Reader.FindInstance_s(nauo, shape_tool, tool, label_map)
         except Exception:  # a dangling reference in a damaged file: that occurrence stays unnamed
             continue
@@ -370,7 +372,7 @@ def _step_products(reader: STEPCAFControl_Reader, doc: TDocStd_Document, loaded:
             product = definition.Formation().OfProduct()
         except Exception:
             continue
-        if model.Number(product) not in child_products:
+        if product not in child_products:
             roots.append((_hstring(product.Id()), _hstring(product.Name())))
     for label in loaded.free_labels:
         entry = _entry(label)
