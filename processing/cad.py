@@ -502,6 +502,7 @@ def _bounding_box(shape: TopoDS_Shape) -> dict[str, Any] | None:
 
 
 def _validate(loaded: _Loaded, topology: dict[str, int], volume: float | None, issues: _Issues) -> bool:
+    """Record why the shape is not a valid closed solid (or is a mesh); returns BRepCheck_Analyzer's verdict."""
     shape = loaded.shape
     brep_valid = bool(BRepCheck_Analyzer(shape).IsValid())
     if not brep_valid:
@@ -590,6 +591,20 @@ class _BomWalk:
     truncated: bool = False
 
 
+@dataclass(frozen=True)
+class _Place:
+    """Where a product sits in the tree: its position and how often its parent uses it, under which names."""
+
+    path: str
+    depth: int
+    quantity: int = 1
+    designator: str = ""
+    instances: tuple[str, ...] = ()
+
+
+ROOT = _Place("0001", 1)
+
+
 def _bom(
     loaded: _Loaded, display_name: str, whole_volume: float | None, issues: _Issues
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -600,33 +615,23 @@ def _bom(
     ):
         # STL/BREP, and IGES made of loose entities, are one part: the file is the product.
         walk.nodes = 1
-        root = _node(display_name, display_name, 1, "", [], whole_volume, "0001", 1, [])
+        root = _node(display_name, display_name, ROOT, volume=whole_volume, children=[])
     elif len(labels) == 1:
-        root = _label_node(walk, labels[0], 1, "", [], "0001", 1, single_root=True)
+        root = _label_node(walk, labels[0], ROOT, single_root=True)
     else:
         walk.nodes = 1
         children = [
-            _label_node(walk, label, 1, "", [], f"0001.{i:04d}", 2, single_root=False)
+            _label_node(walk, label, _Place(f"0001.{i:04d}", 2), single_root=False)
             for i, label in enumerate(labels[:MAX_BOM_NODES], start=1)
         ]
-        volume = whole_volume
-        root = _node(display_name, display_name, 1, "", [], volume, "0001", 1, children)
+        root = _node(display_name, display_name, ROOT, volume=whole_volume, children=children)
     if walk.truncated:
         issues.warn("BOM_TRUNCATED", f"The assembly tree was cut at {MAX_BOM_NODES} nodes or depth {MAX_BOM_DEPTH}.")
     return [root], {"part_count": _part_count(root), "node_count": walk.nodes}
 
 
-def _label_node(
-    walk: _BomWalk,
-    label: TDF_Label,
-    quantity: int,
-    designator: str,
-    instances: list[str],
-    path: str,
-    depth: int,
-    *,
-    single_root: bool,
-) -> dict[str, Any]:
+def _label_node(walk: _BomWalk, label: TDF_Label, place: _Place, *, single_root: bool) -> dict[str, Any]:
+    """The BOM node of one XCAF product at `place`, with its children grouped by product and counted."""
     walk.nodes += 1
     loaded = walk.loaded
     entry = _entry(label)
@@ -649,7 +654,7 @@ def _label_node(
         groups.setdefault(key, []).append(component)  # dicts keep first-occurrence order
 
     children: list[dict[str, Any]] = []
-    if groups and (depth >= MAX_BOM_DEPTH or walk.nodes >= MAX_BOM_NODES):
+    if groups and (place.depth >= MAX_BOM_DEPTH or walk.nodes >= MAX_BOM_NODES):
         walk.truncated = True
         groups = {}
     for index, (key, occurrences) in enumerate(groups.items(), start=1):
@@ -658,18 +663,14 @@ def _label_node(
             break
         names = [_label_name(c) for c in occurrences]
         explicit = [loaded.designators[_entry(c)] for c in occurrences if _entry(c) in loaded.designators]
-        children.append(
-            _label_node(
-                walk,
-                referred_of[key],
-                len(occurrences),
-                _designator(explicit or names),
-                [n for n in names if n][:MAX_INSTANCE_NAMES],
-                f"{path}.{index:04d}",
-                depth + 1,
-                single_root=False,
-            )
+        child = _Place(
+            path=f"{place.path}.{index:04d}",
+            depth=place.depth + 1,
+            quantity=len(occurrences),
+            designator=_designator(explicit or names),
+            instances=tuple(n for n in names if n)[:MAX_INSTANCE_NAMES],
         )
+        children.append(_label_node(walk, referred_of[key], child, single_root=False))
 
     if single_root:
         volume = walk.whole_volume  # one instance of the root is the whole file, already integrated
@@ -680,29 +681,21 @@ def _label_node(
             [(c["volume_mm3"], c["quantity"]) for c in children]
             + [(_label_volume(walk, _entry(c), c), 1) for c in extra]
         )
-    return _node(name, part_number, quantity, designator, instances, volume, path, depth, children)
+    return _node(name, part_number, place, volume=volume, children=children)
 
 
 def _node(
-    name: str,
-    part_number: str,
-    quantity: int,
-    designator: str,
-    instances: list[str],
-    volume: float | None,
-    path: str,
-    depth: int,
-    children: list[dict[str, Any]],
+    name: str, part_number: str, place: _Place, *, volume: float | None, children: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {
         "part_name": name[:MAX_NAME_CHARS],
         "part_number": part_number[:MAX_NAME_CHARS],
-        "quantity": quantity,
+        "quantity": place.quantity,
         "unit_of_measure": "EA",
-        "reference_designator": designator,
-        "instance_names": instances,
-        "path": path,
-        "depth": depth,
+        "reference_designator": place.designator,
+        "instance_names": list(place.instances),
+        "path": place.path,
+        "depth": place.depth,
         "is_assembly": bool(children),
         "volume_mm3": volume,
         "children": children,

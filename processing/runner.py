@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from models.bom import BomNodes
+from models.collections import DESIGNS
+from models.database import Db
+from models.designs import Designs
+from models.events import Publisher
 from models.jobs import (
     GEOMETRY_EXTRACTION_FAILED,
     INVALID_FILE_FORMAT,
@@ -25,8 +29,7 @@ from models.jobs import (
     progress_doc,
     status_event,
 )
-from models.series import DESIGNS
-from models.storage import ContentNotFound
+from models.storage import ContentNotFound, Storage
 from processing.pool import JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed, WorkerError
 
 log = logging.getLogger("enginel.runner")
@@ -88,11 +91,13 @@ class JobRunner:
 
     def __init__(
         self,
-        db: Any,
+        db: Db,
         pool: ProcessPool,
-        storage: Any,
-        designs: Any,
+        storage: Storage,
+        designs: Designs,
         *,
+        bom: BomNodes,
+        publisher: Publisher,
         timeout: float,
         max_retries: int,
         lease_seconds: float,
@@ -104,6 +109,8 @@ class JobRunner:
         self.pool = pool
         self.storage = storage
         self.designs = designs
+        self.bom = bom
+        self.publisher = publisher
         self.timeout = timeout
         self.max_retries = max_retries
         self.lease_seconds = lease_seconds
@@ -111,7 +118,6 @@ class JobRunner:
         self.concurrency = concurrency or pool.size
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queue = JobQueue(db, self.name, lease_seconds)
-        self.bom = BomNodes(db, designs)
         # Tests swap this for crashing or sleeping functions; it decides what a worker runs for each attempt.
         self.make_call: MakeCall = analysis_call
         self._attempts: dict[str, _Attempt] = {}  # task id -> attempt running here
@@ -121,11 +127,6 @@ class JobRunner:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
-
-    @property
-    def publisher(self) -> Any:
-        # Read at each use: whoever wires the realtime broker into Designs reaches job events too.
-        return self.designs.publisher
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,9 +174,6 @@ class JobRunner:
     def wake(self) -> None:
         """Look for pending work now rather than after the poll interval."""
         self._wake.set()
-
-    def running(self) -> list[str]:
-        return sorted({a.job_id for a in self._attempts.values()})
 
     async def cancel_local(self, job_id: str) -> bool:
         """Stop a job if it runs in this process (its worker is killed); True once it is settled here."""
@@ -283,6 +281,7 @@ class JobRunner:
             attempt.done.set()
 
     async def _execute(self, attempt: _Attempt) -> None:
+        """Run one attempt in the pool and record its outcome; every pool error maps to a retry, requeue or failure."""
         job = attempt.job
         await announce_job(self.publisher, job, "job.status", status_event(job))
         design = await self.db[DESIGNS].find_one({"_id": job["design_id"]})

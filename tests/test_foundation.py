@@ -43,19 +43,19 @@ class WidgetsHandler(APIHandler):
     async def get(self) -> None:
         query = parse_list_query(WIDGET_SPEC, self.request.query_arguments)
         page = await run_list(
-            self.db.widgets,
+            self.services.db.widgets,
             {"hidden": {"$ne": True}},
             query,
-            each(lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]}),
-            self.absolute_url(self.request.path),
-            self.request.query_arguments,
+            render=each(lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]}),
+            base_url=self.absolute_url(self.request.path),
+            args=self.request.query_arguments,
         )
         self.write_json(page)
 
     @public
     async def post(self) -> None:
         body = self.parse_body(WidgetIn)
-        found = await self.db.widgets.count_documents({"name": body.name})
+        found = await self.services.db.widgets.count_documents({"name": body.name})
         self.write_json({"matches": found})
 
 
@@ -413,3 +413,13 @@ class TestWithAnalysisWorkers:
                 break
         assert services.pool.stats()["replaced"] >= 1
         assert resp.status == 200 and resp.json["checks"]["workers"] == "ok"
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_health_detailed_is_degraded_without_live_workers(self, api: Any, services: Any) -> None:
+        assert (await api.get("/api/health/detailed/")).status == 200
+        # Every worker gone and none coming back, as once the pool has shut down.
+        await services.pool.close()
+        assert services.pool.stats()["alive"] == 0
+        resp = await api.get("/api/health/detailed/")
+        assert resp.status == 503 and resp.json["status"] == "degraded"
+        assert resp.json["checks"] == {"database": "ok", "workers": "no live analysis workers"}
