@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPRequest
 
-from handlers.base import APIHandler, authenticated, public, unmarked_methods
+from handlers.base import APIHandler, authenticated, byte_range, public, unmarked_methods
+from models.errors import APIError
 from models.listing import Filter, Kind, ListSpec, each, parse_list_query, run_list
 from models.schema import Input
 from server import make_app, routes
@@ -392,6 +393,22 @@ def test_list_query_is_pure_data() -> None:
         "$and": [{"size": {"$gte": 3, "$lte": 9}}, {"$or": [{"name": {"$regex": r"a\+b", "$options": "i"}}]}]
     }
     assert query.sort == [("size", 1), ("_id", 1)]
+
+
+def test_byte_range_forms() -> None:
+    assert byte_range(None, 100) is None
+    assert byte_range("bytes=0-9", 100) == (0, 10)
+    assert byte_range("bytes=90-", 100) == (90, 100)
+    assert byte_range("bytes=-10", 100) == (90, 100)
+    assert byte_range("bytes=-500", 100) == (0, 100)
+    assert byte_range("bytes=95-200", 100) == (95, 100)
+    # Forms this server does not serve partially get the whole body.
+    for whole in ("bytes=-", "bytes=0-1,5-6", "items=0-9", "bytes=a-b"):
+        assert byte_range(whole, 100) is None, whole
+    for beyond in ("bytes=100-", "bytes=5-2", "bytes=-0"):
+        with pytest.raises(APIError) as caught:
+            byte_range(beyond, 100)
+        assert caught.value.status == 416 and caught.value.headers == {"Content-Range": "bytes */100"}, beyond
 
 
 class TestWithAnalysisWorkers:
