@@ -21,6 +21,8 @@ from typing import Any
 from pymongo import AsyncMongoClient, IndexModel, MongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from models.collections import COUNTERS, META
+
 log = logging.getLogger("enginel.database")
 
 # Every module that owns a collection registers its indexes here at import time; start-up creates them all.
@@ -161,22 +163,27 @@ class EmbeddedMongo:
             proc.wait()
 
 
-def connect(uri: str) -> AsyncMongoClient[dict[str, Any]]:
+# The types every repository constructor and service takes: one spelling, so a change of driver is one edit.
+Mongo = AsyncMongoClient[dict[str, Any]]
+Db = AsyncDatabase[dict[str, Any]]
+
+
+def connect(uri: str) -> Mongo:
     # UUIDs are stored as strings, datetimes come back timezone-aware in UTC.
     return AsyncMongoClient(uri, tz_aware=True, uuidRepresentation="standard", serverSelectionTimeoutMS=10_000)
 
 
-async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
+async def ensure_indexes(db: Db) -> None:
     """Create every registered index; creating an existing identical index is a no-op, so this is idempotent."""
     for collection, indexes in INDEXES.items():
         if indexes:
             await db[collection].create_indexes(indexes)
 
 
-async def ensure_instance(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
+async def ensure_instance(db: Db) -> dict[str, Any]:
     """The deployment's identity document, created on first start and kept across restarts."""
     now = datetime.now(UTC)
-    doc = await db.meta.find_one_and_update(
+    doc = await db[META].find_one_and_update(
         {"_id": "instance"},
         # The secret signs cookies and upload URLs; every process of the deployment reads the same one.
         {
@@ -190,9 +197,9 @@ async def ensure_instance(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-async def next_id(db: AsyncDatabase[dict[str, Any]], sequence: str) -> int:
+async def next_id(db: Db, sequence: str) -> int:
     """The next integer id of a sequence (users, markups, BOM nodes, audit entries), atomic across processes."""
-    doc = await db.counters.find_one_and_update(
+    doc = await db[COUNTERS].find_one_and_update(
         {"_id": sequence}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
     )
     assert doc is not None

@@ -11,12 +11,12 @@ from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
+from models.collections import DESIGNS
 from models.database import register_indexes, utcnow
 from models.errors import Conflict
 from models.events import Publisher
 from models.jobs import JOBS, JobStatus, JobType, announce_job, new_job, status_event
 from models.policy import Principal
-from models.series import DESIGNS
 
 #: A failed viewable job is reported as such for this long; after it, asking again starts a new attempt.
 FAILED_RETRY_AFTER = timedelta(minutes=15)
