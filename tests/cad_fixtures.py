@@ -115,6 +115,14 @@ class Part:
         for child in self.children:
             yield from child.rows()
 
+    def occurrences(self, path: str = "0001", multiplier: int = 1) -> Iterator[tuple[str, Part, int]]:
+        """(BOM path, row, its instances in the whole product) for this row and every row below, in tree order:
+        the viewer GLB has one node per instance of each row."""
+        count = multiplier * self.quantity
+        yield path, self, count
+        for index, child in enumerate(self.children, start=1):
+            yield from child.occurrences(f"{path}.{index:04d}", count)
+
 
 @dataclass(frozen=True)
 class Expected:
@@ -484,13 +492,15 @@ def _assembly() -> _Document:
     bolt = doc.part("bolt", _cylinder(*BOLT), "BT-M6-30")
     nut = doc.part("nut", _nut(*NUT), "NT-M6")
     rod = doc.part("rod", _cylinder(*ROD), "RD-8-100")
-    bolt_assembly = doc.assembly("bolt-assembly", "BL-300", (bolt, (0, 0, 0)), (nut, (0, 0, 20)))
+    # Each bolt passes up through the plate and its bracket, and its nut sits on the bracket: every part shows in
+    # a view from above (the viewer tests colour each BOM row's instances and look for them).
+    bolt_assembly = doc.assembly("bolt-assembly", "BL-300", (bolt, (0, 0, 0)), (nut, (0, 0, 25)))
     bracket_assembly = doc.assembly(
         "bracket-assembly",
         "BA-200",
         (bracket, (0, 0, 0)),
-        (bolt_assembly, (10, 15, -25)),
-        (bolt_assembly, (30, 15, -25)),
+        (bolt_assembly, (10, 15, -20)),
+        (bolt_assembly, (30, 15, -20)),
     )
     rod_assembly = doc.assembly("rod-assembly", "RA-400", (rod, (0, 0, 0)), (nut, (0, 0, 10)), (nut, (0, 0, 85)))
     doc.assembly(
