@@ -16,22 +16,26 @@ import tornado.web
 
 from config import Settings, load_settings
 from handlers import audit as audit_handlers
-from handlers import auth, designs, health, organizations, users, viewables, web, websocket
+from handlers import auth, designs, health, materials, organizations, users, viewables, web, websocket
 from handlers import bom as bom_handlers
 from handlers import jobs as job_handlers
 from handlers import markups as markup_handlers
 from handlers import reviews as review_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models import units
+from models.audit import AuditTrail
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
+from models.commands import socket_commands
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
 from models.designs import Designs
 from models.embedded_db import DirectoryInUse
 from models.errors import APIError, ServiceUnavailable
+from models.events import Publisher
 from models.identity import Identity, IdentityConfig
 from models.jobs import Jobs
-from models.markups import Markups, socket_commands
+from models.markups import Markups
+from models.materials import Materials
 from models.organizations import Organizations
 from models.policy import Principal
 from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
@@ -56,6 +60,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         *users.routes,
         *organizations.routes,
         *designs.routes,
+        *materials.routes,
         *audit_handlers.routes,
         *review_handlers.routes,
         *markup_handlers.routes,
@@ -67,9 +72,10 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     ]
 
 
-def make_gateway(settings: Settings, identity: Identity, services: Callable[[], Services | None]) -> Gateway:
+def make_gateway(settings: Settings, services: Callable[[], Services | None]) -> Gateway:
     """The realtime gateway over the in-process or Redis broker, authenticating and authorizing with the same
-    identity and policy code as REST."""
+    identity and policy code as REST. It exists before the repositories (they publish through it), so it
+    reaches them through `services`, which is None until start-up completes and again during shutdown."""
     broker_config = BrokerConfig(
         history_size=settings.realtime_history_size,
         history_ttl=settings.realtime_history_ttl,
@@ -82,7 +88,14 @@ def make_gateway(settings: Settings, identity: Identity, services: Callable[[], 
         else InProcessBroker(broker_config)
     )
 
+    def running() -> Services:
+        svc = services()
+        if svc is None:
+            raise ServiceUnavailable("The server is starting or shutting down.")
+        return svc
+
     async def authenticate(credential: Credential) -> Principal:
+        identity = running().identity
         if credential.kind == "api_key":
             return await identity.authenticate_api_key(credential.secret)
         principal = await identity.authenticate_token(credential.secret)
@@ -91,15 +104,12 @@ def make_gateway(settings: Settings, identity: Identity, services: Callable[[], 
         return principal
 
     async def authorize(principal: Principal, channel: str) -> None:
-        svc = services()
-        if svc is None:
-            raise ServiceUnavailable("The server is shutting down.")
-        await svc.channels.authorize(principal, channel)
+        await running().channels.authorize(principal, channel)
 
     async def refresh(principal: Principal) -> Principal | None:
         # Same session or key, current attributes: a revoked session or disabled user ends the connection.
         try:
-            fresh = await identity.refresh_principal(principal)
+            fresh = await running().identity.refresh_principal(principal)
         except APIError:
             return None
         return fresh
@@ -130,7 +140,7 @@ def make_app(services: Services) -> tornado.web.Application:
     table = routes()
     missing = unmarked_methods(table)
     if missing:
-        # DESIGN 8.3: a method that forgot to say whether it needs authentication must not be served.
+        # A method that does not say whether it needs authentication is refused at start-up, not served open.
         raise RuntimeError("handler methods without @public or @authenticated: " + ", ".join(missing))
     return tornado.web.Application(
         table,
@@ -143,14 +153,19 @@ def make_app(services: Services) -> tornado.web.Application:
 
 
 class Runtime:
-    """Owns the process's services: starts them in dependency order and stops them in reverse."""
+    """Owns the process's services: starts them in dependency order and stops them in reverse.
 
-    def __init__(self, settings: Settings) -> None:
+    `observe`, when given, is handed the gateway and returns the publisher the repositories get instead: tests
+    pass a recorder that notes every event on its way to the gateway."""
+
+    def __init__(self, settings: Settings, *, observe: Callable[[Publisher], Publisher] | None = None) -> None:
         self.settings = settings
+        self.observe = observe
         self.embedded: EmbeddedMongo | None = None
         self.services: Services | None = None
 
     async def start(self) -> Services:
+        """Connect, build every repository around one publisher, start the gateway and, if configured, workers."""
         settings = self.settings
         uri = settings.mongodb_uri
         if uri is None:
@@ -170,6 +185,9 @@ class Runtime:
             if self.embedded:
                 self.embedded.stop()
             raise
+        # The gateway first: every repository announces through it (or through the observer in front of it).
+        gateway = make_gateway(settings, lambda: self.services)
+        publisher: Publisher = self.observe(gateway) if self.observe else gateway
         identity = Identity(
             db,
             IdentityConfig(
@@ -180,19 +198,26 @@ class Runtime:
                 argon2_time_cost=settings.argon2_time_cost,
                 argon2_memory_kib=settings.argon2_memory_kib,
             ),
+            publisher=publisher,
         )
         storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
         series = Series(db)
-        # The gateway is the models' publisher; its policy callables reach the repositories built below.
-        gateway = make_gateway(settings, identity, lambda: self.services)
-        identity.publisher = gateway
-        orgs = Organizations(db, self_service=settings.self_service_organizations, publisher=gateway)
+        materials = Materials(db)
+        orgs = Organizations(db, self_service=settings.self_service_organizations, publisher=publisher)
         designs = Designs(
-            db, storage, gateway, secret=instance["secret"], max_upload_bytes=settings.max_upload_bytes, series=series
+            db,
+            storage,
+            publisher,
+            secret=instance["secret"],
+            max_upload_bytes=settings.max_upload_bytes,
+            series=series,
+            materials=materials,
         )
-        reviews = Reviews(db, gateway, designs, identity.passwords)
-        markups = Markups(db, gateway, reviews)
-        jobs = Jobs(db, designs)
+        reviews = Reviews(db, publisher, designs, identity.passwords)
+        markups = Markups(db, publisher, reviews)
+        jobs = Jobs(db, designs, publisher)
+        bom = BomNodes(db, designs, publisher)
+        viewables = Viewables(db, designs, publisher, max_retries=settings.job_max_retries)
         self.services = Services(
             settings=settings,
             mongo=mongo,
@@ -201,19 +226,21 @@ class Runtime:
             secret=instance["secret"],
             identity=identity,
             orgs=orgs,
-            users=Users(db, identity, orgs, publisher=gateway),
+            users=Users(db, identity, orgs, publisher=publisher),
             limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
             storage=storage,
             series=series,
-            publisher=gateway,
+            materials=materials,
             designs=designs,
             reviews=reviews,
             markups=markups,
-            realtime=gateway,
             jobs=jobs,
-            bom=BomNodes(db, designs),
+            bom=bom,
+            audit=AuditTrail(db),
             channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=jobs, orgs=orgs),
-            viewables=Viewables(db, designs, gateway, max_retries=settings.job_max_retries),
+            viewables=viewables,
+            realtime=gateway,
+            publisher=publisher,
         )
         for name, command in socket_commands(reviews, markups).items():
             gateway.add_command(name, command)
@@ -231,7 +258,9 @@ class Runtime:
                 db,
                 self.services.pool,
                 storage,
-                self.services.designs,
+                designs,
+                bom=bom,
+                publisher=publisher,
                 timeout=settings.job_timeout_seconds,
                 max_retries=settings.job_max_retries,
                 lease_seconds=settings.job_lease_seconds,

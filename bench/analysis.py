@@ -1,6 +1,9 @@
 """Analysis throughput benchmark: the sample corpus through a running server (job runner, pool) against a plain loop.
 
-Usage: .venv/bin/python bench/analysis.py [--rounds 5] [--workers N] [--samples DIR]
+Usage: .venv/bin/python bench/analysis.py [--rounds 5] [--workers N] [--corpus DIR]
+
+The corpus is the folder of real-world CAD files with their SHA256SUMS: by default $ENGINEL_CAD_CORPUS, else
+../shared/cad-samples beside the project (the same place the test suite's corpus tier looks).
 
 Server side: starts server.py (embedded database, `--workers` analysis processes, default one per core) in a
 temporary data directory, uploads every sample file `--rounds` times over HTTP (one multipart request per file)
@@ -34,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from models.database import free_port  # noqa: E402
 
-SAMPLES = REPO.parent / "shared" / "cad-samples"
+CORPUS = Path(os.environ.get("ENGINEL_CAD_CORPUS") or REPO.parent / "shared" / "cad-samples")
 PASSWORD = "bench-password-1"
 
 
@@ -58,6 +61,7 @@ def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes
 
 
 async def through_server(files: list[Path], rounds: int, workers: int) -> dict[str, Any]:
+    """The server side: start server.py, upload every file `rounds` times, time until the last job ends."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
@@ -148,9 +152,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="times the corpus is processed on each side")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server analysis workers")
-    parser.add_argument("--samples", type=Path, default=SAMPLES)
+    parser.add_argument(
+        "--corpus",
+        "--samples",
+        dest="corpus",
+        type=Path,
+        default=CORPUS,
+        help="folder of CAD files listed in its SHA256SUMS (default: $ENGINEL_CAD_CORPUS or ../shared/cad-samples)",
+    )
     args = parser.parse_args()
-    files = corpus(args.samples)
+    if not (args.corpus / "SHA256SUMS").is_file():
+        parser.error(f"no CAD corpus at {args.corpus}: put the real-world samples there, or pass --corpus DIR")
+    files = corpus(args.corpus)
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M}Z, {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.processor() or platform.platform()}, Python {platform.python_version()}"

@@ -50,6 +50,7 @@ console.log("ready");
 
 # --------------------------------------------------------------------------------------------- servers
 def serve_enginel(port: int, redis_url: str | None) -> None:
+    """An Enginel realtime gateway on `port` (in-process or Redis broker) for the load client, until stopped."""
     sys.path.insert(0, str(REPO))
     from types import SimpleNamespace
 
@@ -89,7 +90,7 @@ def serve_enginel(port: int, redis_url: str | None) -> None:
             ),
         )
         await gateway.start()
-        app = tornado.web.Application(websocket.routes, services=SimpleNamespace(extra={"realtime": gateway}))
+        app = tornado.web.Application(websocket.routes, services=SimpleNamespace(realtime=gateway))
         server = tornado.httpserver.HTTPServer(app)
         server.listen(port, "127.0.0.1", backlog=2048)
         print("ready", flush=True)
@@ -202,6 +203,7 @@ class Conn(asyncio.Protocol):
         self.transport.write(masked(payload, opcode))
 
     def data_received(self, data: bytes) -> None:
+        """Split the bytes read into WebSocket frames and record each event's delivery latency."""
         buf = self.buf
         buf += data
         pos = 0
@@ -386,6 +388,7 @@ async def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
 
 
 async def measure(target: Target, sockets: int, seconds: float, window: int) -> dict[str, Any]:
+    """Load one target: `sockets` subscribers of one channel, `window` events in flight; time every delivery."""
     port = free_port()
     proc = target.start(port)
     loop = asyncio.get_running_loop()
@@ -527,6 +530,7 @@ def start_redis() -> tuple[subprocess.Popen[bytes] | None, str | None]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    """Run every server under the same load, print each one's figures and the ratios."""
     targets: list[Target] = [EnginelTarget("json"), EnginelTarget("msgpack")]
     redis_proc, redis_url = start_redis() if not args.only or "redis" in args.only else (None, None)
     if redis_url:

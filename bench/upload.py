@@ -65,6 +65,7 @@ async def produce(write, total: int, digest: hashlib._Hash) -> None:  # type: ig
 
 
 async def run_size(size: int, backend: str) -> dict[str, float]:
+    """Upload and download one file of `size` bytes through the server and measure both against the ceiling."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}

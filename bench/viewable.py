@@ -1,8 +1,9 @@
 """Viewer GLB cost: generation time and size per corpus file, beside the analysis time, and OpenCascade's own writer.
 
-Usage: .venv/bin/python bench/viewable.py [SAMPLES_DIR] [--rounds 3] [--max-triangles N]
+Usage: .venv/bin/python bench/viewable.py [--corpus DIR] [--rounds 3] [--max-triangles N]
 
-For every CAD file in SAMPLES_DIR (default ../shared/cad-samples), `--rounds` times each, in this one process:
+For every CAD file of the real-world corpus (default $ENGINEL_CAD_CORPUS or ../shared/cad-samples, the folder the
+test suite's corpus tier uses), `--rounds` times each, in this one process:
   analysis   processing.cad.analyze_file without a GLB (parse, mass properties, validation, BOM)
   +glb       the same call writing the viewer GLB from the same parse; "glb" is that extra stage alone
              (meshing within the triangle budget, then Enginel's writer: nodes per BOM occurrence, face ranges)
@@ -39,7 +40,7 @@ from OCP.XCAFDoc import XCAFDoc_DocumentTool, XCAFDoc_ShapeTool  # noqa: E402
 
 from processing import cad  # noqa: E402
 
-SAMPLES = REPO.parent / "shared" / "cad-samples"
+CORPUS = Path(os.environ.get("ENGINEL_CAD_CORPUS") or REPO.parent / "shared" / "cad-samples")
 FORMATS = {".step", ".stp", ".iges", ".igs", ".stl", ".brep", ".brp"}
 
 
@@ -91,13 +92,22 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     """Measure every file of the corpus and print the table the README quotes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("samples", nargs="?", type=Path, default=SAMPLES)
+    parser.add_argument(
+        "--corpus",
+        "--samples",
+        dest="corpus",
+        type=Path,
+        default=CORPUS,
+        help="folder of CAD files (default: $ENGINEL_CAD_CORPUS or ../shared/cad-samples)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-triangles", type=int, default=cad.DEFAULT_MAX_TRIANGLES)
     args = parser.parse_args()
-    files = corpus(args.samples)
+    if not args.corpus.is_dir():
+        parser.error(f"no CAD corpus at {args.corpus}: put the real-world samples there, or pass --corpus DIR")
+    files = corpus(args.corpus)
     if not files:
-        sys.exit(f"no CAD files in {args.samples}")
+        sys.exit(f"no CAD files in {args.corpus}")
     cad._quiet_occt()
     print(
         f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "

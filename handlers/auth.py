@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from pydantic import Field
-
-from handlers.base import SESSION_COOKIE, XSRF_COOKIE, APIHandler, authenticated, public
-from models import audit
-from models.errors import PermissionDenied, ValidationFailed
-from models.identity import API_KEY_SCOPES, render_api_key, render_session
+from handlers.base import SESSION_COOKIE, UUID, XSRF_COOKIE, APIHandler, authenticated, public
+from models.identity import ApiKeyIn, LoginIn, RefreshIn, render_api_key, render_session
 from models.ratelimit import Window
-from models.schema import Input
-
-
-class LoginIn(Input):
-    username: str = Field(min_length=1, max_length=254)
-    password: str = Field(min_length=1, max_length=256)
-
-
-class RefreshIn(Input):
-    refresh_token: str = Field(min_length=1, max_length=200)
-
-
-class ApiKeyIn(Input):
-    name: str = Field(min_length=1, max_length=100)
-    scopes: list[str] = Field(default_factory=lambda: ["read"], min_length=1, max_length=3)
-    expires_at: datetime | None = None
 
 
 class LoginHandler(APIHandler):
+    """POST: password sign-in; opens a session (tokens, and the cookie pair for browsers)."""
+
     @public
     async def post(self) -> None:
         body = self.parse_body(LoginIn)
@@ -55,6 +35,8 @@ class LoginHandler(APIHandler):
 
 
 class RefreshHandler(APIHandler):
+    """POST: rotate a refresh token into a new token pair."""
+
     @public
     async def post(self) -> None:
         body = self.parse_body(RefreshIn)
@@ -71,19 +53,19 @@ class RefreshHandler(APIHandler):
 
 
 class LogoutHandler(APIHandler):
+    """POST: end the caller's own session."""
+
     @authenticated
     async def post(self) -> None:
-        principal = self.require_principal()
-        if principal.session_id is None:
-            raise ValidationFailed("API keys have no session to end; revoke the key instead.")
-        await self.services.identity.revoke_session(principal.id, principal.session_id, "logout")
-        await audit.record(self.db, self.actor, "LOGOUT", "Session", principal.session_id)
+        await self.services.identity.logout(self.require_principal(), self.actor)
         self.clear_cookie(SESSION_COOKIE)
         self.clear_cookie(XSRF_COOKIE)
         self.no_content()
 
 
 class VerifyHandler(APIHandler):
+    """GET: who the presented credential belongs to, and how it authenticated."""
+
     @authenticated
     async def get(self) -> None:
         principal = self.require_principal()
@@ -92,6 +74,8 @@ class VerifyHandler(APIHandler):
 
 
 class SessionsHandler(APIHandler):
+    """GET: the caller's live sessions."""
+
     @authenticated
     async def get(self) -> None:
         principal = self.require_principal()
@@ -102,15 +86,17 @@ class SessionsHandler(APIHandler):
 
 
 class SessionHandler(APIHandler):
+    """DELETE: end one of the caller's sessions."""
+
     @authenticated
     async def delete(self, session_id: str) -> None:
-        principal = self.require_principal()
-        await self.services.identity.revoke_session(principal.id, session_id, "ended by user")
-        await audit.record(self.db, self.actor, "END_SESSION", "Session", session_id)
+        await self.services.identity.end_session(self.require_principal(), session_id, self.actor)
         self.no_content()
 
 
 class ApiKeysHandler(APIHandler):
+    """GET: the caller's API keys (prefixes only); POST: a new key, shown in full this once."""
+
     @authenticated
     async def get(self) -> None:
         principal = self.require_principal()
@@ -120,29 +106,17 @@ class ApiKeysHandler(APIHandler):
     @authenticated
     async def post(self) -> None:
         principal = self.require_principal()
-        if principal.via == "api_key":
-            # A leaked key must not be able to mint more keys that outlive its own revocation.
-            raise PermissionDenied("API keys are created from a signed-in session, not with another key.")
         body = self.parse_body(ApiKeyIn)
-        unknown = sorted(set(body.scopes) - set(API_KEY_SCOPES))
-        if unknown:
-            raise ValidationFailed(
-                "Unknown scope.", field_errors={"scopes": [f"Unknown scope '{s}'." for s in unknown]}
-            )
-        doc, key = await self.services.identity.create_api_key(principal.user, body.name, body.scopes, body.expires_at)
-        await audit.record(
-            self.db, self.actor, "CREATE", "ApiKey", doc["_id"], changes={"name": body.name, "scopes": doc["scopes"]}
-        )
-        # The only time the full key is ever shown.
+        doc, key = await self.services.identity.create_api_key(principal, body, self.actor)
         self.write_json({**render_api_key(doc), "key": key}, status=201)
 
 
 class ApiKeyHandler(APIHandler):
+    """DELETE: revoke one of the caller's keys."""
+
     @authenticated
     async def delete(self, key_id: str) -> None:
-        principal = self.require_principal()
-        await self.services.identity.revoke_api_key(principal.id, key_id)
-        await audit.record(self.db, self.actor, "DELETE", "ApiKey", key_id)
+        await self.services.identity.revoke_api_key(self.require_principal(), key_id, self.actor)
         self.no_content()
 
 
@@ -152,7 +126,7 @@ routes = [
     (r"/api/auth/logout/", LogoutHandler),
     (r"/api/auth/verify/", VerifyHandler),
     (r"/api/auth/sessions/", SessionsHandler),
-    (r"/api/auth/sessions/([0-9a-f-]{36})/", SessionHandler),
+    (rf"/api/auth/sessions/{UUID}/", SessionHandler),
     (r"/api/auth/api-keys/", ApiKeysHandler),
-    (r"/api/auth/api-keys/([0-9a-f-]{36})/", ApiKeyHandler),
+    (rf"/api/auth/api-keys/{UUID}/", ApiKeyHandler),
 ]

@@ -8,18 +8,22 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tornado.web
 from pydantic import BaseModel, ValidationError
-from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
 
 from config import Settings
 from models import audit
+from models.audit import AuditTrail
+from models.bom import BomNodes
+from models.channels import ChannelPolicy
+from models.database import Db, Mongo
 from models.designs import Designs
 from models.errors import (
     APIError,
@@ -32,21 +36,31 @@ from models.errors import (
 )
 from models.events import Publisher
 from models.identity import Identity
+from models.jobs import Jobs
+from models.markups import Markups
+from models.materials import Materials
 from models.organizations import Organizations
-from models.policy import Principal
+from models.policy import Principal, require_write
 from models.ratelimit import RateLimiter, Window
-from models.schema import json_default
+from models.reviews import Reviews
+from models.schema import UUID_RE, json_default
 from models.series import Series
 from models.storage import Storage
 from models.users import Users
+from models.viewables import Viewables
+from realtime.gateway import Gateway
+
+if TYPE_CHECKING:  # built by server.py; handlers only call them, so processing/ stays out of the import graph
+    from processing.pool import ProcessPool
+    from processing.runner import JobRunner
 
 log = logging.getLogger("enginel.http")
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 HTTP_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
-# A UUID path segment, captured: the one spelling every route with an id uses.
-UUID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+# A UUID path segment, captured: every route with a UUID in it uses this.
+UUID = f"({UUID_RE})"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_COOKIE = "enginel_session"
 XSRF_COOKIE = "enginel_xsrf"
@@ -72,8 +86,8 @@ class Services:
     """Everything a handler may reach, built by server.py after any fork; no module-level service globals."""
 
     settings: Settings
-    mongo: AsyncMongoClient[dict[str, Any]]
-    db: AsyncDatabase[dict[str, Any]]
+    mongo: Mongo
+    db: Db
     secret: str  # deployment-wide: signs cookies and upload URLs
     identity: Identity
     orgs: Organizations
@@ -81,19 +95,20 @@ class Services:
     limiter: RateLimiter
     storage: Storage
     series: Series
+    materials: Materials
     designs: Designs
-    publisher: Publisher
-    redis: Any = None  # redis.asyncio.Redis when configured
-    pool: Any = None  # processing pool when this process runs analysis workers
-    runner: Any = None  # processing.runner.JobRunner when this process runs analysis workers
-    reviews: Any = None  # models.reviews.Reviews
-    markups: Any = None  # models.markups.Markups
-    jobs: Any = None  # models.jobs.Jobs
-    bom: Any = None  # models.bom.BomNodes
-    realtime: Any = None  # realtime.Gateway: this process's sockets, and the models' publisher
-    channels: Any = None  # models.channels.ChannelPolicy
-    viewables: Any = None  # models.viewables.Viewables
-    extra: dict[str, Any] = field(default_factory=dict)
+    reviews: Reviews
+    markups: Markups
+    jobs: Jobs
+    bom: BomNodes
+    audit: AuditTrail
+    channels: ChannelPolicy
+    viewables: Viewables
+    realtime: Gateway  # this process's sockets
+    publisher: Publisher  # what the repositories announce through: the gateway (tests put a recorder in front)
+    redis: Redis | None = None  # when ENGINEL_REDIS_URL is set
+    pool: ProcessPool | None = None  # when this process runs analysis workers
+    runner: JobRunner | None = None  # likewise
 
 
 def public(method: F) -> F:
@@ -138,10 +153,6 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def config(self) -> Settings:
         return self.services.settings
-
-    @property
-    def db(self) -> AsyncDatabase[dict[str, Any]]:
-        return self.services.db
 
     @property
     def request_id(self) -> str:
@@ -198,6 +209,9 @@ class APIHandler(BaseHandler):
 
     _body: bytearray
     _body_overflow: bool
+    # Set by the rate limit, kept when an error replaces the other headers; read by clear(), which Tornado
+    # calls before initialize(), hence a class default.
+    _limit_headers: Mapping[str, str] = MappingProxyType({})
 
     def initialize(self, **kwargs: Any) -> None:
         self._body = bytearray()
@@ -255,8 +269,8 @@ class APIHandler(BaseHandler):
                     raise PermissionDenied(
                         "Missing or wrong XSRF token for a cookie-authenticated request.", code="XSRF_FAILED"
                     )
-        if principal.via == "api_key" and self.request.method not in SAFE_METHODS and "write" not in principal.scopes:
-            raise PermissionDenied("This API key is read-only.")
+        if self.request.method not in SAFE_METHODS:
+            require_write(principal)
         return principal
 
     async def _rate_limit(self) -> None:
@@ -271,7 +285,8 @@ class APIHandler(BaseHandler):
         decision = await self.services.limiter.hit(
             key, (Window(cfg.rate_limit_per_hour, 3600), Window(cfg.rate_limit_per_minute, 60))
         )
-        for name, value in decision.headers().items():
+        self._limit_headers = decision.headers()
+        for name, value in self._limit_headers.items():
             self.set_header(name, value)
         decision.raise_if_denied("Request")
 
@@ -344,9 +359,9 @@ class APIHandler(BaseHandler):
         ]
 
     def clear(self) -> None:
-        kept = {k: v for k, v in getattr(self, "_headers", {}).items() if k.startswith("X-Ratelimit")}
+        # An error response replaces the headers set so far; the caller's remaining budget still applies.
         super().clear()
-        for name, value in kept.items():
+        for name, value in self._limit_headers.items():
             self.set_header(name, value)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -407,6 +422,31 @@ class APIHandler(BaseHandler):
                 self.finish()
             return
         super().send_error(status_code, **kwargs)
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The [start, end) a single-range `Range: bytes=...` header asks of `size` bytes, or None for the whole
+    body (no header, or one this server does not serve partially). Past the end: 416 with Content-Range."""
+    match = _RANGE.match(header or "")
+    if not match or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if first:
+        start, end = int(first), (min(int(last) + 1, size) if last else size)
+    else:
+        start, end = max(0, size - int(last)), size
+    if start >= size or start >= end:
+        raise APIError(
+            "The requested range is outside the file.",
+            status=416,
+            code="RANGE_NOT_SATISFIABLE",
+            title="Range not satisfiable",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end
 
 
 class NotFoundHandler(APIHandler):

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 from handlers.base import UUID, APIHandler, authenticated
-from models.bom import BOM_LIST, BomNodeIn, BomNodePatch, BomNodes, render_node
-from models.listing import parse_list_query, run_list
+from models.bom import BomNodeIn, BomNodePatch, BomNodes, render_node
 
 
 class BomBase(APIHandler):
+    """The BOM repository."""
+
     @property
     def bom(self) -> BomNodes:
         return self.services.bom
 
 
 class BomNodesHandler(BomBase):
+    """GET: the BOM nodes the caller may see; POST: a manual correction (a node added under a parent)."""
+
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        query = parse_list_query(BOM_LIST, self.request.query_arguments)
-        self.write_json(
-            await run_list(
-                self.db.bom_nodes,
-                self.bom.visible_filter(principal),
-                query,
-                self.bom.render_many,
-                self.absolute_url(self.request.path),
-                self.request.query_arguments,
-            )
+        page = await self.bom.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
         )
+        self.write_json(page)
 
     @authenticated
     async def post(self) -> None:
@@ -36,6 +31,8 @@ class BomNodesHandler(BomBase):
 
 
 class BomNodeHandler(BomBase):
+    """One node: read, correct (PATCH), delete with everything below it."""
+
     @authenticated
     async def get(self, node_id: str) -> None:
         node, design = await self.bom.get_visible(self.require_principal(), int(node_id))
@@ -54,6 +51,8 @@ class BomNodeHandler(BomBase):
 
 
 class DesignBomHandler(BomBase):
+    """GET: a design's BOM as a nested tree with part, volume and mass totals."""
+
     @authenticated
     async def get(self, design_id: str) -> None:
         self.write_json(await self.bom.tree(self.require_principal(), design_id))

@@ -1,4 +1,4 @@
-"""Design series and design asset endpoints: lists, signed streaming uploads, downloads, metadata, units."""
+"""Design series and design asset endpoints: lists, signed streaming uploads, downloads and metadata."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from urllib.parse import quote
 
 import tornado.httputil
 import tornado.ioloop
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from handlers.base import UUID, APIHandler, authenticated, public
+from handlers.base import UUID, APIHandler, authenticated, byte_range, public
 from models.designs import (
     CONTENT_TYPES,
-    DESIGN_LIST,
     ContentReceiver,
     DesignIn,
     DesignPatch,
@@ -23,17 +22,14 @@ from models.designs import (
     UploadUrlIn,
 )
 from models.errors import APIError, ValidationFailed, field_errors_from
-from models.listing import parse_list_query, run_list
 from models.ratelimit import Window
-from models.schema import Input
-from models.series import SERIES_LIST, SeriesIn, SeriesPatch
+from models.series import SeriesIn, SeriesPatch
 from models.storage import FileTooLarge
-from models.units import convert
-
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class DesignsBase(APIHandler):
+    """Rendering one design, waking this process's job runner, and the per-caller upload budget."""
+
     async def render_design(self, doc: dict[str, Any]) -> dict[str, Any]:
         return (await self.services.designs.render_many([doc]))[0]
 
@@ -54,18 +50,12 @@ class DesignsBase(APIHandler):
 
 
 class SeriesListHandler(APIHandler):
+    """GET: the series the caller may see; POST: a new series (a part number) in one of their organizations."""
+
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        series = self.services.series
-        query = parse_list_query(SERIES_LIST, self.request.query_arguments)
-        page = await run_list(
-            self.db.series,
-            series.visible_filter(principal),
-            query,
-            lambda docs: series.render_many(docs, principal),
-            self.absolute_url(self.request.path),
-            self.request.query_arguments,
+        page = await self.services.series.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
         )
         self.write_json(page)
 
@@ -77,6 +67,8 @@ class SeriesListHandler(APIHandler):
 
 
 class SeriesHandler(APIHandler):
+    """One series: read, edit (PATCH/PUT), delete (with its designs only when forced)."""
+
     @authenticated
     async def get(self, series_id: str) -> None:
         principal = self.require_principal()
@@ -100,11 +92,13 @@ class SeriesHandler(APIHandler):
     @authenticated
     async def delete(self, series_id: str) -> None:
         force = self.get_query_argument("force", "false").lower() == "true"
-        await self.services.designs.delete_series(self.require_principal(), series_id, force, self.actor)
+        await self.services.designs.delete_series(self.require_principal(), series_id, self.actor, force=force)
         self.no_content()
 
 
 class SeriesDesignsHandler(APIHandler):
+    """GET: the series' versions the caller may see, oldest first."""
+
     @authenticated
     async def get(self, series_id: str) -> None:
         self.write_json(await self.services.designs.series_versions(self.require_principal(), series_id))
@@ -114,6 +108,9 @@ class SeriesDesignsHandler(APIHandler):
 
 
 class DesignsHandler(DesignsBase):
+    """GET: the designs the caller may see; POST: a design from a finished upload, or a one-request multipart
+    upload."""
+
     @property
     def body_limit(self) -> int:
         ctype = self.request.headers.get("Content-Type", "")
@@ -121,16 +118,8 @@ class DesignsHandler(DesignsBase):
 
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        designs = self.services.designs
-        query = parse_list_query(DESIGN_LIST, self.request.query_arguments)
-        page = await run_list(
-            self.db.designs,
-            designs.visible_filter(principal),
-            query,
-            designs.render_many,
-            self.absolute_url(self.request.path),
-            self.request.query_arguments,
+        page = await self.services.designs.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
         )
         self.write_json(page)
 
@@ -168,6 +157,8 @@ class DesignsHandler(DesignsBase):
 
 
 class UploadUrlHandler(DesignsBase):
+    """POST: a signed, single-use URL to PUT one file's bytes to."""
+
     @authenticated
     async def post(self) -> None:
         body = self.parse_body(UploadUrlIn)
@@ -241,6 +232,8 @@ class UploadHandler(APIHandler):
 
 
 class DesignHandler(DesignsBase):
+    """One design: read, edit (revision, material, classification, archive), delete."""
+
     @authenticated
     async def get(self, design_id: str) -> None:
         doc = await self.services.designs.get_visible(self.require_principal(), design_id)
@@ -263,6 +256,8 @@ class DesignHandler(DesignsBase):
 
 
 class FinalizeHandler(DesignsBase):
+    """POST: confirm the upload's hash and queue its analysis."""
+
     @authenticated
     async def post(self, design_id: str) -> None:
         body = self.parse_body(FinalizeIn)
@@ -272,27 +267,16 @@ class FinalizeHandler(DesignsBase):
 
 
 class DownloadHandler(DesignsBase):
+    """GET: the original bytes, whole or one byte range, streamed; every download is audited."""
+
     @authenticated
     async def get(self, design_id: str) -> None:
         range_header = self.request.headers.get("Range")
         doc = await self.services.designs.download(self.require_principal(), design_id, self.actor, range_header)
         size = doc["file_size_bytes"]
-        start, end = 0, size
-        match = _RANGE.match(range_header or "")
-        if range_header and match and (match.group(1) or match.group(2)):
-            first, last = match.group(1), match.group(2)
-            if first:
-                start, end = int(first), (min(int(last) + 1, size) if last else size)
-            else:
-                start, end = max(0, size - int(last)), size
-            if start >= size or start >= end:
-                raise APIError(
-                    "The requested range is outside the file.",
-                    status=416,
-                    code="RANGE_NOT_SATISFIABLE",
-                    title="Range not satisfiable",
-                    headers={"Content-Range": f"bytes */{size}"},
-                )
+        wanted = byte_range(range_header, size)
+        start, end = wanted or (0, size)
+        if wanted is not None:
             self.set_status(206)
             self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         filename = doc["filename"]
@@ -315,46 +299,11 @@ class DownloadHandler(DesignsBase):
 
 
 class MetadataHandler(DesignsBase):
+    """GET: geometry, material and validation from the design's analysis."""
+
     @authenticated
     async def get(self, design_id: str) -> None:
         self.write_json(await self.services.designs.metadata(self.require_principal(), design_id))
-
-
-class ConvertUnitsHandler(APIHandler):
-    @authenticated
-    async def get(self) -> None:
-        raw = self.get_query_argument("value", "")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValidationFailed("value must be a number.", field_errors={"value": ["Must be a number."]}) from None
-        self.write_json(
-            convert(value, self.get_query_argument("from_unit", ""), self.get_query_argument("to_unit", ""))
-        )
-
-
-class MaterialIn(Input):
-    organization: str = Field(pattern=r"^[0-9a-f-]{36}$")
-    name: str = Field(min_length=1, max_length=200)
-    density_kg_m3: float = Field(gt=0, lt=30_000)
-    category: str = Field("custom", max_length=100)
-
-
-class MaterialsHandler(APIHandler):
-    @authenticated
-    async def get(self) -> None:
-        results = await self.services.designs.materials(self.require_principal())
-        self.write_json({"count": len(results), "results": results})
-
-    @authenticated
-    async def post(self) -> None:
-        principal = self.require_principal()
-        body = self.parse_body(MaterialIn)
-        await self.services.orgs.get_visible(principal, body.organization)
-        material = await self.services.designs.add_material(
-            principal, body.organization, body.name, body.density_kg_m3, body.category, self.actor
-        )
-        self.write_json(material, status=201)
 
 
 routes = [
@@ -363,11 +312,9 @@ routes = [
     (rf"/api/series/{UUID}/designs/", SeriesDesignsHandler),
     (r"/api/designs/", DesignsHandler),
     (r"/api/designs/upload-url/", UploadUrlHandler),
-    (r"/api/designs/convert-units/", ConvertUnitsHandler),
     (rf"/api/uploads/{UUID}/", UploadHandler),
     (rf"/api/designs/{UUID}/", DesignHandler),
     (rf"/api/designs/{UUID}/finalize_upload/", FinalizeHandler),
     (rf"/api/designs/{UUID}/download/", DownloadHandler),
     (rf"/api/designs/{UUID}/metadata/", MetadataHandler),
-    (r"/api/materials/", MaterialsHandler),
 ]

@@ -10,6 +10,8 @@ from models.health import check_database, check_redis
 
 
 class HealthHandler(APIHandler):
+    """GET: liveness, with no dependency checked (load balancers)."""
+
     rate_limited = False  # load balancers probe often and anonymously
 
     @public
@@ -18,6 +20,8 @@ class HealthHandler(APIHandler):
 
 
 class DetailedHealthHandler(APIHandler):
+    """GET: the database, Redis and analysis workers checked; 503 "degraded" when one is failing."""
+
     rate_limited = False
 
     @public

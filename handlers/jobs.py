@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field
-
 from handlers.base import UUID, APIHandler, authenticated
 from models.errors import ValidationFailed
-from models.jobs import JOB_LIST, MAX_FAILURE_DAYS, Jobs, JobType, render_job, render_progress, render_status
-from models.listing import each, parse_list_query, run_list
-from models.schema import Input
-
-
-class CancelIn(Input):
-    force: bool = Field(
-        False,
-        description="Mark the job CANCELLED now, without waiting for the process "
-        "running it to confirm (it may be gone).",
-    )
+from models.jobs import MAX_FAILURE_DAYS, JobCancelIn, Jobs, JobType, render_job, render_progress, render_status
 
 
 class JobsBase(APIHandler):
+    """The jobs repository, and refusing query parameters a non-list endpoint does not take."""
+
     @property
     def jobs(self) -> Jobs:
         return self.services.jobs
@@ -37,35 +27,35 @@ class JobsBase(APIHandler):
 
 
 class JobListHandler(JobsBase):
+    """GET: the analysis jobs the caller may see (exactly those of the designs they may see)."""
+
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        query = parse_list_query(JOB_LIST, self.request.query_arguments)
-        self.write_json(
-            await run_list(
-                self.db.analysis_jobs,
-                self.jobs.visible_filter(principal),
-                query,
-                each(render_job),
-                self.absolute_url(self.request.path),
-                self.request.query_arguments,
-            )
+        page = await self.jobs.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
         )
+        self.write_json(page)
 
 
 class JobHandler(JobsBase):
+    """GET: one job."""
+
     @authenticated
     async def get(self, job_id: str) -> None:
         self.write_json(render_job(await self.jobs.get_visible(self.require_principal(), job_id)))
 
 
 class JobStatusHandler(JobsBase):
+    """GET: a job's status in the task-queue shape (state, result, error, task info)."""
+
     @authenticated
     async def get(self, job_id: str) -> None:
         self.write_json(render_status(await self.jobs.get_visible(self.require_principal(), job_id)))
 
 
 class JobProgressHandler(JobsBase):
+    """GET: a job's progress."""
+
     @authenticated
     async def get(self, job_id: str) -> None:
         doc = await self.jobs.get_visible(self.require_principal(), job_id)
@@ -73,17 +63,18 @@ class JobProgressHandler(JobsBase):
 
 
 class JobCancelHandler(JobsBase):
+    """POST: cancel a job; its worker is stopped at once here, or at the running process's next renewal."""
+
     @authenticated
     async def post(self, job_id: str) -> None:
-        body = self.parse_body(CancelIn)
+        body = self.parse_body(JobCancelIn)
         runner = self.services.runner
         job, finished = await self.jobs.cancel(
             self.require_principal(),
             job_id,
-            body.force,
-            self.actor,
-            runner.cancel_local if runner is not None else None,
-            self.services.designs.publisher,
+            force=body.force,
+            actor=self.actor,
+            stop_local=runner.cancel_local if runner is not None else None,
         )
         if finished:
             self.write_json(
@@ -109,6 +100,8 @@ class JobCancelHandler(JobsBase):
 
 
 class ActiveJobsHandler(JobsBase):
+    """GET: the visible jobs running now."""
+
     @authenticated
     async def get(self) -> None:
         self.only_params()
@@ -116,6 +109,8 @@ class ActiveJobsHandler(JobsBase):
 
 
 class JobMetricsHandler(JobsBase):
+    """GET: counts per status and durations, per job type and overall."""
+
     @authenticated
     async def get(self) -> None:
         self.only_params("job_type")
@@ -129,6 +124,8 @@ class JobMetricsHandler(JobsBase):
 
 
 class JobFailuresHandler(JobsBase):
+    """GET ?days=: the most frequent errors and the latest failures."""
+
     @authenticated
     async def get(self) -> None:
         self.only_params("days")

@@ -11,6 +11,8 @@ MARKUP_ID = r"([1-9][0-9]{0,15})"
 
 
 class MarkupsBase(APIHandler):
+    """The markups repository, and writing one markup with its version as ETag."""
+
     @property
     def markups(self) -> Markups:
         return self.services.markups
@@ -21,6 +23,8 @@ class MarkupsBase(APIHandler):
 
 
 class MarkupsHandler(MarkupsBase):
+    """GET: the markups the caller may see; POST: a markup in an open review session."""
+
     @authenticated
     async def get(self) -> None:
         page = await self.markups.list_visible(
@@ -35,6 +39,8 @@ class MarkupsHandler(MarkupsBase):
 
 
 class MarkupHandler(MarkupsBase):
+    """One markup: read with its thread, edit (its author) or reopen, delete."""
+
     @authenticated
     async def get(self, markup_id: str) -> None:
         await self.write_markup(await self.markups.get_visible(self.require_principal(), int(markup_id)))
@@ -54,6 +60,8 @@ class MarkupHandler(MarkupsBase):
 
 
 class MarkupResolveHandler(MarkupsBase):
+    """POST: resolve the markup, with notes."""
+
     @authenticated
     async def post(self, markup_id: str) -> None:
         body = self.parse_body(ResolveIn)
@@ -61,6 +69,8 @@ class MarkupResolveHandler(MarkupsBase):
 
 
 class MarkupDismissHandler(MarkupsBase):
+    """POST: dismiss the markup, with a reason."""
+
     @authenticated
     async def post(self, markup_id: str) -> None:
         body = self.parse_body(DismissIn)
@@ -68,6 +78,8 @@ class MarkupDismissHandler(MarkupsBase):
 
 
 class MarkupRepliesHandler(MarkupsBase):
+    """GET: the markup's thread; POST: a reply to it."""
+
     @authenticated
     async def get(self, markup_id: str) -> None:
         replies = await self.markups.replies(self.require_principal(), int(markup_id))

@@ -5,22 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.base import UUID, APIHandler, authenticated
-from models.listing import parse_list_query, run_list
-from models.organizations import ORG_LIST, MemberIn, MemberPatch, OrganizationIn, OrganizationPatch, list_filter
+from models.organizations import MemberIn, MemberPatch, OrganizationIn, OrganizationPatch
 
 
 class OrganizationsHandler(APIHandler):
+    """GET: the caller's organizations; POST: a new one (platform staff, or anyone with self-service)."""
+
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        query = parse_list_query(ORG_LIST, self.request.query_arguments)
-        page = await run_list(
-            self.db.organizations,
-            list_filter(principal),
-            query,
-            self.services.orgs.render_many,
-            self.absolute_url(self.request.path),
-            self.request.query_arguments,
+        page = await self.services.orgs.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
         )
         self.write_json(page)
 
@@ -32,6 +26,8 @@ class OrganizationsHandler(APIHandler):
 
 
 class OrganizationHandler(APIHandler):
+    """One organization: read, edit (PATCH/PUT), delete (OWNER)."""
+
     async def _render(self, doc: dict[str, Any]) -> dict[str, Any]:
         return (await self.services.orgs.render_many([doc]))[0]
 
@@ -63,12 +59,16 @@ class OrganizationHandler(APIHandler):
 
 
 class MembersHandler(APIHandler):
+    """GET: the organization's members and their roles."""
+
     @authenticated
     async def get(self, org_id: str) -> None:
         self.write_json(await self.services.orgs.members(self.require_principal(), org_id))
 
 
 class AddMemberHandler(APIHandler):
+    """POST: add a user with a role."""
+
     @authenticated
     async def post(self, org_id: str) -> None:
         body = self.parse_body(MemberIn)
@@ -77,6 +77,8 @@ class AddMemberHandler(APIHandler):
 
 
 class MemberHandler(APIHandler):
+    """One membership: change its role (PATCH) or remove it (DELETE); an organization keeps an OWNER."""
+
     @authenticated
     async def patch(self, org_id: str, user_id: str) -> None:
         body = self.parse_body(MemberPatch)

@@ -1,4 +1,4 @@
-"""Review session endpoints, including the seed's start_review/ and approve/ actions on a design."""
+"""Review session endpoints, and the design-level start_review/, approve/ and reject/ that act on its review."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from models.reviews import ApproveIn, CancelIn, DesignApproveIn, RejectIn, Revie
 
 
 class ReviewsBase(APIHandler):
+    """The reviews repository, and writing one session with its version as ETag."""
+
     @property
     def reviews(self) -> Reviews:
         return self.services.reviews
@@ -19,6 +21,8 @@ class ReviewsBase(APIHandler):
 
 
 class ReviewsHandler(ReviewsBase):
+    """GET: the review sessions the caller may see; POST: open one on a READY design."""
+
     @authenticated
     async def get(self) -> None:
         page = await self.reviews.list_visible(
@@ -33,6 +37,8 @@ class ReviewsHandler(ReviewsBase):
 
 
 class ReviewHandler(ReviewsBase):
+    """One session: read with votes and markup counts; PATCH reviewers, rule, due date, notes or status."""
+
     @authenticated
     async def get(self, review_id: str) -> None:
         await self.write_review(await self.reviews.get_visible(self.require_principal(), review_id))
@@ -47,6 +53,8 @@ class ReviewHandler(ReviewsBase):
 
 
 class ReviewApproveHandler(ReviewsBase):
+    """POST: the caller's approving vote."""
+
     @authenticated
     async def post(self, review_id: str) -> None:
         vote = self.parse_body(ApproveIn).vote()
@@ -54,6 +62,8 @@ class ReviewApproveHandler(ReviewsBase):
 
 
 class ReviewRejectHandler(ReviewsBase):
+    """POST: the caller's rejecting vote, with a reason."""
+
     @authenticated
     async def post(self, review_id: str) -> None:
         vote = self.parse_body(RejectIn).vote()
@@ -61,6 +71,8 @@ class ReviewRejectHandler(ReviewsBase):
 
 
 class ReviewCancelHandler(ReviewsBase):
+    """POST: cancel the session (its creator or ADMIN/OWNER); the design returns to READY."""
+
     @authenticated
     async def post(self, review_id: str) -> None:
         body = self.parse_body(CancelIn)
@@ -68,6 +80,8 @@ class ReviewCancelHandler(ReviewsBase):
 
 
 class StartReviewHandler(ReviewsBase):
+    """POST /api/designs/{id}/start_review/: open a session on that design."""
+
     @authenticated
     async def post(self, design_id: str) -> None:
         body = self.parse_body(StartReviewIn)
@@ -79,6 +93,8 @@ class StartReviewHandler(ReviewsBase):
 
 
 class DesignApproveHandler(ReviewsBase):
+    """POST /api/designs/{id}/approve/: an approving vote in that design's open session."""
+
     @authenticated
     async def post(self, design_id: str) -> None:
         vote = self.parse_body(DesignApproveIn).vote()
@@ -88,6 +104,8 @@ class DesignApproveHandler(ReviewsBase):
 
 
 class DesignRejectHandler(ReviewsBase):
+    """POST /api/designs/{id}/reject/: a rejecting vote in that design's open session."""
+
     @authenticated
     async def post(self, design_id: str) -> None:
         vote = self.parse_body(RejectIn).vote()

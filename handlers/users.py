@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from handlers.base import APIHandler, authenticated
-from models.listing import parse_list_query, run_list
-from models.users import USER_LIST, UserAdminPatch, UserCreate
+from models.users import UserAdminPatch, UserCreate
 
 
 class UsersHandler(APIHandler):
+    """GET: the users who share an organization with the caller; POST: create a user (staff, ADMIN/OWNER)."""
+
     @authenticated
     async def get(self) -> None:
-        principal = self.require_principal()
-        users = self.services.users
-        query = parse_list_query(USER_LIST, self.request.query_arguments)
-        page = await run_list(
-            self.db.users,
-            await users.visible_filter(principal),
-            query,
-            users.render_many,
-            self.absolute_url(self.request.path),
-            self.request.query_arguments,
+        page = await self.services.users.list_visible(
+            self.require_principal(), self.request.query_arguments, self.absolute_url(self.request.path)
         )
         self.write_json(page)
 
@@ -31,6 +24,8 @@ class UsersHandler(APIHandler):
 
 
 class MeHandler(APIHandler):
+    """The caller's own profile: read, and edit what a user may change about themself."""
+
     @authenticated
     async def get(self) -> None:
         principal = self.require_principal()
@@ -46,6 +41,8 @@ class MeHandler(APIHandler):
 
 
 class UserHandler(APIHandler):
+    """One user: read, and administer (clearance, US-person status, activation) as staff or ADMIN/OWNER."""
+
     @authenticated
     async def get(self, user_id: str) -> None:
         user = await self.services.users.get_visible(self.require_principal(), int(user_id))

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
-from handlers.base import BaseHandler, public
+from handlers.base import BaseHandler, Services, public
 
 # Hosts that may appear in the policy's ws: sources; anything else (a forged Host header) is left out.
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
@@ -78,8 +78,9 @@ class AssetHandler(tornado.web.StaticFileHandler):
         allowed_symlink_directory: str | list[str] | None = None,
     ) -> None:
         # The directory is a setting, known once the application exists, not when the route table is built.
-        web_dir = self.application.settings["services"].settings.web_dir
-        super().initialize(path or str(web_dir / "assets"), default_filename, allowed_symlink_directory)
+        services: Services = self.application.settings["services"]
+        assets = services.settings.web_dir / "assets"
+        super().initialize(path or str(assets), default_filename, allowed_symlink_directory)
 
     @public
     async def get(self, path: str, include_body: bool = True) -> None:

@@ -23,8 +23,7 @@ class RealtimeSocketHandler(tornado.websocket.WebSocketHandler):
 
     @property
     def gateway(self) -> Gateway:
-        services = self.application.settings["services"]
-        gateway: Gateway = getattr(services, "realtime", None) or services.extra["realtime"]
+        gateway: Gateway = self.application.settings["services"].realtime
         return gateway
 
     @public

@@ -9,19 +9,20 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import DESCENDING, IndexModel
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError
 
-from models.database import register_indexes, utcnow
-from models.errors import NotFound, PermissionDenied
-from models.listing import Filter, Kind, ListSpec
-from models.policy import can, classification_filter, combine
+from models.collections import AUDIT_LOG
+from models.database import Db, register_indexes, utcnow
+from models.errors import NotFound, PermissionDenied, ValidationFailed
+from models.listing import Filter, Kind, ListSpec, QueryArgs, each, parse_list_query, run_list
+from models.policy import Principal, can, classification_filter, combine
 
-COLLECTION = "audit_log"
 GENESIS = "0" * 64
 MAX_APPEND_RETRIES = 50
 
 register_indexes(
-    COLLECTION,
+    AUDIT_LOG,
     [
         IndexModel([("organization_id", 1), ("timestamp", DESCENDING)]),
         IndexModel([("resource_type", 1), ("resource_id", 1)]),
@@ -60,7 +61,7 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 async def record(
-    db: Any,
+    db: Db,
     actor: Actor,
     action: str,
     resource_type: str,
@@ -75,7 +76,7 @@ async def record(
     now = utcnow()
     timestamp = now.replace(microsecond=now.microsecond // 1000 * 1000)  # what MongoDB keeps
     for _ in range(MAX_APPEND_RETRIES):
-        head = await db[COLLECTION].find_one({}, sort=[("_id", DESCENDING)], projection={"hash": 1})
+        head = await db[AUDIT_LOG].find_one({}, sort=[("_id", DESCENDING)], projection={"hash": 1})
         entry: dict[str, Any] = {
             "_id": (head["_id"] + 1) if head else 1,
             "prev_hash": head["hash"] if head else GENESIS,
@@ -93,18 +94,18 @@ async def record(
         }
         entry["hash"] = entry_hash(entry)
         try:
-            await db[COLLECTION].insert_one(entry)
+            await db[AUDIT_LOG].insert_one(entry)
             return entry
         except DuplicateKeyError:
             continue
     raise RuntimeError("could not append to the audit trail under contention")
 
 
-async def verify_chain(db: Any) -> tuple[bool, int | None]:
+async def verify_chain(db: Db) -> tuple[bool, int | None]:
     """Walk the whole chain; returns (intact, id of the first bad entry)."""
     prev = GENESIS
     expected_id = 1
-    async for entry in db[COLLECTION].find({}, sort=[("_id", 1)]):
+    async for entry in db[AUDIT_LOG].find({}, sort=[("_id", 1)]):
         if entry["_id"] != expected_id or entry["prev_hash"] != prev or entry_hash(entry) != entry["hash"]:
             return False, int(entry["_id"])
         prev = entry["hash"]
@@ -133,7 +134,7 @@ AUDIT_FIELDS: frozenset[str] = frozenset(
 )
 
 
-def visible_filter(principal: Any) -> dict[str, Any]:
+def visible_filter(principal: Principal) -> dict[str, Any]:
     """Staff see the whole trail; ADMIN/OWNER see their organizations' entries; everyone sees their own.
     Entries about classified resources follow the same classification rule as the resources."""
     cleared = {"$or": [{"classification": None}, classification_filter(principal)]}
@@ -179,20 +180,56 @@ AUDIT_LIST = ListSpec(
 )
 
 
-async def get_visible(db: Any, principal: Any, entry_id: int) -> dict[str, Any]:
-    entry = await db[COLLECTION].find_one(combine({"_id": entry_id}, visible_filter(principal)))
-    if entry is None:
-        raise NotFound("Audit entry not found.")
-    return entry
+EXPORT_FORMATS = ("csv", "json")
+MAX_EXPORT_ENTRIES = 100_000
 
 
-def export_cursor(db: Any, principal: Any, query_filter: dict[str, Any], limit: int) -> Any:
-    """The caller's visible entries matching a validated filter, oldest first, streamed by the caller."""
-    return db[COLLECTION].find(combine(visible_filter(principal), query_filter), sort=[("_id", 1)], limit=limit)
+class AuditTrail:
+    """The trail as the API reads it: lists, one entry, exports and verification, each within what the caller
+    may see. Writes go through record(), called by whichever repository made the change."""
 
+    def __init__(self, db: Db) -> None:
+        self.db = db
 
-async def verify(db: Any, principal: Any) -> dict[str, Any]:
-    if not principal.is_staff:
-        raise PermissionDenied("Only platform administrators verify the whole trail.")
-    intact, first_bad = await verify_chain(db)
-    return {"intact": intact, "first_bad_entry": first_bad, "entries": await db[COLLECTION].estimated_document_count()}
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        query = parse_list_query(AUDIT_LIST, args)
+        return await run_list(
+            self.db[AUDIT_LOG], visible_filter(principal), query, render=each(render), base_url=base_url, args=args
+        )
+
+    async def search(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        """The list's search under the name `q`."""
+        renamed = {("search" if k == "q" else k): v for k, v in args.items()}
+        return await self.list_visible(principal, renamed, base_url)
+
+    async def get_visible(self, principal: Principal, entry_id: int) -> dict[str, Any]:
+        entry = await self.db[AUDIT_LOG].find_one(combine({"_id": entry_id}, visible_filter(principal)))
+        if entry is None:
+            raise NotFound("Audit entry not found.")
+        return entry
+
+    async def export(
+        self, principal: Principal, fmt: str, args: QueryArgs, actor: Actor
+    ) -> AsyncCursor[dict[str, Any]]:
+        """The caller's visible entries matching the list filters (and start_date/end_date), oldest first, as a
+        cursor the caller streams; the export itself is recorded first."""
+        if fmt not in EXPORT_FORMATS:
+            raise ValidationFailed("format must be csv or json.", field_errors={"format": ["Use csv or json."]})
+        filters = {k: v for k, v in args.items() if k not in ("format", "start_date", "end_date")}
+        if "start_date" in args:
+            filters["timestamp__gte"] = args["start_date"]
+        if "end_date" in args:
+            filters["timestamp__lte"] = args["end_date"]
+        query = parse_list_query(AUDIT_LIST, filters)
+        await record(self.db, actor, "EXPORT", "AuditLog", fmt, changes={"filter": str(query.filter)[:500]})
+        return self.db[AUDIT_LOG].find(
+            combine(visible_filter(principal), query.filter), sort=[("_id", 1)], limit=MAX_EXPORT_ENTRIES
+        )
+
+    async def verify(self, principal: Principal) -> dict[str, Any]:
+        """Walk the whole chain (platform staff only)."""
+        if not principal.is_staff:
+            raise PermissionDenied("Only platform administrators verify the whole trail.")
+        intact, first_bad = await verify_chain(self.db)
+        entries = await self.db[AUDIT_LOG].estimated_document_count()
+        return {"intact": intact, "first_bad_entry": first_bad, "entries": entries}

@@ -12,16 +12,17 @@ from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.database import next_id, register_indexes, utcnow
+from models.collections import BOM_NODES, COUNTERS, DESIGNS
+from models.database import Db, next_id, register_indexes, utcnow
+from models.designs import Designs
 from models.errors import Conflict, NotFound, ValidationFailed
-from models.events import announce
-from models.listing import Filter, Kind, ListSpec
+from models.events import Publisher, announce
+from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
 from models.materials import mass_kg
 from models.policy import Principal, documents_filter, require
-from models.schema import Input
+from models.schema import Input, Uuid
 
-BOM_NODES = "bom_nodes"
-SEQUENCE = "bom_nodes"  # the counter models.database.next_id draws node ids from
+SEQUENCE = BOM_NODES  # node ids come from the counter named after the collection, like every next_id() sequence
 MAX_NODES = 10_000  # per design, as processing.cad caps an extracted tree
 MAX_DEPTH = 32
 MAX_SIBLINGS = 9999  # a path segment has four digits
@@ -84,7 +85,7 @@ BOM_LIST = ListSpec(
 
 
 class BomNodeIn(Input):
-    design_asset: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    design_asset: Uuid
     parent: int | None = Field(None, ge=1)
     part_name: str = Field(min_length=1, max_length=255)
     part_number: str = Field("", max_length=255)
@@ -140,17 +141,21 @@ def render_node(doc: dict[str, Any], density: float | None) -> dict[str, Any]:
 class BomNodes:
     """Repository of BOM nodes; every read and edit goes through the design's access policy."""
 
-    def __init__(self, db: Any, designs: Any) -> None:
+    def __init__(self, db: Db, designs: Designs, publisher: Publisher) -> None:
         self.db = db
         self.designs = designs
-
-    @property
-    def nodes(self) -> Any:
-        return self.db[BOM_NODES]
+        self.publisher = publisher
+        self.nodes = db[BOM_NODES]
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
         """Organization and classification are copied onto each node, so lists filter without a join."""
         return documents_filter(principal)
+
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        query = parse_list_query(BOM_LIST, args)
+        return await run_list(
+            self.nodes, self.visible_filter(principal), query, render=self.render_many, base_url=base_url, args=args
+        )
 
     async def get_visible(self, principal: Principal, node_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
         node = await self.nodes.find_one({"_id": node_id})
@@ -166,7 +171,7 @@ class BomNodes:
         ids = list({d["design_id"] for d in docs})
         density = {
             d["_id"]: d.get("density_kg_m3")
-            async for d in self.db["designs"].find({"_id": {"$in": ids}}, projection={"density_kg_m3": 1})
+            async for d in self.db[DESIGNS].find({"_id": {"$in": ids}}, projection={"density_kg_m3": 1})
         }
         return [render_node(d, density.get(d["design_id"])) for d in docs]
 
@@ -179,9 +184,10 @@ class BomNodes:
             await self.nodes.delete_many({"design_id": design["_id"]})
             return 0
         # One counter round trip for the whole tree, from the same sequence next_id() uses.
-        counter = await self.db.counters.find_one_and_update(
+        counter = await self.db[COUNTERS].find_one_and_update(
             {"_id": SEQUENCE}, {"$inc": {"value": len(flat)}}, upsert=True, return_document=ReturnDocument.AFTER
         )
+        assert counter is not None  # an upsert always returns the document
         first = int(counter["value"]) - len(flat) + 1
         ids_by_path: dict[str, int] = {}
         now = utcnow()
@@ -222,6 +228,7 @@ class BomNodes:
     # ------------------------------------------------------------------ manual corrections
 
     async def create(self, principal: Principal, data: BomNodeIn, actor: audit.Actor) -> dict[str, Any]:
+        """A manual node under `parent` (or a new root), at the next free position among its siblings."""
         design = await self.designs.get_visible(principal, data.design_asset)
         require(principal, "bom.edit", design["organization_id"], hide=False)
         parent = None
@@ -393,7 +400,7 @@ class BomNodes:
         }
 
     async def _announce(self, design: dict[str, Any], event: str, data: dict[str, Any]) -> None:
-        await announce(self.designs.publisher, [f"design:{design['_id']}"], event, {"design_id": design["_id"], **data})
+        await announce(self.publisher, [f"design:{design['_id']}"], event, {"design_id": design["_id"], **data})
 
 
 def _flatten(roots: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str | None]]:

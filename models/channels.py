@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
+from models.designs import Designs
 from models.errors import NotFound, PermissionDenied
+from models.jobs import Jobs
+from models.organizations import Organizations
 from models.policy import Classification, Principal, classification_allows, require
+from models.reviews import Reviews
+
+
+class ChannelEvent(Protocol):
+    """What the policy reads of an event on its way to a subscriber (realtime.events.Event has it)."""
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def data(self) -> dict[str, object] | None: ...
 
 
 class ChannelPolicy:
     """The access policy applied to channels: the same repositories, hence the same rules, as REST."""
 
-    def __init__(self, *, designs: Any, reviews: Any, jobs: Any, orgs: Any) -> None:
+    def __init__(self, *, designs: Designs, reviews: Reviews, jobs: Jobs, orgs: Organizations) -> None:
         self.designs = designs
         self.reviews = reviews
         self.jobs = jobs
@@ -36,7 +50,7 @@ class ChannelPolicy:
             raise NotFound("No such channel.")
 
 
-def event_visible(principal: Principal | None, event: Any) -> bool:
+def event_visible(principal: Principal | None, event: ChannelEvent) -> bool:
     """On an organization's feed, events about a classified design reach only the cleared. Other channels
     were authorized for one resource at subscribe time and are re-checked when access changes."""
     if principal is None:
@@ -45,8 +59,8 @@ def event_visible(principal: Principal | None, event: Any) -> bool:
     if kind != "org":
         return True
     classification = (event.data or {}).get("classification")
-    if classification in (None, Classification.UNCLASSIFIED.value):
+    if classification is None or classification == Classification.UNCLASSIFIED.value:
         return True
     return classification_allows(
-        principal.clearance, principal.is_us_person, classification, org_is_us=ident in principal.us_orgs
+        principal.clearance, principal.is_us_person, str(classification), org_is_us=ident in principal.us_orgs
     )

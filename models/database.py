@@ -24,6 +24,7 @@ from pymongo import AsyncMongoClient, IndexModel, MongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from models import embedded_db
+from models.collections import COUNTERS, META
 
 log = logging.getLogger("enginel.database")
 
@@ -219,22 +220,27 @@ class EmbeddedMongo:
             self.log_path.unlink(missing_ok=True)
 
 
-def connect(uri: str) -> AsyncMongoClient[dict[str, Any]]:
+# The types every repository constructor and service takes: one spelling, so a change of driver is one edit.
+Mongo = AsyncMongoClient[dict[str, Any]]
+Db = AsyncDatabase[dict[str, Any]]
+
+
+def connect(uri: str) -> Mongo:
     # UUIDs are stored as strings, datetimes come back timezone-aware in UTC.
     return AsyncMongoClient(uri, tz_aware=True, uuidRepresentation="standard", serverSelectionTimeoutMS=10_000)
 
 
-async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
+async def ensure_indexes(db: Db) -> None:
     """Create every registered index; creating an existing identical index is a no-op, so this is idempotent."""
     for collection, indexes in INDEXES.items():
         if indexes:
             await db[collection].create_indexes(indexes)
 
 
-async def ensure_instance(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
+async def ensure_instance(db: Db) -> dict[str, Any]:
     """The deployment's identity document, created on first start and kept across restarts."""
     now = datetime.now(UTC)
-    doc = await db.meta.find_one_and_update(
+    doc = await db[META].find_one_and_update(
         {"_id": "instance"},
         # The secret signs cookies and upload URLs; every process of the deployment reads the same one.
         {
@@ -248,9 +254,9 @@ async def ensure_instance(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-async def next_id(db: AsyncDatabase[dict[str, Any]], sequence: str) -> int:
+async def next_id(db: Db, sequence: str) -> int:
     """The next integer id of a sequence (users, markups, BOM nodes, audit entries), atomic across processes."""
-    doc = await db.counters.find_one_and_update(
+    doc = await db[COUNTERS].find_one_and_update(
         {"_id": sequence}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
     )
     assert doc is not None

@@ -15,12 +15,13 @@ from pymongo import IndexModel, ReturnDocument
 
 from models import audit
 from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
-from models.database import register_indexes, utcnow
+from models.collections import BOM_NODES, DESIGNS, JOBS, MARKUPS, REVIEWS, SERIES, UPLOADS, USERS
+from models.database import Db, register_indexes, utcnow
 from models.errors import Conflict, PermissionDenied, Unprocessable, ValidationFailed
 from models.events import Publisher, access_changed, announce
-from models.jobs import JOBS, JobType, create_job
-from models.listing import Filter, Kind, ListSpec
-from models.materials import BUILTIN_MATERIALS, find_builtin, mass_kg, normalize_name
+from models.jobs import JobType, create_job
+from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
+from models.materials import Materials, mass_kg
 from models.policy import (
     LEVEL,
     Classification,
@@ -32,13 +33,11 @@ from models.policy import (
     documents_filter,
     require,
 )
-from models.schema import Input
-from models.series import DESIGNS, Series
+from models.schema import Input, Uuid
+from models.series import Series
 from models.storage import FileTooLarge, Storage, StorageWriter, StoredFile, parse_file_hash
 from models.viewables import render_viewable
 
-UPLOADS = "uploads"
-MATERIALS = "materials"
 UPLOAD_TTL = timedelta(hours=1)
 
 register_indexes(
@@ -52,14 +51,13 @@ register_indexes(
     ],
 )
 register_indexes(UPLOADS, [IndexModel("expires_at")])
-register_indexes(MATERIALS, [IndexModel([("organization_id", 1), ("name_key", 1)], unique=True)])
 
 
 class DesignStatus(str, Enum):
     UPLOADING = "UPLOADING"
     PROCESSING = "PROCESSING"
-    READY = "READY"  # analysed, ready for review (an extension of the seed's list)
-    FAILED = "FAILED"  # analysis failed; the job says why (an extension of the seed's list)
+    READY = "READY"  # analysed, ready for review
+    FAILED = "FAILED"  # analysis failed; the job says why
     IN_REVIEW = "IN_REVIEW"
     APPROVED = "APPROVED"
     REJECTED = "REJECTED"
@@ -92,17 +90,17 @@ class UploadUrlIn(Input):
 
 
 class DesignIn(Input):
-    series: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    series: Uuid
     filename: str = Field(min_length=1, max_length=1000)
-    upload_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    upload_id: Uuid
     revision: str = Field("", max_length=50)
     classification: Classification = Classification.UNCLASSIFIED
     material: str = Field("", max_length=200)
-    file_path: str | None = Field(None, max_length=1000)  # accepted for the seed's clients, ignored
+    file_path: str | None = Field(None, max_length=1000)  # older clients send it; ignored
 
 
 class MultipartDesignIn(Input):
-    series: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    series: Uuid
     revision: str = Field("", max_length=50)
     classification: Classification = Classification.UNCLASSIFIED
     material: str = Field("", max_length=200)
@@ -231,7 +229,15 @@ class Designs:
     """Repository and rules for design assets; every read and write goes through the access policy."""
 
     def __init__(
-        self, db: Any, storage: Storage, publisher: Publisher, *, secret: str, max_upload_bytes: int, series: Series
+        self,
+        db: Db,
+        storage: Storage,
+        publisher: Publisher,
+        *,
+        secret: str,
+        max_upload_bytes: int,
+        series: Series,
+        materials: Materials,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -239,6 +245,7 @@ class Designs:
         self.secret = secret
         self.max_upload_bytes = max_upload_bytes
         self.series = series
+        self.materials = materials
 
     # ------------------------------------------------------------------ visibility
 
@@ -248,6 +255,17 @@ class Designs:
 
     async def get_visible(self, principal: Principal, design_id: str) -> dict[str, Any]:
         return check_document(principal, await self.db[DESIGNS].find_one({"_id": design_id}), "design.read", "Design")
+
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        query = parse_list_query(DESIGN_LIST, args)
+        return await run_list(
+            self.db[DESIGNS],
+            self.visible_filter(principal),
+            query,
+            render=self.render_many,
+            base_url=base_url,
+            args=args,
+        )
 
     async def _check_can_classify(self, principal: Principal, org_id: str, classification: str) -> None:
         # Nobody files a design they themselves could not open: that would hide it from its own author.
@@ -332,13 +350,13 @@ class Designs:
         return await self._create(
             principal,
             series,
-            sanitize_filename(data.filename),
-            upload["format"],
-            upload,
-            data.revision,
-            data.classification.value,
-            data.material,
-            actor,
+            filename=sanitize_filename(data.filename),
+            fmt=upload["format"],
+            upload=upload,
+            revision=data.revision,
+            classification=data.classification.value,
+            material=data.material,
+            actor=actor,
             claim_upload=data.upload_id,
         )
 
@@ -353,6 +371,7 @@ class Designs:
         self,
         principal: Principal,
         series: dict[str, Any],
+        *,
         filename: str,
         fmt: str,
         upload: dict[str, Any],
@@ -362,6 +381,7 @@ class Designs:
         actor: audit.Actor,
         claim_upload: str | None,
     ) -> dict[str, Any]:
+        """The design document of a stored upload (claimed once), its version allocated, audited and announced."""
         series_id = series["_id"]
         org_id = series["organization_id"]
         if format_for_filename(filename) != fmt:
@@ -369,7 +389,7 @@ class Designs:
                 "The filename's extension does not match the uploaded file.",
                 field_errors={"filename": [f"Expected a {fmt} file name."]},
             )
-        density = await self.density(org_id, material) if material else None
+        density = await self.materials.density(org_id, material) if material else None
         if claim_upload is not None:
             claimed = await self.db[UPLOADS].find_one_and_update(
                 {"_id": claim_upload, "status": "RECEIVED"}, {"$set": {"status": "USED"}}
@@ -507,13 +527,13 @@ class Designs:
             doc = await self._create(
                 principal,
                 series,
-                filename,
-                fmt,
-                upload,
-                data.revision,
-                data.classification.value,
-                data.material,
-                actor,
+                filename=filename,
+                fmt=fmt,
+                upload=upload,
+                revision=data.revision,
+                classification=data.classification.value,
+                material=data.material,
+                actor=actor,
                 claim_upload=None,
             )
         except BaseException:
@@ -586,6 +606,7 @@ class Designs:
     async def update(
         self, principal: Principal, design_id: str, patch: DesignPatch, actor: audit.Actor, if_match: str | None = None
     ) -> dict[str, Any]:
+        """Revision, material (mass follows), classification (lowering needs ADMIN/OWNER) or archive status."""
         doc = await self.get_visible(principal, design_id)
         org_id = doc["organization_id"]
         require(principal, "design.update", org_id)
@@ -621,7 +642,7 @@ class Designs:
         update: dict[str, Any] = {k: v["new"] for k, v in changes.items()}
         if "material" in changes:
             # Mass follows the material without re-reading the file: volume is already known.
-            density = await self.density(org_id, values["material"]) if values["material"] else None
+            density = await self.materials.density(org_id, values["material"]) if values["material"] else None
             update["density_kg_m3"] = density
             update["mass_kg"] = _mass(doc.get("volume_cubic_mm"), density)
         update["updated_at"] = utcnow()
@@ -636,11 +657,8 @@ class Designs:
             await self.db[JOBS].update_many(
                 {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
             )
-            await self.db["bom_nodes"].update_many(
-                {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
-            )
-            # Reviews and markups carry their design's classification so their lists filter in the query.
-            for dependant in ("reviews", "markups"):
+            # BOM nodes, reviews and markups carry their design's classification so lists filter in the query.
+            for dependant in (BOM_NODES, REVIEWS, MARKUPS):
                 await self.db[dependant].update_many(
                     {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
                 )
@@ -691,9 +709,8 @@ class Designs:
             {"design_id": doc["_id"], "status": {"$in": ["PENDING", "PROCESSING"]}},
             {"$set": {"cancel_requested": True}},
         )
-        await self.db["bom_nodes"].delete_many({"design_id": doc["_id"]})
-        await self.db["reviews"].delete_many({"design_id": doc["_id"]})
-        await self.db["markups"].delete_many({"design_id": doc["_id"]})
+        for dependant in (BOM_NODES, REVIEWS, MARKUPS):
+            await self.db[dependant].delete_many({"design_id": doc["_id"]})
         if doc.get("content_sha256"):
             await self.release_content(doc["content_sha256"])
         if (doc.get("viewable") or {}).get("sha256"):
@@ -775,67 +792,12 @@ class Designs:
         )
         return await self.render_many([d async for d in cursor])
 
-    async def delete_series(self, principal: Principal, series_id: str, force: bool, actor: audit.Actor) -> None:
+    async def delete_series(self, principal: Principal, series_id: str, actor: audit.Actor, *, force: bool) -> None:
         """A series and, when forced, its designs with their files, jobs and BOM (Series.delete decides)."""
-        for design_id in await self.series.delete(principal, series_id, force, actor):
+        for design_id in await self.series.delete(principal, series_id, actor, force=force):
             doc = await self.db[DESIGNS].find_one({"_id": design_id})
             if doc is not None:
                 await self.remove(doc)
-
-    # ------------------------------------------------------------------ materials
-
-    async def materials(self, principal: Principal) -> list[dict[str, Any]]:
-        """Built-in materials, then the caller's organizations' own."""
-        own = self.db[MATERIALS].find(
-            {} if principal.is_staff else {"organization_id": {"$in": sorted(principal.memberships)}},
-            sort=[("name", 1)],
-            limit=1000,
-        )
-        results = [{**m.as_dict(), "organization": None, "builtin": True} for m in BUILTIN_MATERIALS]
-        results += [
-            {
-                "name": m["name"],
-                "density_kg_m3": m["density_kg_m3"],
-                "category": m["category"],
-                "organization": m["organization_id"],
-                "builtin": False,
-            }
-            async for m in own
-        ]
-        return results
-
-    async def add_material(
-        self, principal: Principal, org_id: str, name: str, density_kg_m3: float, category: str, actor: audit.Actor
-    ) -> dict[str, Any]:
-        require(principal, "material.manage", org_id)
-        doc = {
-            "organization_id": org_id,
-            "name": name,
-            "name_key": normalize_name(name),
-            "density_kg_m3": density_kg_m3,
-            "category": category,
-        }
-        await self.db[MATERIALS].update_one(
-            {"organization_id": org_id, "name_key": doc["name_key"]}, {"$set": doc}, upsert=True
-        )
-        await audit.record(
-            self.db, actor, "UPSERT", "Material", name, organization_id=org_id, changes={"density_kg_m3": density_kg_m3}
-        )
-        return {
-            "name": name,
-            "density_kg_m3": density_kg_m3,
-            "category": category,
-            "organization": org_id,
-            "builtin": False,
-        }
-
-    async def density(self, org_id: str, name: str) -> float | None:
-        """An organization's own material first, then the built-in table; unknown names carry no mass."""
-        own = await self.db[MATERIALS].find_one({"organization_id": org_id, "name_key": normalize_name(name)})
-        if own is not None:
-            return float(own["density_kg_m3"])
-        builtin = find_builtin(name)
-        return builtin.density_kg_m3 if builtin else None
 
     # ------------------------------------------------------------------ rendering and events
 
@@ -844,11 +806,11 @@ class Designs:
         user_ids = list({d["uploaded_by"] for d in docs})
         names = {
             s["_id"]: s["name"]
-            async for s in self.db["series"].find({"_id": {"$in": series_ids}}, projection={"name": 1})
+            async for s in self.db[SERIES].find({"_id": {"$in": series_ids}}, projection={"name": 1})
         }
         users = {
             u["_id"]: u["username"]
-            async for u in self.db["users"].find({"_id": {"$in": user_ids}}, projection={"username": 1})
+            async for u in self.db[USERS].find({"_id": {"$in": user_ids}}, projection={"username": 1})
         }
         return [render_design(d, names.get(d["series_id"]), users.get(d["uploaded_by"])) for d in docs]
 

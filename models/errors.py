@@ -79,12 +79,6 @@ class NotFound(APIError):
     title = "Not found"
 
 
-class MethodNotAllowed(APIError):
-    status = 405
-    code = "METHOD_NOT_ALLOWED"
-    title = "Method not allowed"
-
-
 class Conflict(APIError):
     status = 409
     code = "CONFLICT"
@@ -134,7 +128,3 @@ def field_errors_from(exc: ValidationError) -> dict[str, list[str]]:
             message = err["msg"]
         out.setdefault(loc, []).append(message)
     return out
-
-
-def validation_error(exc: ValidationError, detail: str = "The request body is not valid.") -> ValidationFailed:
-    return ValidationFailed(detail, field_errors=field_errors_from(exc))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+
+from redis.asyncio import Redis
+
+from models.database import Db
 
 PROBE_TIMEOUT = 2.0
 
 
-async def check_database(db: Any) -> str:
+async def check_database(db: Db) -> str:
     try:
         await asyncio.wait_for(db.command("ping"), PROBE_TIMEOUT)
         return "ok"
@@ -16,7 +19,7 @@ async def check_database(db: Any) -> str:
         return f"error: {type(exc).__name__}"
 
 
-async def check_redis(redis: Any) -> str:
+async def check_redis(redis: Redis) -> str:
     try:
         await asyncio.wait_for(redis.ping(), PROBE_TIMEOUT)
         return "ok"

@@ -14,20 +14,17 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from pydantic import Field
 from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.database import next_id, register_indexes, utcnow
-from models.errors import AuthenticationFailed, Conflict, NotFound, TokenExpired, ValidationFailed
+from models.collections import API_KEYS, MEMBERSHIPS, ORGANIZATIONS, SESSIONS, USERS
+from models.database import Db, next_id, register_indexes, utcnow
+from models.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied, TokenExpired, ValidationFailed
 from models.events import NullPublisher, Publisher, access_changed
 from models.policy import Clearance, Principal, Role
-
-USERS = "users"
-SESSIONS = "auth_sessions"
-API_KEYS = "api_keys"
-MEMBERSHIPS = "memberships"
-ORGANIZATIONS = "organizations"
+from models.schema import Input
 
 ACCESS_PREFIX = "eat_"
 REFRESH_PREFIX = "ert_"
@@ -53,6 +50,21 @@ register_indexes(API_KEYS, [IndexModel("prefix", unique=True), IndexModel("user_
 register_indexes(
     MEMBERSHIPS, [IndexModel([("organization_id", 1), ("user_id", 1)], unique=True), IndexModel("user_id")]
 )
+
+
+class LoginIn(Input):
+    username: str = Field(min_length=1, max_length=254)  # or the e-mail address
+    password: str = Field(min_length=1, max_length=256)
+
+
+class RefreshIn(Input):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class ApiKeyIn(Input):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str] = Field(default_factory=lambda: ["read"], min_length=1, max_length=3)
+    expires_at: datetime | None = None
 
 
 def sha256(text: str) -> str:
@@ -107,7 +119,7 @@ def validate_password(password: str, username: str = "") -> None:
 class Identity:
     """Repository and service for users, sessions and API keys."""
 
-    def __init__(self, db: Any, config: IdentityConfig, publisher: Publisher | None = None) -> None:
+    def __init__(self, db: Db, config: IdentityConfig, publisher: Publisher | None = None) -> None:
         self.db = db
         self.config = config
         # Ended sessions and revoked keys also end the live sockets that authenticated with them.
@@ -129,6 +141,7 @@ class Identity:
         security_clearance_level: str = Clearance.UNCLASSIFIED.value,
         is_staff: bool = False,
     ) -> dict[str, Any]:
+        """A user with a hashed password; a taken username or e-mail is a 409 naming the field."""
         if not USERNAME_RE.match(username):
             raise ValidationFailed(
                 "Invalid username.",
@@ -138,7 +151,7 @@ class Identity:
             )
         validate_password(password, username)
         doc = {
-            "_id": await next_id(self.db, "users"),
+            "_id": await next_id(self.db, USERS),
             "username": username,
             "username_lower": username.lower(),
             "email": email or "",
@@ -342,6 +355,18 @@ class Identity:
             raise NotFound("Session not found.")
         await access_changed(self.publisher, user_id, "session ended")
 
+    async def logout(self, principal: Principal, actor: audit.Actor) -> None:
+        """End the session the caller signed in with (an API key has none: revoke the key instead)."""
+        if principal.session_id is None:
+            raise ValidationFailed("API keys have no session to end; revoke the key instead.")
+        await self.revoke_session(principal.id, principal.session_id, "logout")
+        await audit.record(self.db, actor, "LOGOUT", "Session", principal.session_id)
+
+    async def end_session(self, principal: Principal, session_id: str, actor: audit.Actor) -> None:
+        """End one of the caller's own sessions (another device's, say)."""
+        await self.revoke_session(principal.id, session_id, "ended by user")
+        await audit.record(self.db, actor, "END_SESSION", "Session", session_id)
+
     async def list_sessions(self, user_id: int) -> list[dict[str, Any]]:
         cursor = self.db[SESSIONS].find(
             {"user_id": user_id, "revoked_at": None, "refresh_expires_at": {"$gt": utcnow()}},
@@ -353,36 +378,50 @@ class Identity:
     # ------------------------------------------------------------------ API keys
 
     async def create_api_key(
-        self, user: dict[str, Any], name: str, scopes: list[str], expires_at: datetime | None
+        self, principal: Principal, data: ApiKeyIn, actor: audit.Actor
     ) -> tuple[dict[str, Any], str]:
+        """A new key of the caller's, returned once in full with its stored document; only its hash is kept."""
+        if principal.via == "api_key":
+            # A leaked key must not be able to mint more keys that outlive its own revocation.
+            raise PermissionDenied("API keys are created from a signed-in session, not with another key.")
+        unknown = sorted(set(data.scopes) - set(API_KEY_SCOPES))
+        if unknown:
+            raise ValidationFailed(
+                "Unknown scope.", field_errors={"scopes": [f"Unknown scope '{s}'." for s in unknown]}
+            )
         prefix = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
         doc = {
             "_id": str(uuid.uuid4()),
-            "user_id": user["_id"],
-            "name": name,
+            "user_id": principal.id,
+            "name": data.name,
             "prefix": prefix,
             "key_hash": sha256(secret),
-            "scopes": sorted(set(scopes)),
-            "expires_at": expires_at,
+            "scopes": sorted(set(data.scopes)),
+            "expires_at": data.expires_at,
             "created_at": utcnow(),
             "last_used_at": None,
             "revoked_at": None,
         }
         await self.db[API_KEYS].insert_one(doc)
+        await audit.record(
+            self.db, actor, "CREATE", "ApiKey", doc["_id"], changes={"name": data.name, "scopes": doc["scopes"]}
+        )
         return doc, f"{API_KEY_PREFIX}{prefix}_{secret}"
 
     async def list_api_keys(self, user_id: int) -> list[dict[str, Any]]:
         cursor = self.db[API_KEYS].find({"user_id": user_id, "revoked_at": None}, sort=[("created_at", -1)])
         return [doc async for doc in cursor]
 
-    async def revoke_api_key(self, user_id: int, key_id: str) -> dict[str, Any]:
+    async def revoke_api_key(self, principal: Principal, key_id: str, actor: audit.Actor) -> dict[str, Any]:
+        """Revoke one of the caller's keys; sockets opened with it close."""
         doc = await self.db[API_KEYS].find_one_and_update(
-            {"_id": key_id, "user_id": user_id, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
+            {"_id": key_id, "user_id": principal.id, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}}
         )
         if doc is None:
             raise NotFound("API key not found.")
-        await access_changed(self.publisher, user_id, "api key revoked")
+        await access_changed(self.publisher, principal.id, "api key revoked")
+        await audit.record(self.db, actor, "DELETE", "ApiKey", key_id)
         return doc
 
     # ------------------------------------------------------------------ authentication

@@ -6,18 +6,24 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from pymongo import IndexModel, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 
 from models import audit
-from models.database import register_indexes, utcnow
+from models.collections import JOBS
+from models.database import Db, register_indexes, utcnow
 from models.errors import Conflict
 from models.events import Publisher, announce
-from models.listing import Filter, Kind, ListSpec
+from models.listing import Filter, Kind, ListSpec, QueryArgs, each, parse_list_query, run_list
 from models.policy import Principal, check_document, combine, documents_filter, require
+from models.schema import Input
 
-JOBS = "analysis_jobs"
+if TYPE_CHECKING:
+    from models.designs import Designs  # which creates jobs, so imports this module
+
 MAX_MESSAGE_CHARS = 2000
 MAX_ACTIVE = 100
 MAX_RECENT_FAILURES = 20
@@ -44,7 +50,7 @@ class JobType(str, Enum):
 FINAL = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILURE.value, JobStatus.CANCELLED.value})
 GEOMETRY_EXTRACTION_FAILED = "GEOMETRY_EXTRACTION_FAILED"
 INVALID_FILE_FORMAT = "INVALID_FILE_FORMAT"
-# The seed's task state names (Celery's), shown by status/ next to our own status.
+# Celery's task state names, which status/ shows beside our own status for clients written against Celery.
 TASK_STATE = {
     "PENDING": "PENDING",
     "PROCESSING": "STARTED",
@@ -99,7 +105,7 @@ def new_job(
 
 
 async def create_job(
-    db: Any,
+    db: Db,
     design: dict[str, Any],
     job_type: JobType = JobType.PROCESSING,
     *,
@@ -156,14 +162,11 @@ class JobQueue:
     attempt is conditional on its task_id and PROCESSING status, so a process that lost its lease (or whose
     job was force-cancelled) can never overwrite what another process or the API decided since."""
 
-    def __init__(self, db: Any, worker: str, lease_seconds: float) -> None:
+    def __init__(self, db: Db, worker: str, lease_seconds: float) -> None:
         self.db = db
         self.worker = worker
         self.lease = timedelta(seconds=lease_seconds)
-
-    @property
-    def jobs(self) -> Any:
-        return self.db[JOBS]
+        self.jobs: AsyncCollection[dict[str, Any]] = db[JOBS]
 
     async def claim(self, max_retries: int) -> dict[str, Any] | None:
         """Atomically take the oldest PENDING job with a fresh lease; None when there is none."""
@@ -411,7 +414,7 @@ def render_job(doc: dict[str, Any]) -> dict[str, Any]:
         "job_type": doc["job_type"],
         "status": doc["status"],
         "task_id": doc.get("task_id"),
-        "celery_task_id": doc.get("task_id"),  # the seed's name for the same id, for its clients
+        "celery_task_id": doc.get("task_id"),  # the same id under the name Celery-era clients read
         "worker": doc.get("worker"),
         "created_at": doc["created_at"],
         "started_at": doc.get("started_at"),
@@ -471,15 +474,30 @@ def render_active(doc: dict[str, Any]) -> dict[str, Any]:
 StopLocal = Callable[[str], Awaitable[bool]]
 
 
+class JobCancelIn(Input):
+    force: bool = Field(
+        False,
+        description="Mark the job CANCELLED now, without waiting for the process running it to confirm (it may be "
+        "gone).",
+    )
+
+
 class Jobs:
     """Reads and the cancel rule for analysis jobs; a job is visible exactly when its design is."""
 
-    def __init__(self, db: Any, designs: Any) -> None:
+    def __init__(self, db: Db, designs: Designs, publisher: Publisher) -> None:
         self.db = db
         self.designs = designs
+        self.publisher = publisher
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
         return documents_filter(principal)
+
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        query = parse_list_query(JOB_LIST, args)
+        return await run_list(
+            self.db[JOBS], self.visible_filter(principal), query, render=each(render_job), base_url=base_url, args=args
+        )
 
     async def get_visible(self, principal: Principal, job_id: str) -> dict[str, Any]:
         """As for designs: another organization's job is 404, one above the caller's clearance 403."""
@@ -522,7 +540,7 @@ class Jobs:
             {"status": JobStatus.FAILURE.value, "completed_at": {"$gte": since}}, self.visible_filter(principal)
         )
         total = await self.db[JOBS].count_documents(match)
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": match},
             {
                 "$group": {
@@ -553,13 +571,7 @@ class Jobs:
         }
 
     async def cancel(
-        self,
-        principal: Principal,
-        job_id: str,
-        force: bool,
-        actor: audit.Actor,
-        stop_local: StopLocal | None,
-        publisher: Publisher,
+        self, principal: Principal, job_id: str, *, force: bool, actor: audit.Actor, stop_local: StopLocal | None
     ) -> tuple[dict[str, Any], bool]:
         """Cancel a job; returns (job, finished). A pending job is cancelled at once. A running one is flagged:
         the process running it kills its worker (at once when that is this process, else at its next lease
@@ -617,7 +629,7 @@ class Jobs:
         if settled_here and done is not None:
             # A runner that stops a job announces that itself; this is for what the API settled alone.
             await self.designs.mark_failed(job["design_id"], "Analysis cancelled.")
-            await announce_job(publisher, done, "job.status", status_event(done))
+            await announce_job(self.publisher, done, "job.status", status_event(done))
         current = done or await self.db[JOBS].find_one({"_id": job_id}) or job
         return current, current["status"] in FINAL
 

@@ -11,12 +11,16 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlencode
 
+from pymongo.asynchronous.collection import AsyncCollection
+
 from models.errors import ValidationFailed
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_SEARCH_LENGTH = 200
 MAX_PARAM_LENGTH = 500
+# A request's query arguments as Tornado hands them over (each name with its values).
+QueryArgs = Mapping[str, Sequence[bytes | str]]
 # Parameters every list understands; anything else must be a declared filter.
 RESERVED = frozenset({"page", "page_size", "search", "ordering", "fields"})
 
@@ -68,7 +72,7 @@ class ListQuery:
         return (self.page - 1) * self.page_size
 
 
-def _one(args: Mapping[str, Sequence[bytes | str]], name: str) -> str:
+def _one(args: QueryArgs, name: str) -> str:
     values = args[name]
     if len(values) != 1:
         raise ValidationFailed(f"Give '{name}' once.", field_errors={name: ["Give this parameter once."]})
@@ -136,7 +140,7 @@ def _convert(name: str, spec: Filter, raw: str) -> Any:
     raise AssertionError(spec.kind)
 
 
-def parse_list_query(spec: ListSpec, args: Mapping[str, Sequence[bytes | str]]) -> ListQuery:
+def parse_list_query(spec: ListSpec, args: QueryArgs) -> ListQuery:
     """Validate a request's query arguments against `spec`; unknown parameters are refused, not ignored."""
     conditions: list[dict[str, Any]] = []
     filters: dict[str, Any] = {}
@@ -224,9 +228,7 @@ def project(item: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
     return item if fields is None else {k: item[k] for k in fields if k in item}
 
 
-def page_links(
-    base_url: str, args: Mapping[str, Sequence[bytes | str]], page: int, page_size: int, count: int
-) -> tuple[str | None, str | None]:
+def page_links(base_url: str, args: QueryArgs, page: int, page_size: int, count: int) -> tuple[str | None, str | None]:
     """Absolute next/previous URLs that keep every other parameter the client sent."""
     kept = [(k, (v.decode() if isinstance(v, bytes) else v)) for k, vs in args.items() if k != "page" for v in vs]
 
@@ -239,13 +241,17 @@ def page_links(
     return nxt, prev
 
 
+PageRenderer = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+
+
 async def run_list(
-    collection: Any,
+    collection: AsyncCollection[dict[str, Any]],
     base_filter: dict[str, Any],
     query: ListQuery,
-    render_page: Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]],
+    *,
+    render: PageRenderer,
     base_url: str,
-    args: Mapping[str, Sequence[bytes | str]],
+    args: QueryArgs,
 ) -> dict[str, Any]:
     """Run a validated query inside `base_filter` (the caller's visibility) and build the page envelope.
 
@@ -256,14 +262,12 @@ async def run_list(
     count = await collection.count_documents(combined)
     cursor = collection.find(combined).sort(query.sort).skip(query.skip).limit(query.page_size)
     docs = [doc async for doc in cursor]
-    results = [project(item, query.fields) for item in await render_page(docs)]
+    results = [project(item, query.fields) for item in await render(docs)]
     nxt, prev = page_links(base_url, args, query.page, query.page_size, count)
     return {"count": count, "next": nxt, "previous": prev, "results": results}
 
 
-def each(
-    render: Callable[[dict[str, Any]], dict[str, Any]],
-) -> Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]:
+def each(render: Callable[[dict[str, Any]], dict[str, Any]]) -> PageRenderer:
     """Adapt a one-document renderer to run_list's page renderer."""
 
     async def render_page(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

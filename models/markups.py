@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any, Literal
 
@@ -11,27 +11,15 @@ from pydantic import Field
 from pymongo import IndexModel, ReturnDocument
 
 from models import audit
-from models.database import next_id, register_indexes, utcnow
+from models.collections import BOM_NODES, DESIGNS, MARKUP_REPLIES, MARKUPS, REVIEWS, USERS
+from models.database import Db, next_id, register_indexes, utcnow
 from models.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from models.events import Publisher, announce
-from models.identity import USERS
-from models.listing import Filter, Kind, ListSpec, parse_list_query, run_list
-from models.policy import Principal, check_document, documents_filter
-from models.reviews import (
-    MARKUPS,
-    UUID_PATTERN,
-    RequiredText,
-    Reviews,
-    ReviewVoteCommand,
-    Text,
-    parse_payload,
-    refuse_nulls,
-    require_write,
-)
-from models.schema import Input
-from models.series import DESIGNS
+from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
+from models.policy import Principal, check_document, documents_filter, require_write
+from models.reviews import Reviews
+from models.schema import Input, RequiredText, Text, Uuid, refuse_nulls
 
-BOM_NODES = "bom_nodes"
 MAX_REPLIES = 500
 MAX_COORDINATE = 1e9  # mm: a thousand kilometres is beyond any model; bigger values are garbage
 MAX_FACE_INDEX = 10_000_000
@@ -82,11 +70,11 @@ class CameraIn(Input):
 
 
 class MarkupIn(Input):
-    review_session: str = Field(pattern=UUID_PATTERN)
-    design_asset: str | None = Field(None, pattern=UUID_PATTERN)
+    review_session: Uuid
+    design_asset: Uuid | None = None
     position: Vec3
     camera: CameraIn | None = None
-    camera_position: Vec3 | None = None  # the seed's flat form of camera.position / camera.target
+    camera_position: Vec3 | None = None  # a flat form of camera.position / camera.target, also accepted
     camera_target: Vec3 | None = None
     bom_node: int | None = Field(None, ge=1, le=2**53)
     face_index: int | None = Field(None, ge=0, le=MAX_FACE_INDEX)
@@ -191,7 +179,7 @@ def _vec(v: Vec3 | None) -> dict[str, float] | None:
 
 
 def _camera(camera: CameraIn | None, position: Vec3 | None, target: Vec3 | None) -> dict[str, Any] | None:
-    """One stored camera from either the nested form or the seed's flat camera_position/camera_target."""
+    """One stored camera from either the nested form or the flat camera_position/camera_target."""
     if camera is not None and (position is not None or target is not None):
         raise ValidationFailed(
             "Give either camera or camera_position/camera_target, not both.",
@@ -240,7 +228,7 @@ def _camera(camera: CameraIn | None, position: Vec3 | None, target: Vec3 | None)
 class Markups:
     """Repository and rules for markups; REST handlers and WebSocket commands both call these."""
 
-    def __init__(self, db: Any, publisher: Publisher, reviews: Reviews) -> None:
+    def __init__(self, db: Db, publisher: Publisher, reviews: Reviews) -> None:
         self.db = db
         self.publisher = publisher
         self.reviews = reviews
@@ -257,7 +245,7 @@ class Markups:
 
     async def _session(self, principal: Principal, doc: Mapping[str, Any], what: str) -> dict[str, Any]:
         """The markup's review session, which must be open, and the caller must take part in it."""
-        review = await self.db["reviews"].find_one({"_id": doc["review_id"]})
+        review = await self.db[REVIEWS].find_one({"_id": doc["review_id"]})
         if review is None:
             raise Conflict("The review session of this markup no longer exists.")
         if not (self.reviews.is_participant(principal, review) or self.reviews.may_moderate(principal, review)):
@@ -284,6 +272,7 @@ class Markups:
     # ------------------------------------------------------------------ writes
 
     async def create(self, principal: Principal, data: MarkupIn, actor: audit.Actor) -> dict[str, Any]:
+        """A markup in an open session, by a participant or ADMIN/OWNER; the session moves to IN_PROGRESS."""
         require_write(principal)
         review = await self.reviews.get_visible(principal, data.review_session)
         if data.design_asset is not None and data.design_asset != review["design_id"]:
@@ -427,6 +416,7 @@ class Markups:
         actor: audit.Actor,
         event: str,
     ) -> dict[str, Any]:
+        """Resolve or dismiss an OPEN markup (participants and ADMIN/OWNER), once, audited and announced."""
         require_write(principal)
         doc = await self.get_visible(principal, markup_id)
         await self._session(principal, doc, "resolve or dismiss")
@@ -515,7 +505,7 @@ class Markups:
         await self._session(principal, doc, "reply to")
         now = utcnow()
         reply = {
-            "id": await next_id(self.db, "markup_replies"),
+            "id": await next_id(self.db, MARKUP_REPLIES),
             "author_id": principal.id,
             "text": data.text,
             "created_at": now,
@@ -545,11 +535,16 @@ class Markups:
 
     # ------------------------------------------------------------------ reads
 
-    async def list_visible(
-        self, principal: Principal, args: Mapping[str, Sequence[bytes | str]], base_url: str
-    ) -> dict[str, Any]:
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
         query = parse_list_query(MARKUP_LIST, args)
-        return await run_list(self.db[MARKUPS], self.visible_filter(principal), query, self.render_many, base_url, args)
+        return await run_list(
+            self.db[MARKUPS],
+            self.visible_filter(principal),
+            query,
+            render=self.render_many,
+            base_url=base_url,
+            args=args,
+        )
 
     async def replies(self, principal: Principal, markup_id: int) -> list[dict[str, Any]]:
         doc = await self.get_visible(principal, markup_id)
@@ -625,49 +620,4 @@ def render_reply(reply: Mapping[str, Any], username: str | None) -> dict[str, An
         "author_username": username,
         "text": reply["text"],
         "created_at": reply["created_at"],
-    }
-
-
-SocketCommand = Callable[[Principal, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def socket_commands(reviews: Reviews, markups: Markups) -> dict[str, SocketCommand]:
-    """The WebSocket commands that mirror REST writes, ready for Gateway(commands=...): each takes
-    (principal, payload dict), validates the payload like a REST body and returns what REST would."""
-
-    def actor(principal: Principal) -> audit.Actor:
-        return audit.Actor(principal.id, principal.username, None, "websocket")
-
-    async def markup_create(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
-        doc = await markups.create(principal, parse_payload(MarkupIn, payload), actor(principal))
-        return await markups.render_detail(doc)
-
-    async def markup_update(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
-        cmd = parse_payload(MarkupUpdateCommand, payload)
-        patch = MarkupPatch(**{k: getattr(cmd, k) for k in cmd.model_fields_set if k != "id"})
-        return await markups.render_detail(await markups.update(principal, cmd.id, patch, actor(principal)))
-
-    async def markup_resolve(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
-        cmd = parse_payload(MarkupResolveCommand, payload)
-        doc = await markups.resolve(
-            principal, cmd.id, ResolveIn(resolution_notes=cmd.resolution_notes), actor(principal)
-        )
-        return await markups.render_detail(doc)
-
-    async def markup_dismiss(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
-        cmd = parse_payload(MarkupDismissCommand, payload)
-        doc = await markups.dismiss(principal, cmd.id, DismissIn(reason=cmd.reason), actor(principal))
-        return await markups.render_detail(doc)
-
-    async def review_vote(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
-        cmd = parse_payload(ReviewVoteCommand, payload)
-        doc = await reviews.vote(principal, cmd.review_id, cmd, actor(principal))
-        return await reviews.render_detail(doc)
-
-    return {
-        "markup.create": markup_create,
-        "markup.update": markup_update,
-        "markup.resolve": markup_resolve,
-        "markup.dismiss": markup_dismiss,
-        "review.vote": review_vote,
     }

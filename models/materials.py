@@ -1,4 +1,4 @@
-"""Built-in engineering materials (density, category, aliases), lookup by name, and mass from volume."""
+"""Engineering materials: the built-in table (density, category, aliases), organizations' own, and mass from volume."""
 
 from __future__ import annotations
 
@@ -10,7 +10,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from pydantic import Field
+from pymongo import IndexModel
+
+from models import audit
+from models.collections import MATERIALS, ORGANIZATIONS
+from models.database import Db, register_indexes
+from models.errors import NotFound
+from models.policy import Principal, require
+from models.schema import Input, Uuid
+
 _MAX_NAME_LENGTH = 200
+MAX_OWN_MATERIALS = 1000  # listed per caller
+
+register_indexes(MATERIALS, [IndexModel([("organization_id", 1), ("name_key", 1)], unique=True)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,3 +209,75 @@ def mass_kg(volume_mm3: float, density_kg_m3: float) -> float:
     if not math.isfinite(density_kg_m3) or density_kg_m3 <= 0:
         raise ValueError(f"density must be a positive, finite number of kg/m³, not {density_kg_m3!r}")
     return volume_mm3 * density_kg_m3 / 1e9
+
+
+class MaterialIn(Input):
+    """An organization's own material: added or, under the same name, replaced."""
+
+    organization: Uuid
+    name: str = Field(min_length=1, max_length=_MAX_NAME_LENGTH)
+    density_kg_m3: float = Field(gt=0, lt=30_000)
+    category: str = Field("custom", max_length=100)
+
+
+class Materials:
+    """Repository of organizations' own materials, looked up before the built-in table."""
+
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    async def list_visible(self, principal: Principal) -> list[dict[str, Any]]:
+        """Built-in materials, then the caller's organizations' own."""
+        own = self.db[MATERIALS].find(
+            {} if principal.is_staff else {"organization_id": {"$in": sorted(principal.memberships)}},
+            sort=[("name", 1)],
+            limit=MAX_OWN_MATERIALS,
+        )
+        results = [{**m.as_dict(), "organization": None, "builtin": True} for m in BUILTIN_MATERIALS]
+        results += [render_material(m) async for m in own]
+        return results
+
+    async def add(self, principal: Principal, data: MaterialIn, actor: audit.Actor) -> dict[str, Any]:
+        """ADMIN/OWNER add a material to their organization; the same name (as looked up) replaces it."""
+        org_id = data.organization
+        require(principal, "material.manage", org_id)
+        if not await self.db[ORGANIZATIONS].count_documents({"_id": org_id}, limit=1):
+            raise NotFound("Organization not found.")
+        doc = {
+            "organization_id": org_id,
+            "name": data.name,
+            "name_key": normalize_name(data.name),
+            "density_kg_m3": data.density_kg_m3,
+            "category": data.category,
+        }
+        await self.db[MATERIALS].update_one(
+            {"organization_id": org_id, "name_key": doc["name_key"]}, {"$set": doc}, upsert=True
+        )
+        await audit.record(
+            self.db,
+            actor,
+            "UPSERT",
+            "Material",
+            data.name,
+            organization_id=org_id,
+            changes={"density_kg_m3": data.density_kg_m3},
+        )
+        return render_material(doc)
+
+    async def density(self, org_id: str, name: str) -> float | None:
+        """An organization's own material first, then the built-in table; unknown names carry no mass."""
+        own = await self.db[MATERIALS].find_one({"organization_id": org_id, "name_key": normalize_name(name)})
+        if own is not None:
+            return float(own["density_kg_m3"])
+        builtin = find_builtin(name)
+        return builtin.density_kg_m3 if builtin else None
+
+
+def render_material(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": doc["name"],
+        "density_kg_m3": doc["density_kg_m3"],
+        "category": doc["category"],
+        "organization": doc["organization_id"],
+        "builtin": False,
+    }

@@ -11,11 +11,11 @@ from pymongo import IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.database import next_id, register_indexes, utcnow
+from models.collections import DESIGNS, MEMBERSHIPS, ORGANIZATIONS, SERIES, USERS
+from models.database import Db, next_id, register_indexes, utcnow
 from models.errors import Conflict, LimitExceeded, NotFound, PermissionDenied, ValidationFailed
 from models.events import NullPublisher, Publisher, access_changed
-from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS
-from models.listing import Filter, Kind, ListSpec
+from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
 from models.policy import Principal, Role, require
 from models.schema import EMAIL_PATTERN, Input
 
@@ -113,10 +113,17 @@ def list_filter(principal: Principal) -> dict[str, Any]:
 class Organizations:
     """Repository and rules for organizations and their members."""
 
-    def __init__(self, db: Any, self_service: bool = False, publisher: Publisher | None = None) -> None:
+    def __init__(self, db: Db, self_service: bool = False, publisher: Publisher | None = None) -> None:
         self.db = db
         self.self_service = self_service
         self.publisher: Publisher = publisher or NullPublisher()
+
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        """The organizations the caller belongs to (every one, for platform staff)."""
+        query = parse_list_query(ORG_LIST, args)
+        return await run_list(
+            self.db[ORGANIZATIONS], list_filter(principal), query, render=self.render_many, base_url=base_url, args=args
+        )
 
     async def get_visible(self, principal: Principal, org_id: str) -> dict[str, Any]:
         doc = await self.db[ORGANIZATIONS].find_one({"_id": org_id})
@@ -187,13 +194,15 @@ class Organizations:
                 code="VALIDATION_ERROR",
                 field_errors={"slug": ["Already taken."]},
             ) from None
+        if updated is None:
+            raise NotFound("Organization not found.")  # deleted meanwhile
         await audit.record(self.db, actor, "UPDATE", "Organization", org_id, organization_id=org_id, changes=changes)
         return updated
 
     async def delete(self, principal: Principal, org_id: str, actor: audit.Actor) -> None:
         doc = await self.get_visible(principal, org_id)
         require(principal, "org.delete", org_id)
-        if await self.db["series"].count_documents({"organization_id": org_id}, limit=1):
+        if await self.db[SERIES].count_documents({"organization_id": org_id}, limit=1):
             raise Conflict("The organization still holds design series; delete or move them first.")
         await self.db[MEMBERSHIPS].delete_many({"organization_id": org_id})
         await self.db[ORGANIZATIONS].delete_one({"_id": org_id})
@@ -212,7 +221,7 @@ class Organizations:
 
     async def _insert_member(self, org_id: str, user_id: int, role: Role) -> dict[str, Any]:
         member = {
-            "_id": await next_id(self.db, "memberships"),
+            "_id": await next_id(self.db, MEMBERSHIPS),
             "organization_id": org_id,
             "user_id": user_id,
             "role": role.value,
@@ -343,7 +352,7 @@ class Organizations:
         }
         sizes = {
             row["_id"]: row["bytes"]
-            async for row in await self.db["designs"].aggregate(
+            async for row in await self.db[DESIGNS].aggregate(
                 [
                     {"$match": {"organization_id": {"$in": ids}}},
                     {"$group": {"_id": "$organization_id", "bytes": {"$sum": "$file_size_bytes"}}},

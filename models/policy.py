@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -33,7 +33,6 @@ class Classification(str, Enum):
 
 
 LEVEL = {Clearance.UNCLASSIFIED: 0, Clearance.CONFIDENTIAL: 1, Clearance.SECRET: 2, Clearance.TOP_SECRET: 3}
-ROLE_RANK = {Role.VIEWER: 0, Role.MEMBER: 1, Role.ADMIN: 2, Role.OWNER: 3}
 
 _READ = {"org.read", "member.read", "design.read", "review.read", "markup.read", "job.read", "audit.read.own"}
 _WRITE = {"design.create", "design.update", "review.create", "markup.create", "bom.edit", "job.create"}
@@ -95,9 +94,6 @@ class Principal:
     def clearance(self) -> Clearance:
         return Clearance(self.user.get("security_clearance_level", "UNCLASSIFIED"))
 
-    def role_in(self, org_id: str) -> Role | None:
-        return self.memberships.get(org_id)
-
 
 def can(principal: Principal, action: str, org_id: str | None = None) -> bool:
     """The one answer to "may this caller do this here?" used by REST, WebSocket and jobs alike."""
@@ -120,6 +116,12 @@ def require(principal: Principal, action: str, org_id: str | None = None, *, hid
     if action in ADMIN_SCOPE_ACTIONS and "admin" not in principal.scopes:
         raise PermissionDenied("This API key lacks the 'admin' scope.")
     raise PermissionDenied(f"Your role does not allow '{action}'.")
+
+
+def require_write(principal: Principal) -> None:
+    """A read-only API key may not change anything, whichever way the write arrives (REST, socket, job)."""
+    if principal.via == "api_key" and "write" not in principal.scopes:
+        raise PermissionDenied("This API key is read-only.")
 
 
 def allowed_classifications(clearance: Clearance) -> list[str]:
@@ -188,11 +190,3 @@ def combine(*filters: dict[str, Any]) -> dict[str, Any]:
     if not parts:
         return {}
     return parts[0] if len(parts) == 1 else {"$and": parts}
-
-
-def outranks(role: Role, other: Role) -> bool:
-    return ROLE_RANK[role] > ROLE_RANK[other]
-
-
-def roles(values: Iterable[str]) -> list[Role]:
-    return [Role(v) for v in values]

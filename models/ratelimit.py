@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+
+from redis.asyncio import Redis
 
 from models.errors import RateLimited
 
@@ -94,7 +95,7 @@ class MemoryRateLimiter(RateLimiter):
 class RedisRateLimiter(RateLimiter):
     """Counters in Redis, so every server process draws on the same budget."""
 
-    def __init__(self, redis: Any, prefix: str = "enginel:rl:") -> None:
+    def __init__(self, redis: Redis, prefix: str = "enginel:rl:") -> None:
         self.redis = redis
         self.prefix = prefix
 

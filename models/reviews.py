@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from enum import Enum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, Field
 from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.database import register_indexes, utcnow
-from models.designs import DesignStatus
-from models.errors import Conflict, PermissionDenied, RateLimited, ValidationFailed, field_errors_from
+from models.collections import AUDIT_LOG, DESIGNS, MARKUPS, MEMBERSHIPS, ORGANIZATIONS, REVIEWS, USERS
+from models.database import Db, register_indexes, utcnow
+from models.designs import Designs, DesignStatus
+from models.errors import Conflict, PermissionDenied, RateLimited, ValidationFailed
 from models.events import Publisher, announce
-from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS, Passwords
-from models.listing import Filter, Kind, ListSpec, parse_list_query, run_list
+from models.identity import Passwords
+from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
 from models.policy import (
     Classification,
     Clearance,
@@ -30,15 +30,11 @@ from models.policy import (
     combine,
     documents_filter,
     require,
+    require_write,
 )
-from models.schema import Input
-from models.series import DESIGNS
+from models.schema import Input, Text, Uuid, refuse_nulls
 
-REVIEWS = "reviews"
-MARKUPS = "markups"  # owned by models/markups.py; named here so review details can count them
-UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 MAX_REVIEWERS = 50
-MAX_TEXT = 5000
 MAX_DUE_AHEAD = timedelta(days=3660)
 # A wrong signing password is a guess at someone's password: bound the guesses like logins are bounded.
 MAX_SIGNATURE_FAILURES = 5
@@ -96,20 +92,12 @@ class RejectReason(str, Enum):
     OTHER = "OTHER"
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("May not be blank.")
-    return value
-
-
-Text = Annotated[str, Field(max_length=MAX_TEXT)]
-RequiredText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_not_blank)]
 UserId = Annotated[int, Field(ge=1, le=2**53)]
 Password = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class ReviewIn(Input):
-    design_asset: str = Field(pattern=UUID_PATTERN)
+    design_asset: Uuid
     reviewers: list[UserId] = Field(min_length=1, max_length=MAX_REVIEWERS)
     due_date: AwareDatetime | None = None
     notes: Text = ""
@@ -119,7 +107,7 @@ class ReviewIn(Input):
 
 
 class StartReviewIn(Input):
-    """The seed's POST /api/designs/{id}/start_review/ body (the design comes from the path)."""
+    """The POST /api/designs/{id}/start_review/ body (the design comes from the path)."""
 
     reviewer_ids: list[UserId] = Field(min_length=1, max_length=MAX_REVIEWERS)
     due_date: AwareDatetime | None = None
@@ -162,11 +150,11 @@ class VoteIn(Input):
 class ReviewVoteCommand(VoteIn):
     """The WebSocket `review.vote` payload: a vote plus the session it is cast in."""
 
-    review_id: str = Field(pattern=UUID_PATTERN)
+    review_id: Uuid
 
 
 class ApproveIn(Input):
-    """The seed's POST /api/reviews/{id}/approve/ body."""
+    """The POST /api/reviews/{id}/approve/ body."""
 
     comments: Text = ""
     approved: bool = True
@@ -182,7 +170,7 @@ class ApproveIn(Input):
 
 
 class RejectIn(Input):
-    """The seed's POST /api/reviews/{id}/reject/ body."""
+    """The POST /api/reviews/{id}/reject/ body."""
 
     comments: Text = ""
     reason: RejectReason
@@ -193,7 +181,7 @@ class RejectIn(Input):
 
 
 class DesignApproveIn(Input):
-    """The seed's POST /api/designs/{id}/approve/ body."""
+    """The POST /api/designs/{id}/approve/ body."""
 
     notes: Text = ""
     password: Password | None = None
@@ -204,30 +192,6 @@ class DesignApproveIn(Input):
 
 class CancelIn(Input):
     reason: Text = ""
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse_payload(model: type[M], payload: Mapping[str, Any]) -> M:
-    """Validate a decoded WebSocket payload exactly as a REST body: through JSON, so strict enums and
-    ISO datetimes behave the same and a validation failure is the same 400 with field_errors."""
-    try:
-        raw = json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError):
-        raise ValidationFailed(
-            "The payload must be plain JSON data (finite numbers, strings, lists, objects)."
-        ) from None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise ValidationFailed("The payload is not valid.", field_errors=field_errors_from(exc)) from None
-
-
-def require_write(principal: Principal) -> None:
-    """The REST layer refuses read-only API keys on writes; socket commands reach models directly."""
-    if principal.via == "api_key" and "write" not in principal.scopes:
-        raise PermissionDenied("This API key is read-only.")
 
 
 REVIEW_FIELDS = frozenset(
@@ -349,12 +313,6 @@ def _check_rule(rule: str, threshold: int | None, reviewers: Sequence[int]) -> N
         )
 
 
-def refuse_nulls(values: Mapping[str, Any], keys: Sequence[str]) -> None:
-    nulls = [k for k in keys if k in values and values[k] is None]
-    if nulls:
-        raise ValidationFailed("These fields may not be null.", field_errors={k: ["May not be null."] for k in nulls})
-
-
 def _check_due(due: Any) -> None:
     if due is None:
         return
@@ -368,7 +326,7 @@ def _check_due(due: Any) -> None:
 class Reviews:
     """Repository and rules for review sessions; REST handlers and WebSocket commands both call these."""
 
-    def __init__(self, db: Any, publisher: Publisher, designs: Any, passwords: Passwords) -> None:
+    def __init__(self, db: Db, publisher: Publisher, designs: Designs, passwords: Passwords) -> None:
         self.db = db
         self.publisher = publisher
         self.designs = designs
@@ -413,6 +371,7 @@ class Reviews:
     # ------------------------------------------------------------------ creating
 
     async def create(self, principal: Principal, data: ReviewIn, actor: audit.Actor) -> dict[str, Any]:
+        """Open a session on a READY design (which goes IN_REVIEW), after checking the rule and every reviewer."""
         require_write(principal)
         design = await self.designs.get_visible(principal, data.design_asset)
         org_id = design["organization_id"]
@@ -563,6 +522,7 @@ class Reviews:
     async def update(
         self, principal: Principal, review_id: str, patch: ReviewPatch, actor: audit.Actor, if_match: str | None = None
     ) -> dict[str, Any]:
+        """Change reviewers, rule, due date or notes (panel and rule only before the first vote), or start or cancel."""
         require_write(principal)
         doc = await self.get_visible(principal, review_id)
         self._require_manager(principal, doc, "change")
@@ -644,6 +604,7 @@ class Reviews:
             )
 
     async def cancel(self, principal: Principal, review_id: str, data: CancelIn, actor: audit.Actor) -> dict[str, Any]:
+        """Cancel an open session (its creator or ADMIN/OWNER); the design returns to READY."""
         require_write(principal)
         doc = await self.get_visible(principal, review_id)
         self._require_manager(principal, doc, "cancel")
@@ -804,7 +765,7 @@ class Reviews:
                 field_errors={"password": ["Re-enter your password to sign."]},
             )
         since = utcnow() - SIGNATURE_FAILURE_WINDOW
-        failures = await self.db[audit.COLLECTION].count_documents(
+        failures = await self.db[AUDIT_LOG].count_documents(
             {"actor_id": principal.id, "action": "SIGNATURE_FAILED", "timestamp": {"$gte": since}}
         )
         if failures >= MAX_SIGNATURE_FAILURES:
@@ -924,9 +885,7 @@ class Reviews:
 
     # ------------------------------------------------------------------ reading
 
-    async def list_visible(
-        self, principal: Principal, args: Mapping[str, Sequence[bytes | str]], base_url: str
-    ) -> dict[str, Any]:
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
         """The visible sessions; `is_overdue` is computed against now, so it is a filter of its own."""
         rest = {k: v for k, v in args.items() if k != "is_overdue"}
         extra: dict[str, Any] = {}
@@ -942,7 +901,12 @@ class Reviews:
             extra = overdue if str(raw).lower() in ("true", "1") else {"$nor": [overdue]}
         query = parse_list_query(REVIEW_LIST, rest)
         return await run_list(
-            self.db[REVIEWS], combine(self.visible_filter(principal), extra), query, self.render_many, base_url, args
+            self.db[REVIEWS],
+            combine(self.visible_filter(principal), extra),
+            query,
+            render=self.render_many,
+            base_url=base_url,
+            args=args,
         )
 
     async def render_many(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

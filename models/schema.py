@@ -1,27 +1,41 @@
-"""Shared pydantic bases: strict input models that refuse unknown fields, and common value types."""
+"""Shared input rules: strict pydantic bases, the common value types (ids, texts), and payload validation."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from models.errors import ValidationFailed, field_errors_from
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# The one spelling of a UUID (lower-case, hyphenated, as every id Enginel issues): in bodies and in routes.
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+UUID_PATTERN = rf"^{UUID_RE}$"
+MAX_TEXT = 5000
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("May not be blank.")
+    return value
+
+
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+RequiredText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_not_blank)]
+M = TypeVar("M", bound=BaseModel)
 
 
 class Input(BaseModel):
     """A request body: exact types (no "5" for 5), unknown fields refused, strings trimmed of nothing."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False, str_max_length=100_000)
-
-
-class Point3D(Input):
-    x: float
-    y: float
-    z: float
 
 
 def json_default(value: Any) -> Any:
@@ -42,3 +56,25 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def parse_payload(model: type[M], payload: Mapping[str, Any]) -> M:
+    """Validate a decoded WebSocket payload exactly as a REST body: through JSON, so strict enums and
+    ISO datetimes behave the same and a validation failure is the same 400 with field_errors."""
+    try:
+        raw = json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValidationFailed(
+            "The payload must be plain JSON data (finite numbers, strings, lists, objects)."
+        ) from None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ValidationFailed("The payload is not valid.", field_errors=field_errors_from(exc)) from None
+
+
+def refuse_nulls(values: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """A PATCH may set these fields but not clear them: an explicit null is a 400 naming each one."""
+    nulls = [k for k in keys if k in values and values[k] is None]
+    if nulls:
+        raise ValidationFailed("These fields may not be null.", field_errors={k: ["May not be null."] for k in nulls})

@@ -10,14 +10,12 @@ from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.database import register_indexes, utcnow
+from models.collections import DESIGNS, ORGANIZATIONS, SERIES, USERS
+from models.database import Db, register_indexes, utcnow
 from models.errors import Conflict, NotFound, PermissionDenied
-from models.listing import Filter, Kind, ListSpec
+from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
 from models.policy import Principal, can, classification_filter, require, visible_orgs_filter
-from models.schema import Input
-
-SERIES = "series"
-DESIGNS = "designs"
+from models.schema import Input, Uuid
 
 register_indexes(
     SERIES,
@@ -29,7 +27,7 @@ register_indexes(
 
 
 class SeriesIn(Input):
-    organization: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    organization: Uuid
     part_number: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
     name: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=5000)
@@ -88,11 +86,22 @@ def _duplicate() -> Conflict:
 
 
 class Series:
-    def __init__(self, db: Any) -> None:
+    """Repository of design series; a series is visible to every member of its organization."""
+
+    def __init__(self, db: Db) -> None:
         self.db = db
 
     def visible_filter(self, principal: Principal) -> dict[str, Any]:
         return visible_orgs_filter(principal)
+
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        async def render(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return await self.render_many(docs, principal)
+
+        query = parse_list_query(SERIES_LIST, args)
+        return await run_list(
+            self.db[SERIES], self.visible_filter(principal), query, render=render, base_url=base_url, args=args
+        )
 
     async def get_visible(self, principal: Principal, series_id: str) -> dict[str, Any]:
         doc = await self.db[SERIES].find_one({"_id": series_id})
@@ -101,7 +110,7 @@ class Series:
         return doc
 
     async def create(self, principal: Principal, data: SeriesIn, actor: audit.Actor) -> dict[str, Any]:
-        org = await self.db["organizations"].find_one({"_id": data.organization})
+        org = await self.db[ORGANIZATIONS].find_one({"_id": data.organization})
         if org is None or not can(principal, "org.read", org["_id"]):
             raise NotFound("Organization not found.")
         require(principal, "design.create", org["_id"])
@@ -155,6 +164,8 @@ class Series:
             )
         except DuplicateKeyError:
             raise _duplicate() from None
+        if updated is None:
+            raise NotFound("Series not found.")  # deleted meanwhile
         if "part_number" in patch:  # designs carry the part number for search and filters
             await self.db[DESIGNS].update_many(
                 {"series_id": series_id}, {"$set": {"part_number": patch["part_number"]}}
@@ -164,7 +175,7 @@ class Series:
         )
         return updated
 
-    async def delete(self, principal: Principal, series_id: str, force: bool, actor: audit.Actor) -> list[str]:
+    async def delete(self, principal: Principal, series_id: str, actor: audit.Actor, *, force: bool) -> list[str]:
         """Delete a series; with designs it needs ADMIN/OWNER and force, and every design must be visible
         to the caller (a series never takes with it designs its deleter cannot see). Returns design ids."""
         doc = await self.get_visible(principal, series_id)
@@ -209,11 +220,11 @@ class Series:
         user_ids = list({d["created_by"] for d in docs})
         orgs = {
             o["_id"]: o["name"]
-            async for o in self.db["organizations"].find({"_id": {"$in": org_ids}}, projection={"name": 1})
+            async for o in self.db[ORGANIZATIONS].find({"_id": {"$in": org_ids}}, projection={"name": 1})
         }
         users = {
             u["_id"]: u["username"]
-            async for u in self.db["users"].find({"_id": {"$in": user_ids}}, projection={"username": 1})
+            async for u in self.db[USERS].find({"_id": {"$in": user_ids}}, projection={"username": 1})
         }
         counts = {
             row["_id"]: row

@@ -22,9 +22,10 @@ from bson import Int64, ObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.errors import NoFile
 from pymongo import ASCENDING, IndexModel
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from models.collections import CAD_FILES
+from models.database import Db
 from models.errors import PayloadTooLarge, ValidationFailed
 
 # Largest piece read() yields: enough to amortise a thread hop or a cursor batch, small enough to bound memory
@@ -481,8 +482,8 @@ class GridFSStorage(Storage):
 
     def __init__(
         self,
-        db: AsyncDatabase[Any],
-        bucket: str = "cadfiles",
+        db: Db,
+        bucket: str = CAD_FILES,
         *,
         tmp_dir: Path | str | None = None,
         chunk_size: int = GRIDFS_CHUNK_SIZE,
@@ -603,8 +604,8 @@ def make_storage(
     kind: str,
     *,
     root: Path | str | None = None,
-    db: AsyncDatabase[Any] | None = None,
-    bucket: str = "cadfiles",
+    db: Db | None = None,
+    bucket: str = CAD_FILES,
     tmp_dir: Path | str | None = None,
     durable: bool = True,
 ) -> Storage:

@@ -7,10 +7,12 @@ from typing import Any
 from pydantic import Field
 
 from models import audit
+from models.collections import MEMBERSHIPS, ORGANIZATIONS, USERS
+from models.database import Db
 from models.errors import LimitExceeded, NotFound, PermissionDenied, ValidationFailed
 from models.events import NullPublisher, Publisher, access_changed, user_disabled
-from models.identity import MEMBERSHIPS, ORGANIZATIONS, USERS, Identity
-from models.listing import Filter, Kind, ListSpec
+from models.identity import Identity
+from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
 from models.organizations import MemberIn, Organizations
 from models.policy import Clearance, Principal, Role, can
 from models.schema import EMAIL_PATTERN, Input
@@ -81,11 +83,24 @@ class UserCreate(Input):
 
 
 class Users:
-    def __init__(self, db: Any, identity: Identity, orgs: Organizations, publisher: Publisher | None = None) -> None:
+    """The user directory and administration of users' access attributes."""
+
+    def __init__(self, db: Db, identity: Identity, orgs: Organizations, publisher: Publisher | None = None) -> None:
         self.db = db
         self.identity = identity
         self.orgs = orgs
         self.publisher: Publisher = publisher or NullPublisher()
+
+    async def list_visible(self, principal: Principal, args: QueryArgs, base_url: str) -> dict[str, Any]:
+        query = parse_list_query(USER_LIST, args)
+        return await run_list(
+            self.db[USERS],
+            await self.visible_filter(principal),
+            query,
+            render=self.render_many,
+            base_url=base_url,
+            args=args,
+        )
 
     async def visible_filter(self, principal: Principal) -> dict[str, Any]:
         """Users who share an organization with the caller (the caller included); staff see everyone."""
@@ -178,6 +193,7 @@ class Users:
         return await self.db[USERS].find_one({"_id": user["_id"]}) or user
 
     async def create(self, principal: Principal, data: UserCreate, actor: audit.Actor) -> dict[str, Any]:
+        """A user created by staff, or by an OWNER/ADMIN into their organization within its user limit."""
         if data.organization is None:
             if not can(principal, "user.create"):
                 raise PermissionDenied("Only platform administrators create users outside an organization.")

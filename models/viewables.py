@@ -5,18 +5,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.database import register_indexes, utcnow
+from models.collections import DESIGNS, JOBS
+from models.database import Db, register_indexes, utcnow
 from models.errors import Conflict
 from models.events import Publisher
-from models.jobs import JOBS, JobStatus, JobType, announce_job, new_job, status_event
+from models.jobs import JobStatus, JobType, announce_job, new_job, status_event
 from models.policy import Principal
-from models.series import DESIGNS
+
+if TYPE_CHECKING:
+    from models.designs import Designs  # which renders a design's viewable with this module, so imports it
 
 #: A failed viewable job is reported as such for this long; after it, asking again starts a new attempt.
 FAILED_RETRY_AFTER = timedelta(minutes=15)
@@ -97,7 +100,7 @@ def render_pending(job: dict[str, Any]) -> dict[str, Any]:
 class Viewables:
     """The GLB of a design follows the design's access policy; fetching one is audited like a download."""
 
-    def __init__(self, db: Any, designs: Any, publisher: Publisher, *, max_retries: int = 2) -> None:
+    def __init__(self, db: Db, designs: Designs, publisher: Publisher, *, max_retries: int = 2) -> None:
         self.db = db
         self.designs = designs
         self.publisher = publisher

@@ -27,7 +27,7 @@ from OCP.IFSelect import IFSelect_ReturnStatus
 from OCP.IGESCAFControl import IGESCAFControl_Reader
 from OCP.Message import Message, Message_Gravity
 from OCP.Quantity import Quantity_Color
-from OCP.StepBasic import StepBasic_ProductDefinition
+from OCP.StepBasic import StepBasic_Product, StepBasic_ProductDefinition
 from OCP.STEPCAFControl import STEPCAFControl_Reader
 from OCP.STEPConstruct import STEPConstruct_Tool
 from OCP.StepRepr import StepRepr_NextAssemblyUsageOccurrence
@@ -359,11 +359,13 @@ def _step_products(reader: STEPCAFControl_Reader, doc: TDocStd_Document, loaded:
             nauos.append(entity)
         elif isinstance(entity, StepBasic_ProductDefinition):
             definitions.append(entity)
-    child_products: set[int] = set()
+    # Products by identity: the bindings hand back one Python object per entity, and the model's own
+    # Number() answers 0 for every entity of a model read this way, which made every product look like a child.
+    child_products: set[StepBasic_Product] = set()
     for nauo in nauos:
         try:
             product = nauo.RelatedProductDefinition().Formation().OfProduct()
-            child_products.add(model.Number(product))
+            child_products.add(product)
             component = STEPCAFControl_Reader.FindInstance_s(nauo, shape_tool, tool, label_map)
         except Exception:  # a dangling reference in a damaged file: that occurrence stays unnamed
             continue
@@ -387,7 +389,7 @@ def _step_products(reader: STEPCAFControl_Reader, doc: TDocStd_Document, loaded:
             product = definition.Formation().OfProduct()
         except Exception:
             continue
-        if model.Number(product) not in child_products:
+        if product not in child_products:
             roots.append((_hstring(product.Id()), _hstring(product.Name())))
     for label in loaded.free_labels:
         entry = _entry(label)
@@ -517,6 +519,7 @@ def _bounding_box(shape: TopoDS_Shape) -> dict[str, Any] | None:
 
 
 def _validate(loaded: _Loaded, topology: dict[str, int], volume: float | None, issues: _Issues) -> bool:
+    """Record why the shape is not a valid closed solid (or is a mesh); returns BRepCheck_Analyzer's verdict."""
     shape = loaded.shape
     brep_valid = bool(BRepCheck_Analyzer(shape).IsValid())
     if not brep_valid:
@@ -608,6 +611,20 @@ class _BomWalk:
     occurrences: dict[str, list[TDF_Label]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Place:
+    """Where a product sits in the tree: its position and how often its parent uses it, under which names."""
+
+    path: str
+    depth: int
+    quantity: int = 1
+    designator: str = ""
+    instances: tuple[str, ...] = ()
+
+
+ROOT = _Place("0001", 1)
+
+
 def _bom(
     loaded: _Loaded, display_name: str, whole_volume: float | None, issues: _Issues
 ) -> tuple[list[dict[str, Any]], dict[str, int], _BomWalk]:
@@ -618,33 +635,23 @@ def _bom(
     ):
         # STL/BREP, and IGES made of loose entities, are one part: the file is the product.
         walk.nodes = 1
-        root = _node(display_name, display_name, 1, "", [], whole_volume, "0001", 1, [])
+        root = _node(display_name, display_name, ROOT, volume=whole_volume, children=[])
     elif len(labels) == 1:
-        root = _label_node(walk, labels[0], 1, "", [], "0001", 1, single_root=True)
+        root = _label_node(walk, labels[0], ROOT, single_root=True)
     else:
         walk.nodes = 1
         children = [
-            _label_node(walk, label, 1, "", [], f"0001.{i:04d}", 2, single_root=False)
+            _label_node(walk, label, _Place(f"0001.{i:04d}", 2), single_root=False)
             for i, label in enumerate(labels[:MAX_BOM_NODES], start=1)
         ]
-        volume = whole_volume
-        root = _node(display_name, display_name, 1, "", [], volume, "0001", 1, children)
+        root = _node(display_name, display_name, ROOT, volume=whole_volume, children=children)
     if walk.truncated:
         issues.warn("BOM_TRUNCATED", f"The assembly tree was cut at {MAX_BOM_NODES} nodes or depth {MAX_BOM_DEPTH}.")
     return [root], {"part_count": _part_count(root), "node_count": walk.nodes}, walk
 
 
-def _label_node(
-    walk: _BomWalk,
-    label: TDF_Label,
-    quantity: int,
-    designator: str,
-    instances: list[str],
-    path: str,
-    depth: int,
-    *,
-    single_root: bool,
-) -> dict[str, Any]:
+def _label_node(walk: _BomWalk, label: TDF_Label, place: _Place, *, single_root: bool) -> dict[str, Any]:
+    """The BOM node of one XCAF product at `place`, with its children grouped by product and counted."""
     walk.nodes += 1
     loaded = walk.loaded
     entry = _entry(label)
@@ -666,30 +673,26 @@ def _label_node(
         referred_of.setdefault(key, referred)
         groups.setdefault(key, []).append(component)  # dicts keep first-occurrence order
 
-    walk.labels[path] = (label, extra)
+    walk.labels[place.path] = (label, extra)
     children: list[dict[str, Any]] = []
-    if groups and (depth >= MAX_BOM_DEPTH or walk.nodes >= MAX_BOM_NODES):
+    if groups and (place.depth >= MAX_BOM_DEPTH or walk.nodes >= MAX_BOM_NODES):
         walk.truncated = True
         groups = {}
     for index, (key, occurrences) in enumerate(groups.items(), start=1):
         if walk.nodes >= MAX_BOM_NODES:
             walk.truncated = True
             break
-        walk.occurrences[f"{path}.{index:04d}"] = occurrences
+        walk.occurrences[f"{place.path}.{index:04d}"] = occurrences
         names = [_label_name(c) for c in occurrences]
         explicit = [loaded.designators[_entry(c)] for c in occurrences if _entry(c) in loaded.designators]
-        children.append(
-            _label_node(
-                walk,
-                referred_of[key],
-                len(occurrences),
-                _designator(explicit or names),
-                [n for n in names if n][:MAX_INSTANCE_NAMES],
-                f"{path}.{index:04d}",
-                depth + 1,
-                single_root=False,
-            )
+        child = _Place(
+            path=f"{place.path}.{index:04d}",
+            depth=place.depth + 1,
+            quantity=len(occurrences),
+            designator=_designator(explicit or names),
+            instances=tuple(n for n in names if n)[:MAX_INSTANCE_NAMES],
         )
+        children.append(_label_node(walk, referred_of[key], child, single_root=False))
 
     if single_root:
         volume = walk.whole_volume  # one instance of the root is the whole file, already integrated
@@ -700,29 +703,21 @@ def _label_node(
             [(c["volume_mm3"], c["quantity"]) for c in children]
             + [(_label_volume(walk, _entry(c), c), 1) for c in extra]
         )
-    return _node(name, part_number, quantity, designator, instances, volume, path, depth, children)
+    return _node(name, part_number, place, volume=volume, children=children)
 
 
 def _node(
-    name: str,
-    part_number: str,
-    quantity: int,
-    designator: str,
-    instances: list[str],
-    volume: float | None,
-    path: str,
-    depth: int,
-    children: list[dict[str, Any]],
+    name: str, part_number: str, place: _Place, *, volume: float | None, children: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {
         "part_name": name[:MAX_NAME_CHARS],
         "part_number": part_number[:MAX_NAME_CHARS],
-        "quantity": quantity,
+        "quantity": place.quantity,
         "unit_of_measure": "EA",
-        "reference_designator": designator,
-        "instance_names": instances,
-        "path": path,
-        "depth": depth,
+        "reference_designator": place.designator,
+        "instance_names": list(place.instances),
+        "path": place.path,
+        "depth": place.depth,
         "is_assembly": bool(children),
         "volume_mm3": volume,
         "children": children,

@@ -553,6 +553,7 @@ class ProcessPool:
         self._dispatch()
 
     def _on_exit(self, worker: _Worker, attempt: int = 0) -> None:
+        """A worker process ended: fail its job, then replace it (backing off while workers cannot start)."""
         assert self._loop is not None
         if attempt == 0:
             self._loop.remove_reader(worker.process.sentinel)

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from models.bom import BomNodes
+from models.collections import DESIGNS
+from models.database import Db
+from models.designs import Designs
+from models.events import Publisher
 from models.jobs import (
     GEOMETRY_EXTRACTION_FAILED,
     INVALID_FILE_FORMAT,
@@ -27,8 +31,7 @@ from models.jobs import (
     progress_doc,
     status_event,
 )
-from models.series import DESIGNS
-from models.storage import ContentNotFound
+from models.storage import ContentNotFound, Storage
 from models.viewables import Viewables, viewable_record
 from processing.pool import JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed, WorkerError
 
@@ -114,24 +117,28 @@ class JobRunner:
 
     def __init__(
         self,
-        db: Any,
+        db: Db,
         pool: ProcessPool,
-        storage: Any,
-        designs: Any,
+        storage: Storage,
+        designs: Designs,
         *,
+        bom: BomNodes,
+        publisher: Publisher,
         timeout: float,
         max_retries: int,
         lease_seconds: float,
         poll_interval: float,
         concurrency: int | None = None,
         name: str | None = None,
-        viewables: Viewables | None = None,
+        viewables: Viewables,
         viewable_options: ViewableOptions = ViewableOptions(),
     ) -> None:
         self.db = db
         self.pool = pool
         self.storage = storage
         self.designs = designs
+        self.bom = bom
+        self.publisher = publisher
         self.timeout = timeout
         self.max_retries = max_retries
         self.lease_seconds = lease_seconds
@@ -139,8 +146,7 @@ class JobRunner:
         self.concurrency = concurrency or pool.size
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queue = JobQueue(db, self.name, lease_seconds)
-        self.bom = BomNodes(db, designs)
-        self.viewables = viewables or Viewables(db, designs, designs.publisher, max_retries=max_retries)
+        self.viewables = viewables
         # Tests swap this for crashing or sleeping functions; it decides what a worker runs for each attempt.
         self.make_call: MakeCall = functools.partial(analysis_call, options=viewable_options)
         self._attempts: dict[str, _Attempt] = {}  # task id -> attempt running here
@@ -150,11 +156,6 @@ class JobRunner:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
-
-    @property
-    def publisher(self) -> Any:
-        # Read at each use: whoever wires the realtime broker into Designs reaches job events too.
-        return self.designs.publisher
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -202,9 +203,6 @@ class JobRunner:
     def wake(self) -> None:
         """Look for pending work now rather than after the poll interval."""
         self._wake.set()
-
-    def running(self) -> list[str]:
-        return sorted({a.job_id for a in self._attempts.values()})
 
     async def cancel_local(self, job_id: str) -> bool:
         """Stop a job if it runs in this process (its worker is killed); True once it is settled here."""
@@ -312,6 +310,7 @@ class JobRunner:
             attempt.done.set()
 
     async def _execute(self, attempt: _Attempt) -> None:
+        """Run one attempt in the pool and record its outcome; every pool error maps to a retry, requeue or failure."""
         job = attempt.job
         await announce_job(self.publisher, job, "job.status", status_event(job))
         design = await self.db[DESIGNS].find_one({"_id": job["design_id"]})

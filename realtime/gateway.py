@@ -201,6 +201,7 @@ class Gateway:
         self._sessions.add(session)
 
     def authenticated(self, session: Session) -> None:
+        assert session.principal is not None
         self._by_user.setdefault(session.principal.id, set()).add(session)
 
     async def authenticate(self, credential: Credential) -> tuple[Any, str]:
@@ -245,6 +246,7 @@ class Gateway:
         await self._authorize(session.principal, channel)
 
     async def subscribe(self, session: Session, msg_id: int, channel: str, since: Any) -> None:
+        """Authorize, join the channel, replay what `since` missed, then go live, with no gap or duplicate."""
         self._channel_name(channel)
         if channel in session.subscriptions:
             raise p.ProtocolError(p.ALREADY_SUBSCRIBED, f"Already subscribed to {channel}.")

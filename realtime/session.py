@@ -17,7 +17,7 @@ from realtime.codec import Codec, DecodeError
 from realtime.events import Event, iso
 
 if TYPE_CHECKING:
-    from realtime.gateway import Gateway
+    from realtime.gateway import Gateway, Subscription
 
 log = logging.getLogger("enginel.realtime")
 
@@ -91,8 +91,8 @@ class Session:
         self.codec = codec
         self.id = uuid.uuid4().hex
         self.remote = remote
-        self.principal: Any = None
-        self.subscriptions: dict[str, Any] = {}  # channel -> gateway Subscription
+        self.principal: Principal | None = None  # set once authenticated
+        self.subscriptions: dict[str, Subscription] = {}  # by channel
         self.presence: dict[str, dict[str, Any]] = {}
         self.closed = False
         self.close_code: int | None = None
@@ -141,7 +141,7 @@ class Session:
         if self.principal is None and not self.closed:
             self.close(p.CLOSE_AUTH_FAILED, "authentication timeout")
 
-    def _authenticated(self, principal: Any) -> None:
+    def _authenticated(self, principal: Principal) -> None:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
@@ -159,6 +159,7 @@ class Session:
         )
 
     def user_info(self) -> dict[str, Any]:
+        assert self.principal is not None, "user_info() before authentication"
         return {"id": self.principal.id, "username": self.principal.username}
 
     def close(self, code: int, reason: str) -> None:

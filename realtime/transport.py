@@ -8,6 +8,16 @@ from collections.abc import Callable
 from tornado.iostream import IOStream, StreamClosedError
 
 
+def unsent_bytes(stream: IOStream) -> int:
+    """Bytes handed to `stream` that the kernel has not taken yet (0 once it is closed).
+
+    Tornado keeps no public count of them (IOStream.writing() only says whether there are any); its private write
+    buffer's length is exactly that figure, and this is the one place that reads it. The slow-consumer bound needs
+    the number; tests/realtime/test_transport.py fails loudly if a Tornado release changes the buffer."""
+    buffer = stream._write_buffer
+    return len(buffer) if buffer is not None else 0
+
+
 class Flusher:
     """Coalesces each connection's frames queued within one event-loop iteration into one send.
 
@@ -55,8 +65,7 @@ class StreamTransport:
             self._flusher.mark(self)
         self._queue.append(frame)
         self._queued += len(frame)
-        # IOStream keeps no public count of unsent bytes; its write buffer's length is exactly that.
-        return self._queued + len(self.stream._write_buffer)
+        return self._queued + unsent_bytes(self.stream)
 
     def flush(self) -> None:
         queue = self._queue
@@ -68,7 +77,7 @@ class StreamTransport:
         stream = self.stream
         if stream.closed():
             return
-        if self._socket is not None and not stream._write_buffer:
+        if self._socket is not None and not stream.writing():
             # Nothing is waiting in Tornado's buffer, so order is kept by sending directly: this skips a
             # Future, a callback and the buffer bookkeeping per write, which dominate fan-out cost.
             try:

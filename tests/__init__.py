@@ -1,0 +1,1 @@
+"""Enginel's test suite: real database, Redis, sockets, HTTP and OpenCascade throughout."""

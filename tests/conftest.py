@@ -1,4 +1,5 @@
-"""Shared fixtures: one real SecantusDB and one real redis-server per session, a fresh database per test."""
+"""Shared fixtures and the corpus tier: one real SecantusDB and one real redis-server per session, a fresh database
+per test, the generated CAD files, and the skip (and its summary) of tests that need the real-world corpus."""
 
 from __future__ import annotations
 
@@ -14,12 +15,51 @@ from typing import Any
 import pytest
 
 from config import Settings
-from models.database import EmbeddedMongo, free_port
+from handlers.base import Services
+from models.database import Db, EmbeddedMongo, free_port
 from server import Runtime, make_app
-from tests.helpers import Api, World
+from tests import cad_fixtures, corpus
+from tests.helpers import Api, Recorder, World
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "cad-samples"
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{corpus.MARKER}: needs the real-world CAD corpus ({corpus.ENV} or ../shared/cad-samples)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if corpus.available():
+        return
+    skip = pytest.mark.skip(reason=corpus.skip_reason())
+    for item in items:
+        if item.get_closest_marker(corpus.MARKER) is not None:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One line on the corpus tier: how many of its tests ran, or were skipped and why."""
+    outcomes: dict[str, str] = {}
+    for key in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(key, []):
+            if corpus.MARKER in getattr(report, "keywords", {}):
+                outcomes.setdefault(report.nodeid, key)
+    if not outcomes:
+        return
+    counts = {key: sum(1 for v in outcomes.values() if v == key) for key in ("passed", "failed", "error", "skipped")}
+    if counts["skipped"] == len(outcomes):
+        line = f"corpus tier: {counts['skipped']} tests skipped ({corpus.skip_reason()})"
+    else:
+        ran = ", ".join(f"{n} {key}" for key, n in counts.items() if n)
+        line = f"corpus tier: {len(outcomes)} tests against {corpus.folder()} ({ran})"
+    terminalreporter.write_sep("-", "corpus tier")
+    terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def cad_files() -> cad_fixtures.CadFiles:
+    """The generated CAD files (built once per generator version, cached under the system's temp folder)."""
+    return cad_fixtures.files()
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +148,14 @@ def settings(mongo_uri: str, tmp_path: Path, settings_overrides: dict[str, Any])
 
 
 @pytest.fixture
-def services(io_loop: Any, settings: Settings) -> Iterator[Any]:
-    runtime = Runtime(settings)
+def recorder() -> Recorder:
+    """Every event the models publish in this test; it sits in front of the gateway (see `services`)."""
+    return Recorder()
+
+
+@pytest.fixture
+def services(io_loop: Any, settings: Settings, recorder: Recorder) -> Iterator[Services]:
+    runtime = Runtime(settings, observe=recorder.wrap)
     svc = io_loop.run_sync(runtime.start, timeout=60)
     yield svc
 
@@ -121,7 +167,7 @@ def services(io_loop: Any, settings: Settings) -> Iterator[Any]:
 
 
 @pytest.fixture
-def app(services: Any) -> Any:
+def app(services: Services) -> Any:
     return make_app(services)
 
 
@@ -131,10 +177,10 @@ def api(http_server: Any, http_client: Any, base_url: str) -> Api:
 
 
 @pytest.fixture
-def db(services: Any) -> Any:
+def db(services: Services) -> Db:
     return services.db
 
 
 @pytest.fixture
-def world(services: Any, api: Api) -> World:
+def world(services: Services, api: Api) -> World:
     return World(services, api)

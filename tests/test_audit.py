@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from models import audit
-from tests.helpers import World, assert_envelope
-from tests.test_designs import SAMPLES, setup_team, upload
+from tests.helpers import World, assert_envelope, cad, team, upload
 
 
 @pytest.mark.gen_test
@@ -32,8 +31,8 @@ async def test_chain_holds_under_concurrent_appends_and_detects_tampering(db: An
 
 @pytest.mark.gen_test(timeout=60)
 async def test_visibility_follows_roles_and_classification(world: World, db: Any) -> None:
-    org, people, series_id = await setup_team(world)
-    data = (SAMPLES / "wire.brep").read_bytes()
+    org, people, series_id = await team(world)
+    data = cad("wire.brep")
     itar = await upload(people["member"], series_id, "itar.brep", data, classification="ITAR")
     await upload(people["member"], series_id, "open.brep", data)
     # An ADMIN who is not a US person sees the organization's trail, but nothing about the ITAR design.
@@ -58,8 +57,8 @@ async def test_visibility_follows_roles_and_classification(world: World, db: Any
 
 @pytest.mark.gen_test(timeout=60)
 async def test_search_export_and_verify(world: World, api: Any) -> None:
-    org, people, series_id = await setup_team(world)
-    await upload(people["member"], series_id, "a.brep", (SAMPLES / "wire.brep").read_bytes())
+    org, people, series_id = await team(world)
+    await upload(people["member"], series_id, "a.brep", cad("wire.brep"))
     owner = people["owner"].api
     found = (await owner.get("/api/audit-logs/search/?q=finalize&resource_type=DesignAsset")).json
     assert found["count"] == 1 and found["results"][0]["action"] == "FINALIZE"

@@ -1,4 +1,4 @@
-"""BOM nodes through the running server: the as1 tree from a real analysis, totals, corrections, policy."""
+"""BOM nodes through the running server: an assembly's tree from a real analysis, totals, corrections, policy."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 
 from models.bom import BomNodes
 from processing.cad import analyze_file
-from tests.helpers import Caller, World, assert_envelope
-from tests.test_designs import SAMPLES, setup_team, upload
-from tests.test_jobs import AS1, RUNNING, wait_job
+from tests import cad_fixtures, corpus
+from tests.helpers import RUNNING, Caller, World, assert_envelope, cad, team, upload, wait_job
 
-AS1_VOLUME = 764522.662
+ASSEMBLY = "assembly.step"
+EXPECTED = cad_fixtures.FILES[ASSEMBLY]
 ALUMINIUM = 2700.0
 
 
@@ -26,56 +26,60 @@ def shape(node: dict[str, Any]) -> tuple[Any, ...]:
     return (node["part_name"], node["quantity"], *[shape(c) for c in node["children"]])
 
 
-async def analysed_as1(member: Caller, series_id: str, **fields: Any) -> dict[str, Any]:
-    design = await upload(member, series_id, "as1-oc-214.stp", AS1, **fields)
+async def analysed(member: Caller, series_id: str, name: str = ASSEMBLY, **fields: Any) -> dict[str, Any]:
+    """A design uploaded and analysed by this server's workers."""
+    data = corpus.read(name) if name in corpus.FILES else cad(name)
+    design = await upload(member, series_id, name, data, **fields)
     job = await wait_job(member.api, design["finalize"]["analysis_job_id"])
     assert job["status"] == "SUCCESS", job
     return design
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_as1_tree_totals_and_corrections(world: World, services: Any, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
+async def test_assembly_tree_totals_and_corrections(world: World, services: Any, db: Any) -> None:
+    """The generated assembly's tree, totals and filters, then manual corrections and a re-analysis."""
+    _, people, series_id = await team(world)
     member = people["member"]
-    design = await analysed_as1(member, series_id, material="Aluminium 6061-T6")
+    design = await analysed(member, series_id, material="Aluminium 6061-T6")
     bom = (await member.api.get(f"/api/designs/{design['id']}/bom/")).json
-    assert [shape(root) for root in bom["tree"]] == [
-        (
-            "as1",
-            1,
-            ("rod-assembly", 1, ("nut", 2), ("rod", 1)),
-            ("l-bracket-assembly", 2, ("nut-bolt-assembly", 3, ("bolt", 1), ("nut", 1)), ("l-bracket", 1)),
-            ("plate", 1),
-        )
-    ]
-    assert bom["total_parts"] == 18 and bom["node_count"] == 10 and bom["mass_complete"] is True
-    # Leaves once, each times the quantities above it: the whole model's volume and mass. Each part is
-    # integrated on its own, unplaced, so the sum differs from the whole model's figure in the 6th digit.
-    assert bom["total_volume_mm3"] == pytest.approx(AS1_VOLUME, rel=1e-5)
-    assert bom["total_mass_kg"] == pytest.approx(AS1_VOLUME * 1e-9 * ALUMINIUM, rel=1e-5)
+    assert EXPECTED.bom is not None and EXPECTED.volume_mm3 is not None
+    assert [shape(root) for root in bom["tree"]] == [EXPECTED.bom.shape()]
+    assert bom["total_parts"] == EXPECTED.part_count == 14
+    assert bom["node_count"] == EXPECTED.node_count == 10 and bom["mass_complete"] is True
+    # Leaves once, each times the quantities above it: the whole model's volume and mass.
+    assert bom["total_volume_mm3"] == pytest.approx(EXPECTED.volume_mm3, rel=1e-9)
+    assert bom["total_mass_kg"] == pytest.approx(EXPECTED.volume_mm3 * 1e-9 * ALUMINIUM, rel=1e-9)
     detail = (await member.api.get(f"/api/designs/{design['id']}/")).json
-    assert bom["total_mass_kg"] == pytest.approx(detail["mass_kg"], rel=1e-5)
+    assert bom["total_mass_kg"] == pytest.approx(detail["mass_kg"], rel=1e-9)
     root = bom["tree"][0]
     assert root["parent"] is None and root["path"] == "0001" and root["depth"] == 1 and root["is_assembly"]
+    assert (root["part_name"], root["part_number"]) == ("demo-assembly", "DA-100")
     bracket = root["children"][1]
-    assert bracket["reference_designator"] == "l-bracket-assembly_1, l-bracket-assembly_2"
+    assert bracket["reference_designator"] == "bracket-assembly_1, bracket-assembly_2"
     assert bracket["parent"] == root["id"] and bracket["path"] == "0001.0002" and bracket["depth"] == 2
-    plate = root["children"][2]
+    plate = root["children"][0]
+    assert plate["part_name"] == "base-plate" and plate["volume_mm3"] == pytest.approx(
+        cad_fixtures.PART_VOLUMES["base-plate"], rel=1e-9
+    )
     assert plate["mass_kg"] == pytest.approx(plate["volume_mm3"] * 1e-9 * ALUMINIUM)
     assert all(isinstance(n["id"], int) for n in [root, bracket, plate])
 
-    # The seed's filters.
+    # The list's filters.
     api = member.api
     nodes = (await api.get(f"/api/bom-nodes/?design_asset={design['id']}")).json
     assert nodes["count"] == 10
-    assert [n["path"] for n in nodes["results"]][:3] == ["0001", "0001.0001", "0001.0001.0001"]
+    assert [n["path"] for n in nodes["results"]][:3] == ["0001", "0001.0001", "0001.0002"]
     assert [n["id"] for n in (await api.get("/api/bom-nodes/?parent=null")).json["results"]] == [root["id"]]
     children = (await api.get(f"/api/bom-nodes/?parent={root['id']}")).json["results"]
-    assert [n["part_name"] for n in children] == ["rod-assembly", "l-bracket-assembly", "plate"]
-    assert (await api.get("/api/bom-nodes/?part_number=NUT")).json["count"] == 2
+    assert [n["part_name"] for n in children] == ["base-plate", "bracket-assembly", "rod-assembly"]
+    nuts = (await api.get("/api/bom-nodes/?part_number=nt-m6")).json["results"]
+    assert [(n["part_name"], n["quantity"], n["instance_names"]) for n in nuts] == [
+        ("nut", 1, ["nut_1"]),
+        ("nut", 2, ["nut_1", "nut_2"]),
+    ]
     assert {n["part_name"] for n in (await api.get("/api/bom-nodes/?search=bracket")).json["results"]} == {
-        "l-bracket-assembly",
-        "l-bracket",
+        "bracket-assembly",
+        "bracket",
     }
     for bad in ("parent=x", "design_asset=1", "colour=red", "ordering=mass_kg"):
         assert_envelope(await api.get(f"/api/bom-nodes/?{bad}"), 400, "VALIDATION_ERROR")
@@ -95,23 +99,24 @@ async def test_as1_tree_totals_and_corrections(world: World, services: Any, db: 
     )
     assert created.status == 201, created.body
     bolt = created.json
-    assert bolt["parent"] == plate["id"] and bolt["path"] == "0001.0003.0001" and bolt["depth"] == 3
+    assert bolt["parent"] == plate["id"] and bolt["path"] == "0001.0001.0001" and bolt["depth"] == 3
     assert bolt["source"] == "manual" and bolt["volume_mm3"] is None
     second = (
         await api.post("/api/bom-nodes/", {"design_asset": design["id"], "parent": plate["id"], "part_name": "Washer"})
     ).json
-    assert second["path"] == "0001.0003.0002" and second["quantity"] == 1 and second["unit_of_measure"] == "EA"
+    assert second["path"] == "0001.0001.0002" and second["quantity"] == 1 and second["unit_of_measure"] == "EA"
     patched = await api.patch(f"/api/bom-nodes/{bolt['id']}/", {"quantity": 10, "notes": "counted on the bench"})
     assert patched.status == 200 and patched.json["quantity"] == 10 and patched.json["notes"] == "counted on the bench"
     assert (await api.get(f"/api/bom-nodes/{bolt['id']}/")).json["quantity"] == 10
     bom = (await api.get(f"/api/designs/{design['id']}/bom/")).json
     # The plate is now an assembly of 10 bolts and a washer; the new parts have no volume yet.
-    assert bom["total_parts"] == 18 - 1 + 10 + 1 and bom["mass_complete"] is False and bom["total_mass_kg"] is None
-    rod_assembly = root["children"][0]
+    assert bom["total_parts"] == 14 - 1 + 10 + 1 and bom["mass_complete"] is False and bom["total_mass_kg"] is None
+    rod_assembly = root["children"][2]
+    assert shape(rod_assembly) == ("rod-assembly", 1, ("rod", 1), ("nut", 2))
     assert (await api.delete(f"/api/bom-nodes/{rod_assembly['id']}/")).status == 204
     assert_envelope(await api.get(f"/api/bom-nodes/{rod_assembly['children'][0]['id']}/"), 404, "RESOURCE_NOT_FOUND")
     bom = (await api.get(f"/api/designs/{design['id']}/bom/")).json
-    assert bom["node_count"] == 12 - 3 and bom["total_parts"] == 28 - 3
+    assert bom["node_count"] == 12 - 3 and bom["total_parts"] == 24 - 3
     assert await db.audit_log.count_documents({"resource_type": "AssemblyNode"}) == 4
 
     for body, field in (
@@ -126,16 +131,17 @@ async def test_as1_tree_totals_and_corrections(world: World, services: Any, db: 
 
     # A new analysis replaces the extracted tree (manual nodes included) rather than adding to it.
     stored = await db.designs.find_one({"_id": design["id"]})
-    result = analyze_file(str(SAMPLES / "as1-oc-214.stp"))
-    assert await BomNodes(db, services.designs).replace_from_analysis(stored, result["bom"]) == 10
+    result = analyze_file(str(cad_fixtures.files().path(ASSEMBLY)))
+    assert await BomNodes(db, services.designs, services.publisher).replace_from_analysis(stored, result["bom"]) == 10
     assert (await api.get(f"/api/bom-nodes/?design_asset={design['id']}")).json["count"] == 10
 
 
 @pytest.mark.gen_test(timeout=90)
 async def test_bom_nodes_follow_their_designs_policy(world: World, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
+    """BOM nodes are exactly as visible and editable as their design, classification changes included."""
+    _, people, series_id = await team(world)
     member, viewer = people["member"], people["viewer"]
-    design = await analysed_as1(member, series_id)
+    design = await analysed(member, series_id)
     nodes = (await member.api.get(f"/api/bom-nodes/?design_asset={design['id']}")).json["results"]
     node = nodes[0]
     assert (await viewer.api.get("/api/bom-nodes/")).json["count"] == 10
@@ -174,3 +180,26 @@ async def test_bom_nodes_follow_their_designs_policy(world: World, db: Any) -> N
     # Deleting the design deletes its nodes.
     assert (await member.api.delete(f"/api/designs/{design['id']}/")).status == 204
     assert await db.bom_nodes.count_documents({"design_id": design["id"]}) == 0
+
+
+@corpus.mark
+@pytest.mark.gen_test(timeout=90)
+async def test_as1_tree_from_the_corpus(world: World) -> None:
+    """The classic AS1 assembly from another exporter: the same tree rules on a file nobody here wrote."""
+    _, people, series_id = await team(world)
+    member = people["member"]
+    design = await analysed(member, series_id, "as1-oc-214.stp")
+    bom = (await member.api.get(f"/api/designs/{design['id']}/bom/")).json
+    assert [shape(root) for root in bom["tree"]] == [
+        (
+            "as1",
+            1,
+            ("rod-assembly", 1, ("nut", 2), ("rod", 1)),
+            ("l-bracket-assembly", 2, ("nut-bolt-assembly", 3, ("bolt", 1), ("nut", 1)), ("l-bracket", 1)),
+            ("plate", 1),
+        )
+    ]
+    assert bom["total_parts"] == 18 and bom["node_count"] == 10 and bom["mass_complete"] is True
+    # Each part is integrated on its own, unplaced, so the sum differs from the whole file's in the 6th digit.
+    reference = corpus.reference()["as1-oc-214.stp"]["volume_mm3"]
+    assert bom["total_volume_mm3"] == pytest.approx(reference, rel=1e-5)

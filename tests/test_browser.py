@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.assembly_fixture import NUT_INSTANCES, write_assembly
-from tests.test_server_process import REPO, ROOT_PASSWORD, shared_servers
+from tests import cad_fixtures, corpus
+from tests.cad_fixtures import CadFiles
+from tests.helpers import REPO, ROOT_PASSWORD, multipart, shared_servers
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need `pip install playwright`")
 Image = pytest.importorskip("PIL.Image", reason="the browser tests need Pillow to read screenshots")
@@ -38,7 +39,7 @@ CHROMIUM_ARGS = [
     "--use-angle=swiftshader",
     "--enable-unsafe-swiftshader",
 ]
-SAMPLES = REPO.parent / "shared" / "cad-samples"
+ASSEMBLY = "assembly.step"  # the generated assembly (tests/cad_fixtures.py)
 PASSWORD = "browser-test-password"
 BACKGROUND = (0xE8, 0xEC, 0xF1)  # the viewer's clear colour
 SELECTION = (0x08, 0x91, 0xB2)  # the highlight colour of selected parts
@@ -230,29 +231,42 @@ def upload_through_dialog(page: Any, path: Path, part_number: str, classificatio
 
 def post_file(server: Server, token: str, series: str, filename: str, data: bytes) -> dict[str, Any]:
     """The one-request upload (multipart), as a script would do it; returns the created design."""
-    boundary = "enginel-test-boundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="series"\r\n\r\n{series}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="classification"\r\n\r\nUNCLASSIFIED\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, content_type = multipart({"series": series, "classification": "UNCLASSIFIED"}, filename, data)
     req = urllib.request.Request(server.base + "/api/designs/", data=body, method="POST")
-    req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    req.add_header("Content-Type", content_type)
     req.add_header("Authorization", f"Token {token}")
     with urllib.request.urlopen(req, timeout=60) as resp:
         return dict(json.loads(resp.read()))
 
 
+def on_model(page: Any, at: tuple[float, float]) -> tuple[float, float]:
+    """The point nearest `at` (fractions of the canvas) where the model is drawn all around, so that a click there
+    lands on a part whatever the camera shows."""
+    image = canvas_pixels(page)
+    width, height = image.size
+    pixels = image.load()
+    target = (at[0] * width, at[1] * height)
+
+    def background(x: int, y: int) -> bool:
+        return all(abs(a - b) <= 3 for a, b in zip(pixels[x, y], BACKGROUND, strict=True))
+
+    drawn = [
+        (x, y)
+        for y in range(6, height - 6, 4)
+        for x in range(6, width - 6, 4)
+        if not any(background(x + dx, y + dy) for dx in (-6, 0, 6) for dy in (-6, 0, 6))
+    ]
+    assert drawn, "nothing of the model is on the canvas"
+    x, y = min(drawn, key=lambda p: (p[0] - target[0]) ** 2 + (p[1] - target[1]) ** 2)
+    return x / width, y / height
+
+
 def compose_markup(page: Any, text: str, severity: str, at: tuple[float, float]) -> None:
-    """Markup mode, a click on the model at a fraction of the canvas, and the composer filled in."""
+    """Markup mode, a click on the model near a fraction of the canvas, and the composer filled in."""
+    fx, fy = on_model(page, at)
     page.locator("#markup-mode").click()
     box = page.locator("#viewer-host canvas").bounding_box()
-    page.mouse.click(box["x"] + box["width"] * at[0], box["y"] + box["height"] * at[1])
+    page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
     composer = page.locator("#markup-composer")
     composer.locator("#markup-text").fill(text)
     composer.locator("#markup-severity").select_option(severity)
@@ -265,11 +279,11 @@ def place_markup(page: Any, text: str, severity: str, at: tuple[float, float]) -
 
 
 def test_review_room_end_to_end(
-    server: Server, team: dict[str, Any], browsers: tuple[Any, Any], tmp_path: Path
+    server: Server, team: dict[str, Any], browsers: tuple[Any, Any], cad_files: CadFiles, tmp_path: Path
 ) -> None:
     """Upload to render, BOM to 3D, a review with markups and presence, offline recovery, vote, jobs, refusal."""
     first, second = browsers
-    fixture = write_assembly(tmp_path / "bracket-assembly.step")
+    fixture = cad_files.path(ASSEMBLY)
     a_context = first.new_context(viewport={"width": 1280, "height": 720})
     b_context = second.new_context(viewport={"width": 390, "height": 844}, is_mobile=False)
     a, b = a_context.new_page(), b_context.new_page()
@@ -290,16 +304,31 @@ def test_review_room_end_to_end(
     assert 1 - share_near(image, BACKGROUND, 3) > 0.05, "the model covers part of the canvas"
     design_id = a.url.split("#/designs/")[1].split("/")[0]
 
-    # The BOM row "nut" lights all of its instances (and frames them).
+    # A BOM row lights every instance it stands for in the whole model (and frames them). The assembly's nut is
+    # in two rows: once per bolt assembly (4 in all, under two bracket assemblies) and twice on the rod.
     a.get_by_role("tab", name="BOM").click()
-    a.locator('.bom-row[data-name="nut"]').click()
-    assert a.locator("#selection-status").inner_text() == f"nut — {NUT_INSTANCES} instances"
-    a.wait_for_timeout(500)  # the camera moves to frame them
-    assert share_near(canvas_pixels(a), SELECTION, 40) > 0.01, "the nuts are drawn in the selection colour"
-    assert a.locator('.bom-row[data-name="nut"]').get_attribute("aria-selected") == "true"
-    # And the reverse: clicking a part in the view selects its row.
-    a.locator("#viewer-host canvas").click(position={"x": 640, "y": 330})
-    a.locator(".bom-row.selected").wait_for()
+    nut_rows = [(path, count) for path, part, count in cad_fixtures.ASSEMBLY_BOM.occurrences() if part.name == "nut"]
+    assert sorted(count for _, count in nut_rows) == [2, 4] and a.locator('.bom-row[data-name="nut"]').count() == 2
+    for path, count in nut_rows:
+        row = a.locator(f'.bom-row[data-path="{path}"]')
+        row.click()
+        assert a.locator("#selection-status").inner_text() == f"nut — {count} instances"
+        assert row.get_attribute("aria-selected") == "true"
+        a.wait_for_timeout(500)  # the camera moves to frame them
+        lit = share_near(canvas_pixels(a), SELECTION, 40)
+        assert lit > 0.001, f"the nuts are drawn in the selection colour ({lit:.4f} of the canvas)"
+    # Cleared, the same view has none of the selection colour left.
+    a.get_by_role("button", name="Clear selection").click()
+    assert a.locator(".bom-row.selected").count() == 0
+    a.wait_for_timeout(300)
+    assert share_near(canvas_pixels(a), SELECTION, 40) < lit / 10
+    # And the reverse: clicking a part in the view (the rod between its nuts, framed now) selects its row.
+    canvas = a.locator("#viewer-host canvas").bounding_box()
+    a.locator("#viewer-host canvas").click(position={"x": canvas["width"] / 2, "y": canvas["height"] / 2})
+    picked = a.locator(".bom-row.selected")
+    picked.wait_for()
+    assert a.locator("#selection-status").inner_text().startswith(str(picked.get_attribute("data-name")) + " — ")
+    a.get_by_role("button", name="Fit").click()  # the whole model again, for the review
 
     # A starts a review with B.
     a.get_by_role("tab", name="Review").click()
@@ -315,7 +344,8 @@ def test_review_room_end_to_end(
     b.locator('#presence li[data-user="alice"]').wait_for(timeout=10_000)
     # A's pointer over the model is a named cursor on B's view; B can follow A's camera.
     box = a.locator("#viewer-host canvas").bounding_box()
-    a.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    fx, fy = on_model(a, (0.5, 0.5))
+    a.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
     b.locator(".remote-cursor", has_text="alice").wait_for(state="attached", timeout=5000)
     follow = b.locator('#presence li[data-user="alice"]').get_by_role("button", name="Follow")
     follow.click()
@@ -375,12 +405,12 @@ def test_review_room_end_to_end(
     failed.locator('[data-status="FAILURE"]').wait_for(timeout=LONG)
     assert "Could not read the CAD file" in failed.inner_text()
     a.locator("#top-errors li", has_text="Could not read the CAD file").wait_for(timeout=10_000)
-    if (SAMPLES / "11752.stp").exists():
-        # A large part keeps a worker busy for seconds: the screenshots show a job running.
+    if corpus.available():
+        # A large part from the corpus keeps a worker busy for seconds: the screenshots show a job running.
         shaft = server.call(
             "POST", "/api/series/", {"organization": org_id, "part_number": "SHF-2040", "name": "Drive shaft"}, alice
         )["id"]
-        slow = post_file(server, alice, shaft, "11752.stp", (SAMPLES / "11752.stp").read_bytes())
+        slow = post_file(server, alice, shaft, "11752.stp", corpus.read("11752.stp"))
         running = f'#running-jobs tr[data-job="{slow["analysis_job_id"]}"]'
         a.locator(running + " progress").wait_for(timeout=LONG)
         b.locator(running).wait_for(timeout=LONG)
@@ -408,12 +438,12 @@ def test_review_room_end_to_end(
         context.close()
 
 
-@pytest.mark.skipif(not (SAMPLES / "as1-oc-214.stp").exists(), reason="corpus tier: ../shared/cad-samples")
+@corpus.mark
 def test_corpus_assembly_renders(server: Server, team: dict[str, Any], browsers: tuple[Any, Any]) -> None:
     context = browsers[0].new_context(viewport={"width": 1280, "height": 720})
     page = context.new_page()
     sign_in(page, server.base, "alice")
-    upload_through_dialog(page, SAMPLES / "as1-oc-214.stp", "AS1-OC-214", "UNCLASSIFIED")
+    upload_through_dialog(page, corpus.path("as1-oc-214.stp"), "AS1-OC-214", "UNCLASSIFIED")
     page.locator(".open-design").click()
     wait_model(page)
     assert 1 - share_near(canvas_pixels(page), BACKGROUND, 3) > 0.05
@@ -425,7 +455,7 @@ def test_corpus_assembly_renders(server: Server, team: dict[str, Any], browsers:
 
 
 def test_a_gap_too_old_to_replay_shows_the_reload_banner(
-    mongo_uri: str, redis_url: str, browsers: tuple[Any, Any], tmp_path: Path
+    mongo_uri: str, redis_url: str, browsers: tuple[Any, Any], cad_files: CadFiles, tmp_path: Path
 ) -> None:
     """recovered: false after a reconnect: the page says so and reloads the room over REST on request."""
     # Two events of history per channel: three markups made while B is offline cannot be replayed.
@@ -438,7 +468,7 @@ def test_a_gap_too_old_to_replay_shows_the_reload_banner(
             {"organization": team["org"]["id"], "part_number": "BRK-7", "name": "Bracket"},
             alice,
         )["id"]
-        design = post_file(server, alice, series, "bracket.step", write_assembly(tmp_path / "b.step").read_bytes())
+        design = post_file(server, alice, series, "bracket.step", cad_files.read(ASSEMBLY))
         deadline = time.monotonic() + 60
         while server.call("GET", f"/api/designs/{design['id']}/", token=alice)["status"] != "READY":
             assert time.monotonic() < deadline, "analysis did not finish"

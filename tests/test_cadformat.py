@@ -1,4 +1,5 @@
-"""models.cadformat: extensions, hostile filenames, the sniffer on every shared sample and on broken files."""
+"""models.cadformat: extensions, hostile filenames, the sniffer on every generated and corpus file, and on
+broken files."""
 
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ from models.cadformat import (
     sanitize_filename,
 )
 from models.errors import ValidationFailed
+from tests import cad_fixtures, corpus
+from tests.cad_fixtures import CadFiles
+from tests.helpers import cad
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "cad-samples"
-SAMPLE_FILES = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in ALLOWED_EXTENSIONS)
+# Generated files the upload check must accept, and the corpus files (only where the corpus is).
+SNIFFABLE = cad_fixtures.names(sniffs=True)
+CORPUS_FILES = [name for name in corpus.FILES if Path(name).suffix.lower() in ALLOWED_EXTENSIONS]
 
 
 def sniff(fmt: str, data: bytes, piece: int = 65536) -> None:
@@ -42,17 +47,11 @@ def refused(fmt: str, data: bytes, piece: int = 65536) -> str:
     return error.detail
 
 
-# ---------------------------------------------------------------- the real samples
+# ---------------------------------------------------------------- whole files
 
 
-def test_every_format_has_samples() -> None:
-    assert {format_for_filename(p.name) for p in SAMPLE_FILES} == set(FORMATS)
-
-
-@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.name)
-def test_sample_passes_as_its_own_format_and_fails_as_every_other(path: Path) -> None:
-    data = path.read_bytes()
-    own = format_for_filename(path.name)
+def passes_as_its_own_format_only(name: str, data: bytes) -> None:
+    own = format_for_filename(name)
     sniff(own, data)
     sniff(own, data, piece=4093)  # chunking never changes the verdict
     for other in FORMATS:
@@ -61,17 +60,45 @@ def test_sample_passes_as_its_own_format_and_fails_as_every_other(path: Path) ->
             assert f"not a valid {other} file" in detail
 
 
-def test_small_sample_fed_byte_by_byte() -> None:
-    sniff("IGES", (SAMPLES / "curve_geom_plate.igs").read_bytes(), piece=1)
+def test_every_format_is_generated() -> None:
+    assert {format_for_filename(name) for name in SNIFFABLE} == set(FORMATS)
+    # ASCII and binary STL both
+    assert cad("box-ascii.stl").startswith(b"solid") and not cad("box-binary.stl").startswith(b"solid")
+
+
+@pytest.mark.parametrize("name", SNIFFABLE)
+def test_generated_file_passes_as_its_own_format_and_fails_as_every_other(cad_files: CadFiles, name: str) -> None:
+    passes_as_its_own_format_only(name, cad_files.read(name))
+
+
+@corpus.mark
+@pytest.mark.parametrize("name", CORPUS_FILES)
+def test_corpus_file_passes_as_its_own_format_and_fails_as_every_other(name: str) -> None:
+    passes_as_its_own_format_only(name, corpus.read(name))
+
+
+def test_small_file_fed_byte_by_byte() -> None:
+    sniff("IGES", cad("curves.igs"), piece=1)
+
+
+def test_generated_truncated_step_is_refused() -> None:
+    assert "END-ISO-10303-21" in refused("STEP", cad("truncated.step"))
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in SAMPLE_FILES if format_for_filename(p.name) != "BREP"], ids=lambda p: p.name
+    "name", [n for n in SNIFFABLE if format_for_filename(n) != "BREP" and cad_fixtures.FILES[n].readable]
 )
-def test_truncated_sample_is_refused(path: Path) -> None:
+def test_truncated_generated_file_is_refused(cad_files: CadFiles, name: str) -> None:
     # BREP is left out: its files have no end marker to miss.
-    data = path.read_bytes()
-    refused(format_for_filename(path.name), data[: len(data) * 2 // 3])
+    data = cad_files.read(name)
+    refused(format_for_filename(name), data[: len(data) * 2 // 3])
+
+
+@corpus.mark
+@pytest.mark.parametrize("name", [n for n in CORPUS_FILES if format_for_filename(n) != "BREP"])
+def test_truncated_corpus_file_is_refused(name: str) -> None:
+    data = corpus.read(name)
+    refused(format_for_filename(name), data[: len(data) * 2 // 3])
 
 
 # ---------------------------------------------------------------- STEP
@@ -130,7 +157,7 @@ def test_iges_line_endings() -> None:
     for separator in (b"\n", b"\r\n", b"\r", b""):
         sniff("IGES", iges(IGES_LINES, separator))
     sniff("IGES", iges(IGES_LINES, b"\r\n") + b"\r\n\x1a")  # blank line and DOS end-of-file mark
-    data = (SAMPLES / "curve_geom_plate.igs").read_bytes()  # a real file, LF and CRLF
+    data = cad("plate.igs")  # a file OpenCascade wrote, LF and CRLF
     sniff("IGES", data.replace(b"\n", b"\r\n"))
 
 

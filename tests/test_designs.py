@@ -2,114 +2,67 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import urllib.parse
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from models.database import utcnow
-from tests.helpers import Api, Caller, World, assert_envelope
+from tests import cad_fixtures, corpus
+from tests.cad_fixtures import CadFiles
+from tests.helpers import World, assert_envelope, cad, multipart, put_bytes, team, upload
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cad-samples"
-SHA256SUMS = {
-    line.split()[1].lstrip("*"): line.split()[0]
-    for line in (SAMPLES / "SHA256SUMS").read_text().splitlines()
-    if line.strip()
-}
-CAD_FILES = sorted(name for name in SHA256SUMS if not name.endswith((".json", ".md")))
-
-
-async def setup_team(world: World, *, us_org: bool = True) -> tuple[dict[str, Any], dict[str, Caller], str]:
-    people = {
-        "owner": await world.user("owner", is_us_person=True, security_clearance_level="TOP_SECRET"),
-        "admin": await world.user("admin", is_us_person=True, security_clearance_level="SECRET"),
-        "member": await world.user("member", is_us_person=True, security_clearance_level="SECRET"),
-        "foreign": await world.user("foreign", is_us_person=False, security_clearance_level="SECRET"),
-        "viewer": await world.user("viewer", is_us_person=True),
-    }
-    roles = {"owner": "OWNER", "admin": "ADMIN", "member": "MEMBER", "foreign": "MEMBER", "viewer": "VIEWER"}
-    org = await world.org("acme", is_us=us_org, members={people[k]: r for k, r in roles.items()})
-    series = await people["member"].api.post(
-        "/api/series/", {"organization": org["_id"], "part_number": "TB-001", "name": "Turbine blade"}
-    )
-    assert series.status == 201, series.body
-    return org, people, series.json["id"]
-
-
-async def put_bytes(api: Api, url: str, data: bytes, headers: dict[str, str] | None = None) -> Any:
-    return await api.request(
-        "PUT", url, raw=data, headers={"Content-Type": "application/octet-stream", **(headers or {})}
-    )
-
-
-async def upload(caller: Caller, series_id: str, filename: str, data: bytes, **fields: Any) -> dict[str, Any]:
-    """The seed's four-step flow; returns the design as created and the finalize answer."""
-    url = await caller.api.post(
-        "/api/designs/upload-url/", {"filename": filename, "file_size": len(data), "content_type": "application/step"}
-    )
-    assert url.status == 201, url.body
-    put = await put_bytes(caller.api, url.json["upload_url"], data)
-    assert put.status == 200, put.body
-    created = await caller.api.post(
-        "/api/designs/", {"series": series_id, "filename": filename, "upload_id": url.json["upload_id"], **fields}
-    )
-    assert created.status == 201, created.body
-    assert created.json["status"] == "UPLOADING"
-    digest = hashlib.sha256(data).hexdigest()
-    final = await caller.api.post(
-        f"/api/designs/{created.json['id']}/finalize_upload/", {"file_hash": f"sha256:{digest}"}
-    )
-    assert final.status == 200, final.body
-    return {**created.json, "finalize": final.json}
-
-
-def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-    )
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+# Every generated file the upload's format check accepts, one per format at least.
+UPLOADABLE = cad_fixtures.names(sniffs=True)
+ASSEMBLY = "assembly.step"
 
 
 # ---------------------------------------------------------------- the upload flow with real files
 
 
-async def round_trip_every_sample(world: World, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
+async def round_trip(world: World, db: Any, files: dict[str, bytes]) -> None:
+    """Upload each file, then check what the server recorded and serves back against the bytes sent."""
+    _, people, series_id = await team(world)
     member = people["member"]
-    for name in CAD_FILES:
-        data = (SAMPLES / name).read_bytes()
+    for name, data in files.items():
+        digest = hashlib.sha256(data).hexdigest()
         design = await upload(member, series_id, name, data)
         assert design["finalize"]["status"] == "PROCESSING" and design["finalize"]["analysis_job_id"]
         detail = (await member.api.get(f"/api/designs/{design['id']}/")).json
-        assert detail["file_hash"] == f"sha256:{SHA256SUMS[name]}"
+        assert detail["file_hash"] == f"sha256:{digest}"
         assert detail["file_size_bytes"] == len(data) and detail["status"] == "PROCESSING"
         download = await member.api.get(f"/api/designs/{design['id']}/download/")
         assert download.status == 200
-        assert hashlib.sha256(download.body).hexdigest() == SHA256SUMS[name]
+        assert download.body == data
         assert download.headers["Content-Length"] == str(len(data))
-        assert download.headers["ETag"] == f'"{SHA256SUMS[name]}"'
+        assert download.headers["ETag"] == f'"{digest}"'
         assert name in urllib.parse.unquote(download.headers["Content-Disposition"])
     versions = (await member.api.get(f"/api/series/{series_id}/designs/")).json
-    assert [v["version_number"] for v in versions] == list(range(1, len(CAD_FILES) + 1))
-    assert await db.audit_log.count_documents({"action": "DOWNLOAD"}) == len(CAD_FILES)
-    assert await db.analysis_jobs.count_documents({"status": "PENDING"}) == len(CAD_FILES)
+    assert [v["version_number"] for v in versions] == list(range(1, len(files) + 1))
+    assert await db.audit_log.count_documents({"action": "DOWNLOAD"}) == len(files)
+    assert await db.analysis_jobs.count_documents({"status": "PENDING"}) == len(files)
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_every_sample_round_trips_through_filesystem_storage(world: World, db: Any, services: Any) -> None:
+async def test_every_format_round_trips_through_filesystem_storage(
+    world: World, db: Any, services: Any, cad_files: CadFiles
+) -> None:
     assert type(services.storage).__name__ == "FileSystemStorage"
-    await round_trip_every_sample(world, db)
+    await round_trip(world, db, {name: cad_files.read(name) for name in UPLOADABLE})
+
+
+@corpus.mark
+@pytest.mark.gen_test(timeout=120)
+async def test_every_corpus_file_round_trips(world: World, db: Any) -> None:
+    files = {name: corpus.read(name) for name in corpus.FILES}
+    assert {name: hashlib.sha256(data).hexdigest() for name, data in files.items()} == {
+        name: corpus.sha256sums()[name] for name in corpus.FILES
+    }
+    await round_trip(world, db, files)
 
 
 class TestGridFS:
@@ -118,16 +71,20 @@ class TestGridFS:
         return {"storage_backend": "gridfs"}
 
     @pytest.mark.gen_test(timeout=120)
-    async def test_every_sample_round_trips_through_gridfs(self, world: World, db: Any, services: Any) -> None:
+    async def test_every_format_round_trips_through_gridfs(
+        self, world: World, db: Any, services: Any, cad_files: CadFiles
+    ) -> None:
         assert type(services.storage).__name__ == "GridFSStorage"
-        await round_trip_every_sample(world, db)
-        assert await db["cadfiles.files"].count_documents({}) == len(set(SHA256SUMS[n] for n in CAD_FILES))
+        files = {name: cad_files.read(name) for name in UPLOADABLE}
+        await round_trip(world, db, files)
+        distinct = {hashlib.sha256(data).hexdigest() for data in files.values()}
+        assert await db["cadfiles.files"].count_documents({}) == len(distinct)
 
     @pytest.mark.gen_test(timeout=60)
     async def test_upload_and_range_download_from_gridfs(self, world: World, db: Any, services: Any) -> None:
-        _, people, series_id = await setup_team(world)
-        data = (SAMPLES / "as1-oc-214.stp").read_bytes()
-        design = await upload(people["member"], series_id, "as1-oc-214.stp", data)
+        _, people, series_id = await team(world)
+        data = cad(ASSEMBLY)
+        design = await upload(people["member"], series_id, ASSEMBLY, data)
         assert await db["cadfiles.files"].count_documents({}) == 1
         part = await people["member"].api.get(
             f"/api/designs/{design['id']}/download/", headers={"Range": "bytes=1000-1999"}
@@ -137,11 +94,9 @@ class TestGridFS:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_multipart_upload_and_concurrent_versions(world: World) -> None:
-    _, people, series_id = await setup_team(world)
+    _, people, series_id = await team(world)
     member = people["member"]
-    data = (SAMPLES / "face_recognition_sample_part.stp").read_bytes()
-    import asyncio
-
+    data = cad("box.step")
     bodies = [multipart({"series": series_id, "revision": f"R{i}"}, f"part{i}.stp", data) for i in range(6)]
     responses = await asyncio.gather(
         *[member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype}) for body, ctype in bodies]
@@ -155,8 +110,8 @@ async def test_multipart_upload_and_concurrent_versions(world: World) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_refused_multipart_uploads_store_nothing(world: World, settings: Any, db: Any) -> None:
-    org, people, series_id = await setup_team(world)
-    data = (SAMPLES / "wire.brep").read_bytes()
+    org, people, series_id = await team(world)
+    data = cad("wire.brep")
     body, ctype = multipart({"series": series_id}, "w.brep", data)
     denied = await people["viewer"].api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})
     assert_envelope(denied, 403, "PERMISSION_DENIED")
@@ -172,8 +127,8 @@ async def test_refused_multipart_uploads_store_nothing(world: World, settings: A
 
 @pytest.mark.gen_test(timeout=60)
 async def test_identical_content_is_stored_once_and_removed_with_its_last_design(world: World, settings: Any) -> None:
-    _, people, series_id = await setup_team(world)
-    data = (SAMPLES / "wire.brep").read_bytes()
+    _, people, series_id = await team(world)
+    data = cad("wire.brep")
     first = await upload(people["member"], series_id, "wire.brep", data)
     second = await upload(people["member"], series_id, "wire-copy.brep", data)
     root = settings.data_dir / "files"
@@ -190,7 +145,7 @@ async def test_identical_content_is_stored_once_and_removed_with_its_last_design
 
 @pytest.mark.gen_test
 async def test_upload_url_refusals(world: World) -> None:
-    _, people, _ = await setup_team(world)
+    _, people, _ = await team(world)
     api = people["member"].api
     bad_ext = await api.post("/api/designs/upload-url/", {"filename": "model.exe", "file_size": 10})
     assert_envelope(bad_ext, 400, "INVALID_FILE_FORMAT")
@@ -206,9 +161,9 @@ async def test_upload_url_refusals(world: World) -> None:
 
 @pytest.mark.gen_test
 async def test_signed_url_refusals_leave_nothing_behind(world: World, settings: Any, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
+    _, people, series_id = await team(world)
     api = people["member"].api
-    data = (SAMPLES / "as1-oc-214.stp").read_bytes()
+    data = cad(ASSEMBLY)
 
     async def fresh(size: int = len(data)) -> str:
         resp = await api.post("/api/designs/upload-url/", {"filename": "as1.step", "file_size": size})
@@ -245,9 +200,9 @@ async def test_signed_url_refusals_leave_nothing_behind(world: World, settings: 
 
 @pytest.mark.gen_test
 async def test_finalize_and_download_refusals(world: World, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
+    _, people, series_id = await team(world)
     api = people["member"].api
-    data = (SAMPLES / "as1-oc-214.stp").read_bytes()
+    data = cad(ASSEMBLY)
     url = (await api.post("/api/designs/upload-url/", {"filename": "as1.stp", "file_size": len(data)})).json
     await put_bytes(api, url["upload_url"], data)
     created = (
@@ -267,8 +222,8 @@ async def test_finalize_and_download_refusals(world: World, db: Any) -> None:
 
 @pytest.mark.gen_test
 async def test_hostile_filenames_are_neutralised(world: World) -> None:
-    _, people, series_id = await setup_team(world)
-    data = (SAMPLES / "wire.brep").read_bytes()
+    _, people, series_id = await team(world)
+    data = cad("wire.brep")
     design = await upload(people["member"], series_id, "../../etc/pass\x00wd.brep", data)
     assert "/" not in design["filename"] and "\x00" not in design["filename"] and design["filename"].endswith(".brep")
     download = await people["member"].api.get(f"/api/designs/{design['id']}/download/")
@@ -278,8 +233,8 @@ async def test_hostile_filenames_are_neutralised(world: World) -> None:
 
 @pytest.mark.gen_test
 async def test_range_downloads(world: World) -> None:
-    _, people, series_id = await setup_team(world)
-    data = (SAMPLES / "curve_geom_plate.igs").read_bytes()
+    _, people, series_id = await team(world)
+    data = cad("plate.igs")
     design = await upload(people["member"], series_id, "plate.igs", data)
     path = f"/api/designs/{design['id']}/download/"
     api = people["member"].api
@@ -300,8 +255,8 @@ async def test_range_downloads(world: World) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_itar_design_is_invisible_to_a_non_us_member(world: World) -> None:
-    org, people, series_id = await setup_team(world)
-    data = (SAMPLES / "as1-oc-214.stp").read_bytes()
+    org, people, series_id = await team(world)
+    data = cad(ASSEMBLY)
     plain = await upload(people["member"], series_id, "open.stp", data)
     itar = await upload(people["member"], series_id, "controlled.stp", data, classification="ITAR")
     foreign = people["foreign"].api
@@ -334,8 +289,8 @@ async def test_itar_design_is_invisible_to_a_non_us_member(world: World) -> None
 
 @pytest.mark.gen_test(timeout=60)
 async def test_clearance_levels_govern_designs(world: World) -> None:
-    _, people, series_id = await setup_team(world)
-    data = (SAMPLES / "wire.brep").read_bytes()
+    _, people, series_id = await team(world)
+    data = cad("wire.brep")
     secret = await upload(people["member"], series_id, "s.brep", data, classification="SECRET")
     resp = await people["viewer"].api.get(f"/api/designs/{secret['id']}/")
     assert_envelope(resp, 403, "PERMISSION_DENIED")
@@ -356,8 +311,8 @@ async def test_clearance_levels_govern_designs(world: World) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_lowering_classification_needs_admin_and_is_audited(world: World, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
-    data = (SAMPLES / "wire.brep").read_bytes()
+    _, people, series_id = await team(world)
+    data = cad("wire.brep")
     design = await upload(people["member"], series_id, "w.brep", data, classification="SECRET")
     lowered = await people["member"].api.patch(f"/api/designs/{design['id']}/", {"classification": "UNCLASSIFIED"})
     assert_envelope(lowered, 403, "PERMISSION_DENIED")
@@ -373,8 +328,8 @@ async def test_lowering_classification_needs_admin_and_is_audited(world: World, 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_status_transitions_and_roles(world: World, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
-    design = await upload(people["member"], series_id, "w.brep", (SAMPLES / "wire.brep").read_bytes())
+    _, people, series_id = await team(world)
+    design = await upload(people["member"], series_id, "w.brep", cad("wire.brep"))
     path = f"/api/designs/{design['id']}/"
     approve = await people["admin"].api.patch(path, {"status": "APPROVED"})
     assert_envelope(approve, 409, "CONFLICT")
@@ -394,28 +349,30 @@ async def test_status_transitions_and_roles(world: World, db: Any) -> None:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_mass_follows_material_without_reanalysis(world: World, services: Any) -> None:
+async def test_mass_follows_material_without_reanalysis(world: World, services: Any, cad_files: CadFiles) -> None:
     from processing.cad import analyze_file
 
-    _, people, series_id = await setup_team(world)
-    design = await upload(
-        people["member"], series_id, "as1.stp", (SAMPLES / "as1-oc-214.stp").read_bytes(), material="Aluminium 6061-T6"
-    )
-    await services.designs.apply_analysis(design["id"], analyze_file(str(SAMPLES / "as1-oc-214.stp")))
+    expected = cad_files.expected[ASSEMBLY]
+    assert expected.volume_mm3 is not None
+    volume = expected.volume_mm3
+    _, people, series_id = await team(world)
+    design = await upload(people["member"], series_id, ASSEMBLY, cad(ASSEMBLY), material="Aluminium 6061-T6")
+    await services.designs.apply_analysis(design["id"], analyze_file(str(cad_files.path(ASSEMBLY))))
     detail = (await people["member"].api.get(f"/api/designs/{design['id']}/")).json
-    assert detail["status"] == "READY" and detail["volume_cubic_mm"] == pytest.approx(764522.662, rel=1e-6)
-    assert detail["mass_kg"] == pytest.approx(764522.662e-9 * 2700, rel=1e-6)
+    assert detail["status"] == "READY" and detail["volume_cubic_mm"] == pytest.approx(volume, rel=1e-9)
+    assert detail["mass_kg"] == pytest.approx(volume * 1e-9 * 2700, rel=1e-9)
     steel = await people["member"].api.patch(f"/api/designs/{design['id']}/", {"material": "SS304"})
-    assert steel.json["mass_kg"] == pytest.approx(764522.662e-9 * 8000, rel=1e-6)
+    assert steel.json["mass_kg"] == pytest.approx(volume * 1e-9 * 8000, rel=1e-9)
     meta = (await people["member"].api.get(f"/api/designs/{design['id']}/metadata/")).json
     assert meta["material"] == {"name": "SS304", "density_kg_m3": 8000, "mass_kg": steel.json["mass_kg"]}
-    assert meta["validation"]["is_valid"] is True and meta["geometry"]["topology"]["solids"] == 18
+    assert meta["validation"]["is_valid"] is True
+    assert meta["geometry"]["topology"]["solids"] == expected.solids
 
 
 @pytest.mark.gen_test
 async def test_metadata_while_processing_is_empty_with_status(world: World) -> None:
-    _, people, series_id = await setup_team(world)
-    design = await upload(people["member"], series_id, "w.brep", (SAMPLES / "wire.brep").read_bytes())
+    _, people, series_id = await team(world)
+    design = await upload(people["member"], series_id, "w.brep", cad("wire.brep"))
     meta = (await people["member"].api.get(f"/api/designs/{design['id']}/metadata/")).json
     assert meta["status"] == "processing" and meta["geometry"] == {} and meta["validation"] == {}
 
@@ -425,7 +382,7 @@ async def test_metadata_while_processing_is_empty_with_status(world: World) -> N
 
 @pytest.mark.gen_test
 async def test_series_crud_and_part_number_uniqueness(world: World) -> None:
-    org, people, series_id = await setup_team(world)
+    org, people, series_id = await team(world)
     api = people["member"].api
     dup = await api.post("/api/series/", {"organization": org["_id"], "part_number": "tb-001", "name": "x"})
     assert "part_number" in assert_envelope(dup, 409, "VALIDATION_ERROR")["field_errors"]
@@ -448,8 +405,8 @@ async def test_series_crud_and_part_number_uniqueness(world: World) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_series_delete_rules(world: World, db: Any) -> None:
-    _, people, series_id = await setup_team(world)
-    data = (SAMPLES / "wire.brep").read_bytes()
+    _, people, series_id = await team(world)
+    data = cad("wire.brep")
     await upload(people["member"], series_id, "w.brep", data)
     path = f"/api/series/{series_id}/"
     assert_envelope(await people["member"].api.delete(path + "?force=true"), 403, "PERMISSION_DENIED")
@@ -486,7 +443,7 @@ async def test_convert_units(world: World) -> None:
 
 @pytest.mark.gen_test
 async def test_materials_builtin_and_organization_specific(world: World) -> None:
-    org, people, _ = await setup_team(world)
+    org, people, _ = await team(world)
     listed = (await people["viewer"].api.get("/api/materials/")).json["results"]
     names = {m["name"] for m in listed}
     assert {
@@ -502,4 +459,4 @@ async def test_materials_builtin_and_organization_specific(world: World) -> None
     body = {"organization": org["_id"], "name": "Unobtanium", "density_kg_m3": 12345.0}
     assert_envelope(await people["member"].api.post("/api/materials/", body), 403, "PERMISSION_DENIED")
     assert (await people["admin"].api.post("/api/materials/", body)).status == 201
-    assert await world.services.designs.density(org["_id"], "unobtanium") == 12345.0
+    assert await world.services.materials.density(org["_id"], "unobtanium") == 12345.0

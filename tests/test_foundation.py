@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPRequest
 
-from handlers.base import APIHandler, authenticated, public, unmarked_methods
+from handlers.base import APIHandler, authenticated, byte_range, public, unmarked_methods
+from models.errors import APIError
 from models.listing import Filter, Kind, ListSpec, each, parse_list_query, run_list
 from models.schema import Input
 from server import make_app, routes
@@ -43,19 +44,19 @@ class WidgetsHandler(APIHandler):
     async def get(self) -> None:
         query = parse_list_query(WIDGET_SPEC, self.request.query_arguments)
         page = await run_list(
-            self.db.widgets,
+            self.services.db.widgets,
             {"hidden": {"$ne": True}},
             query,
-            each(lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]}),
-            self.absolute_url(self.request.path),
-            self.request.query_arguments,
+            render=each(lambda d: {"name": d["name"], "size": d["size"], "colour": d["colour"]}),
+            base_url=self.absolute_url(self.request.path),
+            args=self.request.query_arguments,
         )
         self.write_json(page)
 
     @public
     async def post(self) -> None:
         body = self.parse_body(WidgetIn)
-        found = await self.db.widgets.count_documents({"name": body.name})
+        found = await self.services.db.widgets.count_documents({"name": body.name})
         self.write_json({"matches": found})
 
 
@@ -394,6 +395,22 @@ def test_list_query_is_pure_data() -> None:
     assert query.sort == [("size", 1), ("_id", 1)]
 
 
+def test_byte_range_forms() -> None:
+    assert byte_range(None, 100) is None
+    assert byte_range("bytes=0-9", 100) == (0, 10)
+    assert byte_range("bytes=90-", 100) == (90, 100)
+    assert byte_range("bytes=-10", 100) == (90, 100)
+    assert byte_range("bytes=-500", 100) == (0, 100)
+    assert byte_range("bytes=95-200", 100) == (95, 100)
+    # Forms this server does not serve partially get the whole body.
+    for whole in ("bytes=-", "bytes=0-1,5-6", "items=0-9", "bytes=a-b"):
+        assert byte_range(whole, 100) is None, whole
+    for beyond in ("bytes=100-", "bytes=5-2", "bytes=-0"):
+        with pytest.raises(APIError) as caught:
+            byte_range(beyond, 100)
+        assert caught.value.status == 416 and caught.value.headers == {"Content-Range": "bytes */100"}, beyond
+
+
 class TestWithAnalysisWorkers:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, Any]:
@@ -413,3 +430,13 @@ class TestWithAnalysisWorkers:
                 break
         assert services.pool.stats()["replaced"] >= 1
         assert resp.status == 200 and resp.json["checks"]["workers"] == "ok"
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_health_detailed_is_degraded_without_live_workers(self, api: Any, services: Any) -> None:
+        assert (await api.get("/api/health/detailed/")).status == 200
+        # Every worker gone and none coming back, as once the pool has shut down.
+        await services.pool.close()
+        assert services.pool.stats()["alive"] == 0
+        resp = await api.get("/api/health/detailed/")
+        assert resp.status == 503 and resp.json["status"] == "degraded"
+        assert resp.json["checks"] == {"database": "ok", "workers": "no live analysis workers"}

@@ -1,9 +1,9 @@
-"""Analysis jobs through the running server: real CAD files in the pool, crashes, timeouts, cancel, leases, API."""
+"""Analysis jobs through the running server: generated and real CAD files in the pool, crashes, timeouts, cancel,
+leases, API."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import signal
@@ -14,53 +14,26 @@ import pytest
 
 from models.database import utcnow
 from processing.runner import WorkerCall, analysis_call
-from tests.helpers import Api, World, assert_envelope
-from tests.test_designs import CAD_FILES, SAMPLES, setup_team, upload
-from tests.test_server_process import alive
+from tests import cad_fixtures, corpus
+from tests.cad_fixtures import CadFiles
+from tests.helpers import RUNNING, Api, Recorder, World, alive, assert_envelope, cad, team, upload, wait_job
 
-REFERENCE: dict[str, dict[str, Any]] = json.loads((SAMPLES / "reference-properties.json").read_text())
-INVALID = {"splinecage.stp", "surf114.igs", "curve_geom_plate.igs", "wire.brep"}
-REL, ROUNDING, BBOX_ABS = 1e-6, 5e-4 + 1e-9, 1e-3  # the samples README's tolerances (figures rounded to 3 dp)
-FINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
+# The corpus files without a closed solid: analysed successfully, reported invalid.
+CORPUS_INVALID = {"splinecage.stp", "surf114.igs", "curve_geom_plate.igs", "wire.brep"}
+# The reference figures are rounded to 3 decimals: relative 1e-6, or half the last digit near zero; boxes 1e-3 mm.
+REL, ROUNDING, BBOX_ABS = 1e-6, 5e-4 + 1e-9, 1e-3
+EXACT = 1e-9
 WORKERS = "tests.processing.workers"
-# Fast leases and polling so lease-driven behaviour shows within seconds; no rate limit on polling.
-RUNNING = {
-    "workers": 2,
-    "job_poll_interval": 0.05,
-    "job_lease_seconds": 3,
-    "rate_limit_per_minute": 1_000_000,
-    "rate_limit_per_hour": 1_000_000,
-    "uploads_per_hour": 1000,
-}
+ASSEMBLY = "assembly.step"
+# Generated files the upload accepts: the readable ones are analysed, the others (corrupt.step, truncated.brep)
+# pass the upload's check and fail in OpenCascade.
+ANALYSABLE = cad_fixtures.names(readable=True)
+BROKEN = cad_fixtures.names(readable=False, sniffs=True)
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return dict(RUNNING)
-
-
-class Recorder:
-    """A test double of the realtime publisher: records every event published."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    async def publish(self, channel: str, event: str, data: dict[str, Any]) -> None:
-        self.events.append((channel, event, data))
-
-    def on(self, channel: str, event: str) -> list[dict[str, Any]]:
-        return [d for c, e, d in self.events if c == channel and e == event]
-
-
-async def wait_job(api: Api, job_id: str, statuses: set[str] = FINAL, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        resp = await api.get(f"/api/analysis-jobs/{job_id}/")
-        assert resp.status == 200, resp.body
-        if resp.json["status"] in statuses:
-            return resp.json
-        assert asyncio.get_running_loop().time() < deadline, f"job still {resp.json['status']}: {resp.json}"
-        await asyncio.sleep(0.05)
 
 
 async def wait_worker_pid(api: Api, job_id: str, timeout: float = 30.0) -> int:
@@ -93,39 +66,115 @@ def xyz(point: dict[str, float]) -> list[float]:
     return [point["x"], point["y"], point["z"]]
 
 
-AS1 = (SAMPLES / "as1-oc-214.stp").read_bytes()
-
-
-# ---------------------------------------------------------------- the corpus, end to end
+# ---------------------------------------------------------------- every file, end to end
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_every_sample_is_analysed_by_the_running_server(world: World, services: Any) -> None:
-    recorder = Recorder()
-    services.designs.publisher = recorder
-    _, people, series_id = await setup_team(world)
+async def test_every_generated_file_is_analysed_by_the_running_server(
+    world: World, services: Any, recorder: Recorder, cad_files: CadFiles
+) -> None:
+    """Upload, job, pool, stored result: each design ends READY with its analytic figures, or FAILED."""
+    _, people, series_id = await team(world)
     member = people["member"]
-    motor = (SAMPLES / "Motor-c.brep").read_bytes()
-    broken = {
-        # Both pass the upload's format check (right header, STEP terminator) and fail in OpenCascade.
-        "truncated.brep": motor[: len(motor) // 2],
-        "corrupt.stp": AS1[:3000] + b"\nENDSEC;\nEND-ISO-10303-21;\n",
-    }
-    designs = {name: await upload(member, series_id, name, (SAMPLES / name).read_bytes()) for name in CAD_FILES}
-    designs.update({name: await upload(member, series_id, name, data) for name, data in broken.items()})
+    names = ANALYSABLE + BROKEN
+    designs = {name: await upload(member, series_id, name, cad_files.read(name)) for name in names}
     jobs = {name: await wait_job(member.api, d["finalize"]["analysis_job_id"]) for name, d in designs.items()}
 
-    for name in CAD_FILES:
-        job, design_id = jobs[name], designs[name]["id"]
+    for name in ANALYSABLE:
+        job, design_id, expected = jobs[name], designs[name]["id"], cad_files.expected[name]
         assert job["status"] == "SUCCESS", (name, job)
         assert job["retry_count"] == 0 and job["error_message"] is None and job["duration_seconds"] > 0
         assert job["result"]["geometry_extracted"] is True
+        assert job["result"]["bom_part_count"] == expected.part_count, name
         design = (await member.api.get(f"/api/designs/{design_id}/")).json
         assert design["status"] == "READY", (name, design)
         # Invalid geometry is a successful analysis that says so.
-        assert design["is_valid_geometry"] is (name not in INVALID), (name, design["validation_errors"])
-        expected = REFERENCE[name]
+        assert design["is_valid_geometry"] is expected.valid, (name, design["validation_errors"])
         meta = (await member.api.get(f"/api/designs/{design_id}/metadata/")).json["geometry"]
+        topology = meta["topology"]
+        assert (topology["solids"], topology["shells"], topology["faces"]) == (
+            expected.solids,
+            expected.shells,
+            expected.faces,
+        ), name
+        for key, wanted in (
+            ("volume_cubic_mm", expected.volume_mm3),
+            ("surface_area_sq_mm", expected.surface_area_mm2),
+        ):
+            if wanted is not None:
+                assert math.isclose(meta[key], wanted, rel_tol=EXACT, abs_tol=1e-9), (name, key, meta[key])
+        if expected.bbox_min is not None and expected.bbox_max is not None:
+            box = meta["bounding_box"]
+            assert xyz(box["min"]) == pytest.approx(list(expected.bbox_min), abs=BBOX_ABS), name
+            assert xyz(box["max"]) == pytest.approx(list(expected.bbox_max), abs=BBOX_ABS), name
+        if expected.center_of_mass is not None:
+            assert xyz(meta["center_of_mass"]) == pytest.approx(list(expected.center_of_mass), abs=1e-9), name
+
+    for name in BROKEN:
+        job = jobs[name]
+        assert job["status"] == "FAILURE" and job["error_code"] == "GEOMETRY_EXTRACTION_FAILED", job
+        assert job["retry_count"] == 0  # a file OpenCascade cannot read is not retried
+        assert job["error_message"].startswith("Could not read the CAD file: not a readable"), job["error_message"]
+        assert (await member.api.get(f"/api/designs/{designs[name]['id']}/")).json["status"] == "FAILED"
+
+    # Progress: stored, and published on the job's and the design's channels, ending at 100 %.
+    assembly = jobs[ASSEMBLY]
+    for channel in (f"job:{assembly['id']}", f"design:{assembly['design_asset']}"):
+        progress = recorder.data(channel, "job.progress")
+        assert len(progress) >= 2, recorder.events
+        percents = [p["percent"] for p in progress]
+        assert percents == sorted(percents) and percents[-1] == 100
+        assert {"current", "total", "percent", "status_message", "job_id", "design_id"} <= set(progress[0])
+        assert [s["status"] for s in recorder.data(channel, "job.status")][-1] == "SUCCESS"
+    assert (await member.api.get(f"/api/analysis-jobs/{assembly['id']}/progress/")).json == {
+        "current": 1,
+        "total": 1,
+        "percent": 100,
+        "status_message": "Completed",
+        "status": "SUCCESS",
+    }
+    status = (await member.api.get(f"/api/analysis-jobs/{assembly['id']}/status/")).json
+    nodes = cad_files.expected[ASSEMBLY].node_count
+    assert status["state"] == "SUCCESS" and status["error"] is None and status["result"]["bom_items"] == nodes
+    assert status["celery_info"]["args"] == [assembly["design_asset"]] and status["celery_info"]["worker"]
+
+    # Lists, metrics and failures over what just ran.
+    failed = (await member.api.get("/api/analysis-jobs/?status=FAILURE")).json
+    assert failed["count"] == len(BROKEN) and {j["id"] for j in failed["results"]} == {jobs[n]["id"] for n in BROKEN}
+    one = (await member.api.get(f"/api/analysis-jobs/?design_asset={assembly['design_asset']}")).json
+    assert [j["id"] for j in one["results"]] == [assembly["id"]]
+    assert (await member.api.get("/api/analysis-jobs/")).json["count"] == len(designs)
+    metrics = (await member.api.get("/api/analysis-jobs/metrics/?job_type=PROCESSING")).json
+    assert metrics["total_count"] == len(designs) and metrics["success_count"] == len(ANALYSABLE)
+    assert metrics["failure_count"] == len(BROKEN)
+    assert metrics["success_rate"] == round(100 * len(ANALYSABLE) / len(designs), 2)
+    durations = [jobs[n]["duration_seconds"] for n in ANALYSABLE]
+    assert metrics["min_duration_seconds"] == min(durations) and metrics["max_duration_seconds"] == max(durations)
+    assert metrics["avg_duration_seconds"] == pytest.approx(sum(durations) / len(durations), abs=1e-3)
+    overall = (await member.api.get("/api/analysis-jobs/metrics/")).json
+    assert overall["job_type"] is None and [m["job_type"] for m in overall["by_job_type"]] == ["PROCESSING"]
+    failures = (await member.api.get("/api/analysis-jobs/failures/?days=7")).json
+    assert failures["total_failures"] == len(BROKEN) and len(failures["failures"]) == len(BROKEN)
+    assert sum(e["count"] for e in failures["top_errors"]) == len(BROKEN)
+    assert all(e["error_code"] == "GEOMETRY_EXTRACTION_FAILED" for e in failures["top_errors"])
+    assert (await member.api.get("/api/analysis-jobs/active/")).json == {"count": 0, "tasks": []}
+
+
+@corpus.mark
+@pytest.mark.gen_test(timeout=180)
+async def test_every_corpus_file_is_analysed_to_its_reference_figures(world: World) -> None:
+    """The real-world files through the running server, against what OpenCascade reports for each."""
+    _, people, series_id = await team(world)
+    member = people["member"]
+    reference = corpus.reference()
+    designs = {name: await upload(member, series_id, name, corpus.read(name)) for name in corpus.FILES}
+    for name, design in designs.items():
+        job = await wait_job(member.api, design["finalize"]["analysis_job_id"])
+        assert job["status"] == "SUCCESS" and job["retry_count"] == 0, (name, job)
+        detail = (await member.api.get(f"/api/designs/{design['id']}/")).json
+        assert detail["status"] == "READY" and detail["is_valid_geometry"] is (name not in CORPUS_INVALID), name
+        expected = reference[name]
+        meta = (await member.api.get(f"/api/designs/{design['id']}/metadata/")).json["geometry"]
         topology = meta["topology"]
         assert (topology["solids"], topology["shells"], topology["faces"]) == (
             expected["solids"],
@@ -144,53 +193,6 @@ async def test_every_sample_is_analysed_by_the_running_server(world: World, serv
                 close(a, w) for a, w in zip(xyz(meta["center_of_mass"]), expected["center_of_mass"], strict=True)
             ), name
 
-    for name in broken:
-        job = jobs[name]
-        assert job["status"] == "FAILURE" and job["error_code"] == "GEOMETRY_EXTRACTION_FAILED", job
-        assert job["retry_count"] == 0  # a file OpenCascade cannot read is not retried
-        assert job["error_message"].startswith("Could not read the CAD file: not a readable"), job["error_message"]
-        assert (await member.api.get(f"/api/designs/{designs[name]['id']}/")).json["status"] == "FAILED"
-
-    # Progress: stored, and published on the job's and the design's channels, ending at 100 %.
-    as1 = jobs["as1-oc-214.stp"]
-    for channel in (f"job:{as1['id']}", f"design:{as1['design_asset']}"):
-        progress = recorder.on(channel, "job.progress")
-        assert len(progress) >= 2, recorder.events
-        percents = [p["percent"] for p in progress]
-        assert percents == sorted(percents) and percents[-1] == 100
-        assert {"current", "total", "percent", "status_message", "job_id", "design_id"} <= set(progress[0])
-        assert [s["status"] for s in recorder.on(channel, "job.status")][-1] == "SUCCESS"
-    assert (await member.api.get(f"/api/analysis-jobs/{as1['id']}/progress/")).json == {
-        "current": 1,
-        "total": 1,
-        "percent": 100,
-        "status_message": "Completed",
-        "status": "SUCCESS",
-    }
-    status = (await member.api.get(f"/api/analysis-jobs/{as1['id']}/status/")).json
-    assert status["state"] == "SUCCESS" and status["error"] is None and status["result"]["bom_items"] == 10
-    assert status["celery_info"]["args"] == [as1["design_asset"]] and status["celery_info"]["worker"]
-
-    # Lists, metrics and failures over what just ran.
-    failed = (await member.api.get("/api/analysis-jobs/?status=FAILURE")).json
-    assert failed["count"] == 2 and {j["id"] for j in failed["results"]} == {jobs[n]["id"] for n in broken}
-    one = (await member.api.get(f"/api/analysis-jobs/?design_asset={as1['design_asset']}")).json
-    assert [j["id"] for j in one["results"]] == [as1["id"]]
-    assert (await member.api.get("/api/analysis-jobs/")).json["count"] == len(designs)
-    metrics = (await member.api.get("/api/analysis-jobs/metrics/?job_type=PROCESSING")).json
-    assert metrics["total_count"] == len(designs) and metrics["success_count"] == len(CAD_FILES)
-    assert metrics["failure_count"] == 2 and metrics["success_rate"] == round(100 * len(CAD_FILES) / len(designs), 2)
-    durations = [jobs[n]["duration_seconds"] for n in CAD_FILES]
-    assert metrics["min_duration_seconds"] == min(durations) and metrics["max_duration_seconds"] == max(durations)
-    assert metrics["avg_duration_seconds"] == pytest.approx(sum(durations) / len(durations), abs=1e-3)
-    overall = (await member.api.get("/api/analysis-jobs/metrics/")).json
-    assert overall["job_type"] is None and [m["job_type"] for m in overall["by_job_type"]] == ["PROCESSING"]
-    failures = (await member.api.get("/api/analysis-jobs/failures/?days=7")).json
-    assert failures["total_failures"] == 2 and len(failures["failures"]) == 2
-    assert sum(e["count"] for e in failures["top_errors"]) == 2
-    assert all(e["error_code"] == "GEOMETRY_EXTRACTION_FAILED" for e in failures["top_errors"])
-    assert (await member.api.get("/api/analysis-jobs/active/")).json == {"count": 0, "tasks": []}
-
 
 # ---------------------------------------------------------------- robustness
 
@@ -199,6 +201,7 @@ async def test_every_sample_is_analysed_by_the_running_server(world: World, serv
 async def test_crashing_workers_fail_or_retry_while_the_api_keeps_answering(
     world: World, services: Any, api: Api
 ) -> None:
+    """A segfaulting worker fails its job after the retries, a killed one is retried; the API answers throughout."""
     runner = services.runner
 
     def call(job: dict[str, Any], path: str, design: dict[str, Any]) -> WorkerCall:
@@ -220,10 +223,10 @@ async def test_crashing_workers_fail_or_retry_while_the_api_keeps_answering(
 
     poller = asyncio.ensure_future(poll_health())
 
-    _, people, series_id = await setup_team(world)
+    _, people, series_id = await team(world)
     member = people["member"]
-    segv = await upload(member, series_id, "segv.stp", AS1)
-    killed = await upload(member, series_id, "killed.stp", AS1)
+    segv = await upload(member, series_id, "segv.stp", cad(ASSEMBLY))
+    killed = await upload(member, series_id, "killed.stp", cad(ASSEMBLY))
     pid = await wait_worker_pid(member.api, killed["finalize"]["analysis_job_id"])
     os.kill(pid, signal.SIGKILL)  # a worker dies mid-job, as under the out-of-memory killer
 
@@ -237,7 +240,7 @@ async def test_crashing_workers_fail_or_retry_while_the_api_keeps_answering(
     assert retried["status"] == "SUCCESS" and retried["retry_count"] == 1, retried
     assert (await member.api.get(f"/api/designs/{killed['id']}/")).json["status"] == "READY"
 
-    after = await upload(member, series_id, "after.stp", AS1)
+    after = await upload(member, series_id, "after.stp", cad(ASSEMBLY))
     assert (await wait_job(member.api, after["finalize"]["analysis_job_id"]))["status"] == "SUCCESS"
     polling = False
     await poller
@@ -256,9 +259,9 @@ class TestTimeout:
         self, world: World, services: Any
     ) -> None:
         services.runner.make_call = lambda job, path, design: sleeping()
-        _, people, series_id = await setup_team(world)
+        _, people, series_id = await team(world)
         member = people["member"]
-        design = await upload(member, series_id, "stuck.stp", AS1)
+        design = await upload(member, series_id, "stuck.stp", cad(ASSEMBLY))
         job_id = design["finalize"]["analysis_job_id"]
         first = await wait_worker_pid(member.api, job_id)
         job = await wait_job(member.api, job_id)
@@ -268,16 +271,17 @@ class TestTimeout:
         assert not alive(first)
         assert (await member.api.get(f"/api/designs/{design['id']}/")).json["status"] == "FAILED"
         services.runner.make_call = analysis_call  # the replaced worker serves the next job
-        ok = await upload(member, series_id, "fine.stp", AS1)
+        ok = await upload(member, series_id, "fine.stp", cad(ASSEMBLY))
         assert (await wait_job(member.api, ok["finalize"]["analysis_job_id"]))["status"] == "SUCCESS"
 
 
 @pytest.mark.gen_test(timeout=90)
 async def test_cancel_stops_the_worker_for_real(world: World, services: Any, db: Any) -> None:
+    """Cancel kills the running worker here, is acted on at the next renewal elsewhere, and settles pending jobs."""
     services.runner.make_call = lambda job, path, design: sleeping()
-    _, people, series_id = await setup_team(world)
+    _, people, series_id = await team(world)
     member = people["member"]
-    running = await upload(member, series_id, "a.stp", AS1)
+    running = await upload(member, series_id, "a.stp", cad(ASSEMBLY))
     job_id = running["finalize"]["analysis_job_id"]
     pid = await wait_worker_pid(member.api, job_id)
     assert_envelope(
@@ -300,7 +304,7 @@ async def test_cancel_stops_the_worker_for_real(world: World, services: Any, db:
     assert await db.audit_log.count_documents({"action": "CANCEL", "resource_id": job_id}) == 1
 
     # A cancel issued on another process only sets the flag; this process's lease renewal acts on it.
-    other = await upload(member, series_id, "b.stp", AS1)
+    other = await upload(member, series_id, "b.stp", cad(ASSEMBLY))
     other_id = other["finalize"]["analysis_job_id"]
     other_pid = await wait_worker_pid(member.api, other_id)
     await db.analysis_jobs.update_one({"_id": other_id}, {"$set": {"cancel_requested": True}})
@@ -309,7 +313,7 @@ async def test_cancel_stops_the_worker_for_real(world: World, services: Any, db:
 
     # A pending job is cancelled before it ever runs.
     await services.runner.stop()
-    pending = await upload(member, series_id, "c.stp", AS1)
+    pending = await upload(member, series_id, "c.stp", cad(ASSEMBLY))
     pending_id = pending["finalize"]["analysis_job_id"]
     resp = await member.api.post(f"/api/analysis-jobs/{pending_id}/cancel/", {})
     assert resp.status == 200 and resp.json["status"] == "CANCELLED"
@@ -317,7 +321,7 @@ async def test_cancel_stops_the_worker_for_real(world: World, services: Any, db:
     assert job["started_at"] is None and job["worker"] is None
 
     # A job held by a process that does not answer: 202 unless forced.
-    ghost = await upload(member, series_id, "d.stp", AS1)
+    ghost = await upload(member, series_id, "d.stp", cad(ASSEMBLY))
     ghost_id = ghost["finalize"]["analysis_job_id"]
     await db.analysis_jobs.update_one(
         {"_id": ghost_id},
@@ -342,10 +346,10 @@ async def test_cancel_stops_the_worker_for_real(world: World, services: Any, db:
 async def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not(world: World, services: Any, db: Any) -> None:
     runner = services.runner
     await runner.stop()
-    _, people, series_id = await setup_team(world)
+    _, people, series_id = await team(world)
     member = people["member"]
-    orphan = await upload(member, series_id, "orphan.stp", AS1)
-    held = await upload(member, series_id, "held.stp", AS1)
+    orphan = await upload(member, series_id, "orphan.stp", cad(ASSEMBLY))
+    held = await upload(member, series_id, "held.stp", cad(ASSEMBLY))
     # A node that died mid-job (its lease ran out) and one that is alive (its lease is current).
     await db.analysis_jobs.update_one(
         {"_id": orphan["finalize"]["analysis_job_id"]},
@@ -383,9 +387,9 @@ async def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not(world: World,
 async def test_shutdown_requeues_running_jobs(world: World, services: Any, db: Any) -> None:
     runner = services.runner
     runner.make_call = lambda job, path, design: sleeping()
-    _, people, series_id = await setup_team(world)
+    _, people, series_id = await team(world)
     member = people["member"]
-    design = await upload(member, series_id, "a.stp", AS1)
+    design = await upload(member, series_id, "a.stp", cad(ASSEMBLY))
     job_id = design["finalize"]["analysis_job_id"]
     pid = await wait_worker_pid(member.api, job_id)
     await runner.stop()
@@ -409,11 +413,12 @@ class TestJobsApi:
 
     @pytest.mark.gen_test(timeout=60)
     async def test_jobs_follow_their_designs_policy(self, world: World, db: Any) -> None:
-        org, people, series_id = await setup_team(world)
+        """Job lists, details, filters and metrics follow the design policy; unknown parameters are refused."""
+        org, people, series_id = await team(world)
         member, viewer = people["member"], people["viewer"]
-        plain = await upload(member, series_id, "plain.stp", AS1)
-        secret = await upload(member, series_id, "secret.stp", AS1, classification="SECRET")
-        itar = await upload(member, series_id, "itar.stp", AS1, classification="ITAR")
+        plain = await upload(member, series_id, "plain.stp", cad(ASSEMBLY))
+        secret = await upload(member, series_id, "secret.stp", cad(ASSEMBLY), classification="SECRET")
+        itar = await upload(member, series_id, "itar.stp", cad(ASSEMBLY), classification="ITAR")
         ids = {n: d["finalize"]["analysis_job_id"] for n, d in (("plain", plain), ("secret", secret), ("itar", itar))}
         # No workers in this process: nothing claims the jobs.
         assert await db.analysis_jobs.count_documents({"status": "PENDING"}) == 3

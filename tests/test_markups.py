@@ -6,14 +6,11 @@ from typing import Any
 
 import pytest
 
+from models.commands import socket_commands
 from models.errors import ValidationFailed
-from models.markups import socket_commands
-from tests.helpers import Caller, World, assert_envelope
-from tests.test_reviews import Recorder, open_review, ready_design, recorder, team
+from tests.helpers import Caller, Recorder, World, assert_envelope, open_review, ready_design, review_team
 
-__all__ = ["recorder"]  # the fixture, imported so this module's tests can request it
-
-SEED_MARKUP = {
+EXAMPLE_MARKUP = {
     "position": {"x": 25.5, "y": 12.3, "z": 8.7},
     "camera_position": {"x": 100, "y": 100, "z": 100},
     "camera_target": {"x": 25.5, "y": 12.3, "z": 8.7},
@@ -26,20 +23,21 @@ async def session(
     world: World, db: Any, classification: str = "UNCLASSIFIED", **org_attrs: Any
 ) -> tuple[dict[str, Any], dict[str, Caller], dict[str, Any], dict[str, Any]]:
     """A team, a READY design and an open review: author creates it, r1 and r2 review."""
-    org, p, series_id = await team(world, **org_attrs)
+    org, p, series_id = await review_team(world, **org_attrs)
     design = await ready_design(db, p["author"], series_id, classification)
     review = await open_review(p["author"], design["_id"], [p["r1"], p["r2"]])
     return org, p, design, review
 
 
 async def markup(caller: Caller, review: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    resp = await caller.api.post("/api/markups/", {"review_session": review["id"], **SEED_MARKUP, **fields})
+    resp = await caller.api.post("/api/markups/", {"review_session": review["id"], **EXAMPLE_MARKUP, **fields})
     assert resp.status == 201, resp.body
     return resp.json  # type: ignore[no-any-return]
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_markup_lifecycle_and_thread(world: World, db: Any, recorder: Recorder) -> None:
+    """Create, edit, reply, resolve, reopen, dismiss and delete a markup, with its audit entries and events."""
     _, p, design, review = await session(world, db)
     created = await markup(p["r1"], review, design_asset=design["_id"])
     mid = created["id"]
@@ -111,7 +109,7 @@ async def test_markup_lifecycle_and_thread(world: World, db: Any, recorder: Reco
     assert (await p["viewer"].api.get(f"/api/markups/{mid}/replies/")).json["count"] == 2
     assert "replies" not in (await p["viewer"].api.get("/api/markups/")).json["results"][0]
 
-    # Counts by status and severity on the review, and the seed's filters.
+    # Counts by status and severity on the review, and the list's filters.
     counts = (await p["viewer"].api.get(f"/api/reviews/{review['id']}/")).json["markup_counts"]
     assert counts["total"] == 2 and counts["by_status"] == {"OPEN": 1, "RESOLVED": 0, "DISMISSED": 1}
     assert counts["by_severity"] == {"INFO": 0, "MINOR": 1, "MAJOR": 0, "CRITICAL": 1}
@@ -161,9 +159,10 @@ async def test_markup_lifecycle_and_thread(world: World, db: Any, recorder: Reco
 
 @pytest.mark.gen_test(timeout=60)
 async def test_markup_validation(world: World, db: Any) -> None:
+    """Positions, cameras, anchors and texts are validated; a refused markup changes nothing."""
     _, p, design, review = await session(world, db)
     api = p["r1"].api
-    base = {"review_session": review["id"], **SEED_MARKUP}
+    base = {"review_session": review["id"], **EXAMPLE_MARKUP}
     cases = [
         ({"position": {"x": 1, "y": 2}}, "position.z"),
         ({"position": {"x": "1", "y": 2, "z": 3}}, "position.x"),
@@ -254,16 +253,17 @@ async def test_markup_validation(world: World, db: Any) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_markup_permissions_by_role(world: World, db: Any) -> None:
+    """Who may create, edit and moderate markups in a session."""
     _, p, design, review = await session(world, db)
     # Participants (creator, reviewers) and ADMIN/OWNER create; other members and viewers only read.
     for name in ("member", "viewer", "low", "foreign"):
         assert_envelope(
-            await p[name].api.post("/api/markups/", {"review_session": review["id"], **SEED_MARKUP}),
+            await p[name].api.post("/api/markups/", {"review_session": review["id"], **EXAMPLE_MARKUP}),
             403,
             "PERMISSION_DENIED",
         )
     assert_envelope(
-        await p["outsider"].api.post("/api/markups/", {"review_session": review["id"], **SEED_MARKUP}),
+        await p["outsider"].api.post("/api/markups/", {"review_session": review["id"], **EXAMPLE_MARKUP}),
         404,
         "RESOURCE_NOT_FOUND",
     )
@@ -310,7 +310,7 @@ async def test_nothing_changes_in_a_closed_session(world: World, db: Any) -> Non
     for name in ("r1", "admin"):
         api = p[name].api
         assert_envelope(
-            await api.post("/api/markups/", {"review_session": review["id"], **SEED_MARKUP}), 409, "CONFLICT"
+            await api.post("/api/markups/", {"review_session": review["id"], **EXAMPLE_MARKUP}), 409, "CONFLICT"
         )
         assert_envelope(await api.post(f"/api/markups/{mid}/resolve/", {}), 409, "CONFLICT")
         assert_envelope(await api.post(f"/api/markups/{mid}/dismiss/", {"reason": "late"}), 409, "CONFLICT")
@@ -318,7 +318,7 @@ async def test_nothing_changes_in_a_closed_session(world: World, db: Any) -> Non
         assert_envelope(await api.patch(f"/api/markups/{second['id']}/", {"status": "OPEN"}), 409, "CONFLICT")
         assert_envelope(await api.delete(f"/api/markups/{mid}/"), 409, "CONFLICT")
     assert_envelope(await p["r1"].api.patch(f"/api/markups/{mid}/", {"annotation_text": "late"}), 409, "CONFLICT")
-    assert (await p["r1"].api.get(f"/api/markups/{mid}/")).json["annotation_text"] == SEED_MARKUP["annotation_text"]
+    assert (await p["r1"].api.get(f"/api/markups/{mid}/")).json["annotation_text"] == EXAMPLE_MARKUP["annotation_text"]
 
     # Same for a cancelled one.
     other = await ready_design(db, p["author"], design["series_id"])
@@ -327,12 +327,13 @@ async def test_nothing_changes_in_a_closed_session(world: World, db: Any) -> Non
     await p["author"].api.post(f"/api/reviews/{cancelled['id']}/cancel/", {})
     assert_envelope(await p["r1"].api.post(f"/api/markups/{late['id']}/replies/", {"text": "x"}), 409, "CONFLICT")
     assert_envelope(
-        await p["r1"].api.post("/api/markups/", {"review_session": cancelled["id"], **SEED_MARKUP}), 409, "CONFLICT"
+        await p["r1"].api.post("/api/markups/", {"review_session": cancelled["id"], **EXAMPLE_MARKUP}), 409, "CONFLICT"
     )
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_non_us_member_never_sees_itar_markups(world: World, db: Any) -> None:
+    """Markups of an ITAR design stay out of a foreign member's lists, details and counts."""
     org, p, design, review = await session(world, db, "ITAR")
     plain_design = await ready_design(db, p["author"], design["series_id"])
     plain_review = await open_review(p["author"], plain_design["_id"], [p["r1"]])
@@ -384,17 +385,17 @@ async def test_socket_markup_commands(world: World, db: Any, services: Any, reco
     commands = socket_commands(services.reviews, services.markups)
     r1 = await services.identity.principal_for(p["r1"].id)
     r2 = await services.identity.principal_for(p["r2"].id)
-    created = await commands["markup.create"](r1, {"review_session": review["id"], **SEED_MARKUP})
+    created = await commands["markup.create"](r1, {"review_session": review["id"], **EXAMPLE_MARKUP})
     assert created["status"] == "OPEN" and created["author"] == p["r1"].id
     with pytest.raises(ValidationFailed) as bad:
-        await commands["markup.create"](r1, {"review_session": review["id"], **SEED_MARKUP, "severity": "major"})
+        await commands["markup.create"](r1, {"review_session": review["id"], **EXAMPLE_MARKUP, "severity": "major"})
     assert "severity" in bad.value.field_errors
     with pytest.raises(ValidationFailed):
         await commands["markup.create"](
-            r1, {"review_session": review["id"], **SEED_MARKUP, "position": {"x": float("nan"), "y": 0, "z": 0}}
+            r1, {"review_session": review["id"], **EXAMPLE_MARKUP, "position": {"x": float("nan"), "y": 0, "z": 0}}
         )
     updated = await commands["markup.update"](r1, {"id": created["id"], "severity": "CRITICAL"})
-    assert updated["severity"] == "CRITICAL" and updated["annotation_text"] == SEED_MARKUP["annotation_text"]
+    assert updated["severity"] == "CRITICAL" and updated["annotation_text"] == EXAMPLE_MARKUP["annotation_text"]
     resolved = await commands["markup.resolve"](r2, {"id": created["id"], "resolution_notes": "fixed"})
     assert resolved["status"] == "RESOLVED"
     await commands["markup.update"](r2, {"id": created["id"], "status": "OPEN"})

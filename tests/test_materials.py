@@ -90,7 +90,7 @@ def test_ambiguous_aliases_are_a_table_error() -> None:
 
 
 def test_mass() -> None:
-    assert math.isclose(mass_kg(125_000, 4430), 0.55375)  # the seed's part in Ti-6Al-4V
+    assert math.isclose(mass_kg(125_000, 4430), 0.55375)  # a 125 cm³ part in Ti-6Al-4V
     assert math.isclose(mass_kg(1e9, 1000), 1000)  # a cubic metre of water
     assert mass_kg(0, 2700) == 0
     for volume, density in [(-1, 2700), (math.nan, 2700), (math.inf, 2700), (1, 0), (1, -5), (1, math.nan)]:

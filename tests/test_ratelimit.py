@@ -10,10 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import World, assert_envelope
-from tests.test_server_process import ROOT_PASSWORD, shared_servers
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT_PASSWORD, World, assert_envelope, shared_servers
 
 
 class TestBurst:

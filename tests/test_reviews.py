@@ -8,96 +8,20 @@ from typing import Any
 
 import pytest
 
+from models.commands import socket_commands
 from models.database import utcnow
 from models.errors import PermissionDenied, ValidationFailed
-from models.markups import socket_commands
 from models.reviews import decide
-from tests.helpers import PASSWORD, Caller, World, assert_envelope
-from tests.test_designs import SAMPLES, upload
-
-SAMPLE = "curve_geom_plate.igs"
-
-
-class Recorder:
-    """A publisher double: remembers every (channel, event, data) the models announce."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    async def publish(self, channel: str, event: str, data: dict[str, Any]) -> None:
-        self.events.append((channel, event, data))
-
-    def on(self, channel: str) -> list[str]:
-        return [e for c, e, _ in self.events if c == channel]
-
-    def named(self, event: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(c, d) for c, e, d in self.events if e == event]
-
-
-@pytest.fixture
-def recorder(services: Any) -> Recorder:
-    rec = Recorder()
-    services.publisher = rec
-    services.designs.publisher = rec
-    services.reviews.publisher = rec
-    services.markups.publisher = rec
-    return rec
-
-
-PEOPLE = {  # name: (role, is_us_person, clearance)
-    "owner": ("OWNER", True, "TOP_SECRET"),
-    "admin": ("ADMIN", True, "SECRET"),
-    "author": ("MEMBER", True, "SECRET"),
-    "r1": ("MEMBER", True, "SECRET"),
-    "r2": ("MEMBER", True, "SECRET"),
-    "r3": ("VIEWER", True, "SECRET"),
-    "member": ("MEMBER", True, "SECRET"),
-    "viewer": ("VIEWER", True, "SECRET"),
-    "foreign": ("MEMBER", False, "TOP_SECRET"),
-    "low": ("MEMBER", True, "UNCLASSIFIED"),
-}
-
-
-async def team(world: World, **org_attrs: Any) -> tuple[dict[str, Any], dict[str, Caller], str]:
-    """A US organization with a design author, three reviewers (one a VIEWER), and people who may not review."""
-    people = {
-        name: await world.user(name, is_us_person=us, security_clearance_level=level)
-        for name, (_, us, level) in PEOPLE.items()
-    }
-    org = await world.org("acme", is_us=True, members={people[n]: PEOPLE[n][0] for n in PEOPLE}, **org_attrs)
-    people["outsider"] = await world.user("outsider", is_us_person=True, security_clearance_level="TOP_SECRET")
-    await world.org("globex", is_us=True, members={people["outsider"]: "OWNER"})
-    series = await people["author"].api.post(
-        "/api/series/", {"organization": org["_id"], "part_number": "TB-001", "name": "Turbine blade"}
-    )
-    assert series.status == 201, series.body
-    return org, people, series.json["id"]
-
-
-async def ready_design(db: Any, author: Caller, series_id: str, classification: str = "UNCLASSIFIED") -> dict[str, Any]:
-    """A design through the real upload flow, then READY as analysis would leave it (no workers in tests)."""
-    design = await upload(author, series_id, SAMPLE, (SAMPLES / SAMPLE).read_bytes(), classification=classification)
-    await db.designs.update_one({"_id": design["id"]}, {"$set": {"status": "READY"}})
-    return await db.designs.find_one({"_id": design["id"]})  # type: ignore[no-any-return]
-
-
-def due(days: float = 7) -> str:
-    return (utcnow() + timedelta(days=days)).isoformat().replace("+00:00", "Z")
-
-
-async def open_review(creator: Caller, design_id: str, reviewers: list[Caller], **extra: Any) -> dict[str, Any]:
-    resp = await creator.api.post(
-        "/api/reviews/",
-        {
-            "design_asset": design_id,
-            "reviewers": [r.id for r in reviewers],
-            "due_date": due(),
-            "notes": "Pre-production review",
-            **extra,
-        },
-    )
-    assert resp.status == 201, resp.body
-    return resp.json  # type: ignore[no-any-return]
+from tests.helpers import (
+    PASSWORD,
+    Recorder,
+    World,
+    assert_envelope,
+    due,
+    open_review,
+    ready_design,
+    review_team,
+)
 
 
 async def design_status(db: Any, design_id: str) -> str:
@@ -143,7 +67,8 @@ def test_decision_rules(rule: str, threshold: int | None, veto: bool, votes: lis
 
 @pytest.mark.gen_test(timeout=60)
 async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder: Recorder) -> None:
-    org, p, series_id = await team(world)
+    """The ALL rule end to end: three approvals complete the session and approve the design, audited and announced."""
+    org, p, series_id = await review_team(world)
     design = await ready_design(db, p["author"], series_id)
     review = await open_review(p["author"], design["_id"], [p["r1"], p["r2"], p["r3"]])
     rid = review["id"]
@@ -170,7 +95,7 @@ async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder:
     assert first.json["started_at"] is not None
     second = await p["r2"].api.post(f"/api/reviews/{rid}/approve/", {"comments": "Material OK"})
     assert second.json["status"] == "IN_PROGRESS" and second.json["tally"]["pending"] == 1
-    # The seed's design-level approve votes in the design's open review (r3 is a VIEWER: reviewing is reading).
+    # The design-level approve votes in the design's open review (r3 is a VIEWER: reviewing is reading).
     third = await p["r3"].api.post(f"/api/designs/{design['_id']}/approve/", {"notes": "Design meets all requirements"})
     assert third.status == 200, third.body
     done = third.json
@@ -225,7 +150,7 @@ async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_concurrent_starts_and_votes_settle_once(world: World, db: Any) -> None:
-    _, p, series_id = await team(world)
+    _, p, series_id = await review_team(world)
     design = await ready_design(db, p["author"], series_id)
     body = {"design_asset": design["_id"], "reviewers": [p["r1"].id, p["r2"].id, p["r3"].id]}
     starts = await asyncio.gather(*(p[n].api.post("/api/reviews/", body) for n in ("author", "member", "admin", "r1")))
@@ -243,9 +168,10 @@ async def test_concurrent_starts_and_votes_settle_once(world: World, db: Any) ->
 
 @pytest.mark.gen_test(timeout=60)
 async def test_one_rejection_rejects_the_design(world: World, db: Any, recorder: Recorder) -> None:
-    _, p, series_id = await team(world)
+    """With veto, one rejection completes the session as rejected, whatever the others voted."""
+    _, p, series_id = await review_team(world)
     design = await ready_design(db, p["author"], series_id)
-    # The seed's start_review shape.
+    # The design-level start_review/ and its answer.
     started = await p["author"].api.post(
         f"/api/designs/{design['_id']}/start_review/",
         {
@@ -287,7 +213,8 @@ async def test_one_rejection_rejects_the_design(world: World, db: Any, recorder:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_threshold_two_of_three_with_a_changed_vote(world: World, db: Any) -> None:
-    _, p, series_id = await team(world)
+    """THRESHOLD 2 of 3 without veto, with a reviewer changing their vote before the session completes."""
+    _, p, series_id = await review_team(world)
     design = await ready_design(db, p["author"], series_id)
     panel = [p["r1"], p["r2"], p["r3"]]
     base = {"design_asset": design["_id"], "reviewers": [r.id for r in panel]}
@@ -338,7 +265,7 @@ async def test_threshold_two_of_three_with_a_changed_vote(world: World, db: Any)
 
 @pytest.mark.gen_test(timeout=60)
 async def test_the_uploader_may_not_approve_their_own_design(world: World, db: Any) -> None:
-    org, p, series_id = await team(world)
+    org, p, series_id = await review_team(world)
     design = await ready_design(db, p["author"], series_id)
     body = assert_envelope(
         await p["member"].api.post(
@@ -368,7 +295,8 @@ async def test_the_uploader_may_not_approve_their_own_design(world: World, db: A
 
 @pytest.mark.gen_test(timeout=60)
 async def test_reviewers_must_be_members_cleared_for_the_design(world: World, db: Any) -> None:
-    _, p, series_id = await team(world)
+    """Reviewers must be active members cleared for the design; each refusal names whom to replace."""
+    _, p, series_id = await review_team(world)
     itar = await ready_design(db, p["author"], series_id, "ITAR")
     secret = await ready_design(db, p["author"], series_id, "SECRET")
     body = assert_envelope(
@@ -429,7 +357,7 @@ async def test_reviewers_must_be_members_cleared_for_the_design(world: World, db
 
 @pytest.mark.gen_test(timeout=60)
 async def test_password_is_re_entered_to_sign(world: World, db: Any) -> None:
-    _, p, series_id = await team(world, require_password_to_sign=True)
+    _, p, series_id = await review_team(world, require_password_to_sign=True)
     design = await ready_design(db, p["author"], series_id)
     review = await open_review(p["author"], design["_id"], [p["r1"], p["r2"]])
     rid = review["id"]
@@ -461,7 +389,8 @@ async def test_password_is_re_entered_to_sign(world: World, db: Any) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_who_reads_votes_manages_and_cancels(world: World, db: Any, recorder: Recorder) -> None:
-    org, p, series_id = await team(world)
+    """Who reads a session, who votes in it, who changes and who cancels it."""
+    org, p, series_id = await review_team(world)
     design = await ready_design(db, p["author"], series_id)
     review = await open_review(p["r1"], design["_id"], [p["r2"], p["r3"]])
     rid = review["id"]
@@ -525,7 +454,7 @@ async def test_who_reads_votes_manages_and_cancels(world: World, db: Any, record
 
 @pytest.mark.gen_test(timeout=60)
 async def test_non_us_member_never_sees_itar_reviews(world: World, db: Any, recorder: Recorder) -> None:
-    org, p, series_id = await team(world)
+    org, p, series_id = await review_team(world)
     plain = await ready_design(db, p["author"], series_id)
     itar = await ready_design(db, p["author"], series_id, "ITAR")
     visible = await open_review(p["author"], plain["_id"], [p["r1"]])
@@ -565,7 +494,7 @@ async def test_non_us_member_never_sees_itar_reviews(world: World, db: Any, reco
 
 @pytest.mark.gen_test(timeout=60)
 async def test_overdue_sessions_are_flagged_and_filterable(world: World, db: Any) -> None:
-    _, p, series_id = await team(world)
+    _, p, series_id = await review_team(world)
     first = await ready_design(db, p["author"], series_id)
     second = await ready_design(db, p["author"], series_id)
     late = await open_review(p["author"], first["_id"], [p["r1"]])
@@ -594,7 +523,7 @@ async def test_overdue_sessions_are_flagged_and_filterable(world: World, db: Any
 
 @pytest.mark.gen_test(timeout=60)
 async def test_socket_commands_share_the_rules(world: World, db: Any, services: Any, recorder: Recorder) -> None:
-    _, p, series_id = await team(world)
+    _, p, series_id = await review_team(world)
     design = await ready_design(db, p["author"], series_id)
     review = await open_review(p["author"], design["_id"], [p["r1"], p["r2"]], decision_rule="ANY", veto=False)
     commands = socket_commands(services.reviews, services.markups)

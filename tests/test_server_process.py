@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +15,7 @@ from pymongo import MongoClient
 
 from models import embedded_db
 from models.database import EmbeddedMongo, free_port
+from tests.helpers import alive, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,72 +37,6 @@ def children_of(pid: int) -> list[int]:
 def database_children(pid: int, storage: Path) -> list[int]:
     """The server's embedded database launchers on `storage`."""
     return [child for child in children_of(pid) if embedded_db.is_launcher_for(child, str(storage.resolve()))]
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health/", timeout=1) as resp:
-                return json.loads(resp.read())  # type: ignore[no-any-return]
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server did not become healthy within 60 s")
-
-
-ROOT_PASSWORD = "a-long-root-password"
-
-
-@contextlib.contextmanager
-def shared_servers(
-    mongo_uri: str, redis_url: str, data_dir: Path, count: int = 2, **settings: str
-) -> Iterator[list[int]]:
-    """`count` real server.py processes on one fresh database and one Redis, with a platform admin
-    `root`; yields their ports and stops them afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
-    env.update(
-        ENGINEL_MONGODB_URI=mongo_uri,
-        ENGINEL_MONGODB_DATABASE="s" + uuid.uuid4().hex[:12],
-        ENGINEL_REDIS_URL=redis_url,
-        ENGINEL_WORKERS="0",
-        ENGINEL_BOOTSTRAP_ADMIN=f"root:{ROOT_PASSWORD}",
-        ENGINEL_ARGON2_TIME_COST="1",
-        ENGINEL_ARGON2_MEMORY_KIB="64",
-        ENGINEL_LOG_LEVEL="WARNING",
-        ENGINEL_DATA_DIR=str(data_dir),
-        ENGINEL_REALTIME_REDIS_PREFIX="s" + uuid.uuid4().hex[:8],
-    )
-    env.update({f"ENGINEL_{k.upper()}": v for k, v in settings.items()})
-    ports = [free_port() for _ in range(count)]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in ports:
-            # One after the other: the first bootstraps the admin, the second finds it there.
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "server.py", "--port", str(port)],
-                    cwd=REPO,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            wait_healthy(port, procs[-1])
-        yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(30)
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:

@@ -53,7 +53,7 @@ def test_whitelist_is_exactly_the_documented_units() -> None:
     }
 
 
-def test_seed_example() -> None:
+def test_the_documented_example() -> None:
     result = convert(100, "mm", "in")
     assert result["original_value"] == 100 and result["from_unit"] == "mm" and result["to_unit"] == "in"
     assert math.isclose(result["converted_value"], 3.937007874015748, rel_tol=1e-11)

@@ -12,11 +12,15 @@ from typing import Any
 import pytest
 
 from processing.cad import analyze_file, tessellate_to_glb
-from tests.assembly_fixture import EXPECTED_BOM, NUT_INSTANCES, write_assembly
-from tests.helpers import World, assert_envelope
+from tests import cad_fixtures
+from tests.cad_fixtures import CadFiles
+from tests.helpers import RUNNING, World, assert_envelope, team, upload, wait_job
 from tests.realtime.client import Client
-from tests.test_designs import setup_team, upload
-from tests.test_jobs import RUNNING, wait_job
+
+ASSEMBLY = "assembly.step"
+# (BOM path, row, instances in the whole product) of the generated assembly: the GLB's nodes, one per instance.
+OCCURRENCES = list(cad_fixtures.ASSEMBLY_BOM.occurrences())
+NUTS = cad_fixtures.ASSEMBLY_INSTANCES["nut"]  # 6, over 2 BOM rows
 
 
 def read_glb(data: bytes) -> tuple[dict[str, Any], bytes]:
@@ -48,9 +52,9 @@ def flatten(tree: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for node in tree for row in [node, *flatten(node["children"])]]
 
 
-@pytest.fixture(scope="module")
-def assembly(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_assembly(tmp_path_factory.mktemp("cad") / "bracket-assembly.step")
+@pytest.fixture
+def assembly(cad_files: CadFiles) -> Path:
+    return cad_files.path(ASSEMBLY)
 
 
 # ---------------------------------------------------------------- the GLB itself
@@ -60,34 +64,34 @@ def test_glb_nodes_are_the_bom_occurrences(assembly: Path, tmp_path: Path) -> No
     out = tmp_path / "model.glb"
     result = analyze_file(str(assembly), glb_path=str(out))
     rows = flatten(result["bom"])
-    assert [(r["path"], r["part_name"], r["quantity"]) for r in rows] == EXPECTED_BOM
+    assert [(r["path"], r["part_name"], r["quantity"]) for r in rows] == [
+        (path, part.name, part.quantity) for path, part, _ in OCCURRENCES
+    ]
     doc, binary = read_glb(out.read_bytes())
     nodes = occurrence_nodes(doc)
-    # Every node names its BOM row, and every row has as many nodes as it has placements in the assembly.
+    # Every node names its BOM row, and every row has as many nodes as it has placements in the whole assembly,
+    # each carrying one of the row's instance names.
     assert {(n["extras"]["bom_path"], n["name"]) for n in nodes} == {(r["path"], r["part_name"]) for r in rows}
-    instances: dict[str, int] = {}
-    multiplier = {"": 1}
-    for path, _, quantity in EXPECTED_BOM:
-        parent = path.rpartition(".")[0]
-        multiplier[path] = multiplier.get(parent, 1) * quantity
-        instances[path] = multiplier[path]
-    for path, expected in instances.items():
-        assert sum(1 for n in nodes if n["extras"]["bom_path"] == path) == expected, path
+    for path, part, count in OCCURRENCES:
+        placed = [n for n in nodes if n["extras"]["bom_path"] == path]
+        assert len(placed) == count, path
+        assert {n["extras"].get("instance_name") for n in placed} == (set(part.instances) or {None}), path
+        assert {n["extras"]["part_number"] for n in placed} == {part.number}, path
     nuts = [n for n in nodes if n["name"] == "nut"]
-    assert len(nuts) == NUT_INSTANCES and len({n["mesh"] for n in nuts}) == 1  # one mesh, instanced
-    assert {n["extras"]["instance_name"] for n in nuts} == {"nut:1", "nut:2"}
+    assert len(nuts) == NUTS == 6 and len({n["extras"]["bom_path"] for n in nuts}) == 2
+    assert len({n["mesh"] for n in nuts}) == 1  # one product in two rows: one mesh, instanced six times
     # The scene's root converts to glTF's metres and Y up; below it, millimetres as in the file.
     root = doc["nodes"][doc["scenes"][0]["nodes"][0]]
     assert root["name"] == "model" and root["matrix"][0] == 0.001 and root["matrix"][6] == -0.001
     assert doc["asset"]["extras"]["length_unit"] == "mm"
     plate = next(n for n in nodes if n["name"] == "base-plate")
     position = doc["accessors"][doc["meshes"][plate["mesh"]]["primitives"][0]["attributes"]["POSITION"]]
-    assert position["min"] == [-80, -50, -8] and position["max"] == [80, 50, 0]
-    # Face anchors: triangles are grouped by face, one start per B-rep face of the part (a box has six).
-    starts = doc["meshes"][plate["mesh"]]["extras"]["face_triangle_starts"]
-    assert len(starts) == 6 and starts == sorted(starts) and starts[0] == 0
-    nut_mesh = doc["meshes"][nuts[0]["mesh"]]
-    assert len(nut_mesh["extras"]["face_triangle_starts"]) >= 9  # six flats, two ends and the bore
+    assert position["min"] == [0, 0, 0] and position["max"] == list(cad_fixtures.PLATE)
+    # Face anchors: triangles are grouped by face, one start per B-rep face of the part.
+    for name, faces in cad_fixtures.PART_FACES.items():
+        node = next(n for n in nodes if n["name"] == name)
+        starts = doc["meshes"][node["mesh"]]["extras"]["face_triangle_starts"]
+        assert len(starts) == faces and starts == sorted(starts) and starts[0] == 0, name
     assert len(binary) == doc["buffers"][0]["byteLength"]
     assert result["glb"]["triangles"] == rendered_triangles(doc) == result["glb"]["triangles"]
     assert result["glb"]["within_budget"] is True and result["glb"]["bytes"] == out.stat().st_size
@@ -95,7 +99,7 @@ def test_glb_nodes_are_the_bom_occurrences(assembly: Path, tmp_path: Path) -> No
 
 def test_the_triangle_budget_coarsens_the_mesh(assembly: Path, tmp_path: Path) -> None:
     fine = tessellate_to_glb(str(assembly), None, str(tmp_path / "fine.glb"))
-    budget = 600
+    budget = 800  # between the planar faces' floor (about 650) and the default mesh (about 1300)
     assert fine["triangles"] > budget  # the default mesh is finer than the budget tested here
     coarse = tessellate_to_glb(str(assembly), None, str(tmp_path / "coarse.glb"), max_triangles=budget)
     doc, _ = read_glb((tmp_path / "coarse.glb").read_bytes())
@@ -118,9 +122,9 @@ def settings_overrides() -> dict[str, Any]:
 @pytest.mark.gen_test(timeout=120)
 async def test_viewable_endpoint_serves_the_glb_under_the_design_policy(world: World, db: Any, assembly: Path) -> None:
     """200 with ETag and private caching, 304, audit entries, 403/404 by policy, storage released on delete."""
-    org, people, series_id = await setup_team(world)
+    org, people, series_id = await team(world)
     member = people["member"]
-    design = await upload(member, series_id, "bracket-assembly.step", assembly.read_bytes())
+    design = await upload(member, series_id, ASSEMBLY, assembly.read_bytes())
     job = await wait_job(member.api, design["finalize"]["analysis_job_id"])
     assert job["status"] == "SUCCESS" and job["result"]["viewable"]["triangles"] > 0, job
     url = f"/api/designs/{design['id']}/viewable/"
@@ -167,9 +171,9 @@ async def test_viewable_endpoint_serves_the_glb_under_the_design_policy(world: W
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_design_analysed_before_viewables_gets_one_by_a_job(world: World, db: Any, assembly: Path) -> None:
-    org, people, series_id = await setup_team(world)
+    org, people, series_id = await team(world)
     member = people["member"]
-    design = await upload(member, series_id, "bracket-assembly.step", assembly.read_bytes())
+    design = await upload(member, series_id, ASSEMBLY, assembly.read_bytes())
     assert (await wait_job(member.api, design["finalize"]["analysis_job_id"]))["status"] == "SUCCESS"
     # As if analysed by an earlier release: no GLB recorded (and none stored).
     record = (await db.designs.find_one({"_id": design["id"]}))["viewable"]
@@ -192,7 +196,7 @@ async def test_a_design_analysed_before_viewables_gets_one_by_a_job(world: World
     resp = await member.api.get(url)
     assert resp.status == 200
     doc, _ = read_glb(resp.body)
-    assert sum(1 for n in occurrence_nodes(doc) if n["name"] == "nut") == NUT_INSTANCES
+    assert sum(1 for n in occurrence_nodes(doc) if n["name"] == "nut") == NUTS
     # The design kept its status: a viewer model never moves a design through its workflow.
     assert (await member.api.get(f"/api/designs/{design['id']}/")).json["status"] == "READY"
     metrics = (await member.api.get("/api/analysis-jobs/metrics/?job_type=TESSELLATION")).json
@@ -203,7 +207,7 @@ async def test_a_design_analysed_before_viewables_gets_one_by_a_job(world: World
 async def test_job_status_reaches_the_org_feed_only_for_the_cleared(
     world: World, base_url: str, assembly: Path
 ) -> None:
-    org, people, series_id = await setup_team(world)
+    org, people, series_id = await team(world)
     url = base_url.replace("http://", "ws://") + "/ws/"
     owner = await Client.connect(url, token=people["owner"].token)
     viewer = await Client.connect(url, token=people["viewer"].token)

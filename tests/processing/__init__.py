@@ -1,0 +1,1 @@
+"""Tests of the OpenCascade analysis, the worker pool, and the workers the tests run in it."""

@@ -1,4 +1,5 @@
-"""processing.cad against real OpenCascade: the shared samples, their reference figures, generated shapes."""
+"""processing.cad against real OpenCascade: generated shapes against their analytic figures, and the real-world
+corpus against OpenCascade's reference figures."""
 
 from __future__ import annotations
 
@@ -12,12 +13,7 @@ from typing import Any
 import pytest
 from OCP.BRepBuilderAPI import BRepBuilderAPI_Transform
 from OCP.BRepPrimAPI import BRepPrimAPI_MakeBox
-from OCP.BRepTools import BRepTools
 from OCP.gp import gp_Ax1, gp_Dir, gp_Pnt, gp_Trsf
-from OCP.IFSelect import IFSelect_ReturnStatus
-from OCP.Interface import Interface_Static
-from OCP.STEPControl import STEPControl_StepModelType, STEPControl_Writer
-from OCP.TopoDS import TopoDS_Shape
 
 from processing.cad import (
     ANALYSIS_STAGES,
@@ -27,23 +23,38 @@ from processing.cad import (
     detect_format,
     tessellate_to_glb,
 )
+from tests import cad_fixtures, corpus
+from tests.cad_fixtures import CadFiles, Part, write_brep, write_step
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "cad-samples"
-REFERENCE: dict[str, dict[str, Any]] = json.loads((SAMPLES / "reference-properties.json").read_text())
 # The reference figures are rounded to 3 decimals, so a relative 1e-6 alone is too strict near zero.
 REL, ROUNDING, BBOX_ABS = 1e-6, 5e-4 + 1e-9, 1e-3
+# Analytic figures are exact: OpenCascade integrates planes and cylinders to rounding error.
+EXACT = 1e-9
 
 Analyze = Callable[[str], dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def analyzed() -> Iterator[Analyze]:
-    """Each sample is analysed once per module, on first use, however many tests look at it."""
+    """Each corpus file is analysed once per module, on first use, however many tests look at it."""
     cache: dict[str, dict[str, Any]] = {}
 
     def get(name: str) -> dict[str, Any]:
         if name not in cache:
-            cache[name] = analyze_file(str(SAMPLES / name))
+            cache[name] = analyze_file(str(corpus.path(name)))
+        return cache[name]
+
+    yield get
+
+
+@pytest.fixture(scope="module")
+def generated(cad_files: CadFiles) -> Iterator[Analyze]:
+    """Each generated file analysed once per module, on first use."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def get(name: str) -> dict[str, Any]:
+        if name not in cache:
+            cache[name] = analyze_file(str(cad_files.path(name)))
         return cache[name]
 
     yield get
@@ -61,29 +72,107 @@ def codes(items: list[dict[str, str]]) -> set[str]:
     return {item["code"] for item in items}
 
 
-def write_step(shape: TopoDS_Shape, path: Path, unit: str = "MM") -> Path:
-    previous = Interface_Static.CVal_s("write.step.unit")
-    Interface_Static.SetCVal_s("write.step.unit", unit)
-    try:
-        writer = STEPControl_Writer()
-        writer.Transfer(shape, STEPControl_StepModelType.STEPControl_AsIs)
-        assert writer.Write(str(path)) == IFSelect_ReturnStatus.IFSelect_RetDone
-    finally:
-        Interface_Static.SetCVal_s("write.step.unit", previous)
-    return path
+def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node["children"]:
+        yield from walk(child)
 
 
-def write_brep(shape: TopoDS_Shape, path: Path) -> Path:
-    assert BRepTools.Write_s(shape, str(path))
-    return path
+def bom_rows(node: dict[str, Any]) -> tuple[Any, ...]:
+    """(name, part number, quantity, instance names, children...) of an extracted tree."""
+    return (
+        node["part_name"],
+        node["part_number"],
+        node["quantity"],
+        tuple(node["instance_names"]),
+        *[bom_rows(child) for child in node["children"]],
+    )
 
 
-# -- the shared samples against OpenCascade's own figures ---------------------------------------------
+def expected_rows(part: Part) -> tuple[Any, ...]:
+    return (part.name, part.number, part.quantity, part.instances, *[expected_rows(c) for c in part.children])
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE))
-def test_sample_matches_reference_figures(analyzed: Analyze, name: str) -> None:
-    expected = REFERENCE[name]
+# -- generated files against their analytic figures ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", cad_fixtures.names(readable=True))
+def test_generated_file_yields_its_analytic_figures(generated: Analyze, cad_files: CadFiles, name: str) -> None:
+    expected = cad_files.expected[name]
+    result = generated(name)
+    topology, geometry, validation = result["topology"], result["geometry"], result["validation"]
+    assert result["format"] == expected.format
+    assert (topology["solids"], topology["shells"], topology["faces"]) == (
+        expected.solids,
+        expected.shells,
+        expected.faces,
+    )
+    for key, wanted in (("volume_mm3", expected.volume_mm3), ("surface_area_mm2", expected.surface_area_mm2)):
+        if wanted is not None:
+            assert math.isclose(geometry[key], wanted, rel_tol=EXACT, abs_tol=1e-9), (key, geometry[key], wanted)
+    if expected.center_of_mass is not None:
+        assert xyz(geometry["center_of_mass"]) == pytest.approx(list(expected.center_of_mass), abs=1e-9)
+    if expected.bbox_min is not None and expected.bbox_max is not None:
+        box = geometry["bounding_box"]
+        assert xyz(box["min"]) == pytest.approx(list(expected.bbox_min), abs=BBOX_ABS)
+        assert xyz(box["max"]) == pytest.approx(list(expected.bbox_max), abs=BBOX_ABS)
+    assert validation["is_valid_geometry"] is expected.valid
+    assert codes(validation["validation_errors"]) == expected.errors
+    assert codes(validation["warnings"]) == expected.warnings
+    assert result["source_length_unit"] == expected.unit and result["length_unit"] == "mm"
+    assert expected.bom is not None and len(result["bom"]) == 1
+    assert bom_rows(result["bom"][0]) == expected_rows(expected.bom)
+    assert (result["bom_part_count"], result["bom_node_count"]) == (expected.part_count, expected.node_count)
+    # Plain data only: the result crosses a process boundary and is stored as JSON.
+    json.dumps(result, allow_nan=False)
+    pickle.loads(pickle.dumps(result))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", cad_fixtures.names(readable=False))
+def test_unreadable_generated_file_is_a_clear_error(cad_files: CadFiles, name: str) -> None:
+    fmt = cad_files.expected[name].format
+    with pytest.raises(CadFileError, match=f"not a readable {'OpenCascade BREP' if fmt == 'BREP' else fmt} file"):
+        analyze_file(str(cad_files.path(name)))
+
+
+def test_assembly_bom_nodes(generated: Analyze, cad_files: CadFiles) -> None:
+    """Per-node figures of the generated assembly: volumes per product, sums per assembly, the part numbers."""
+    result = generated("assembly.step")
+    root = result["bom"][0]
+    nodes = list(walk(root))
+    for node in nodes:
+        assert node["unit_of_measure"] == "EA" and node["depth"] == node["path"].count(".") + 1
+        assert node["is_assembly"] is bool(node["children"])
+        if not node["children"]:
+            wanted = cad_fixtures.PART_VOLUMES[node["part_name"]]
+            assert math.isclose(node["volume_mm3"], wanted, rel_tol=EXACT), node["part_name"]
+    by_path = {node["path"]: node for node in nodes}
+    # The nut is one product wherever it is used, so one volume; its rows are counted per parent.
+    nuts = [node for node in nodes if node["part_name"] == "nut"]
+    assert [n["quantity"] for n in nuts] == [1, 2] and len({n["volume_mm3"] for n in nuts}) == 1
+    assert by_path["0001.0003.0002"]["reference_designator"] == "nut_1, nut_2"
+    assert cad_fixtures.ASSEMBLY_INSTANCES["nut"] == 6
+    # An assembly's volume is the sum of its children's, counted by quantity; the root's is the file's.
+    for node in nodes[1:]:
+        if node["children"]:
+            total = sum(c["volume_mm3"] * c["quantity"] for c in node["children"])
+            assert math.isclose(node["volume_mm3"], total, rel_tol=1e-9)
+    assert root["volume_mm3"] == result["geometry"]["volume_mm3"]
+    assert math.isclose(
+        sum(c["volume_mm3"] * c["quantity"] for c in root["children"]), root["volume_mm3"], rel_tol=1e-9
+    )
+    # The root's part number is its STEP product id, not its name, like every other node's.
+    assert (root["part_name"], root["part_number"]) == ("demo-assembly", "DA-100")
+
+
+# -- the corpus against OpenCascade's own figures -----------------------------------------------------
+
+
+@corpus.mark
+@pytest.mark.parametrize("name", corpus.FILES)
+def test_corpus_file_matches_reference_figures(analyzed: Analyze, name: str) -> None:
+    expected = corpus.reference()[name]
     result = analyzed(name)
     topology, geometry = result["topology"], result["geometry"]
     assert (topology["solids"], topology["shells"], topology["faces"]) == (
@@ -110,6 +199,7 @@ def test_sample_matches_reference_figures(analyzed: Analyze, name: str) -> None:
     pickle.loads(pickle.dumps(result))
 
 
+@corpus.mark
 @pytest.mark.parametrize(
     "name",
     [
@@ -127,6 +217,7 @@ def test_closed_solids_are_valid(analyzed: Analyze, name: str) -> None:
     assert validation["validation_errors"] == []
 
 
+@corpus.mark
 @pytest.mark.parametrize("name", ["fan.stl", "torus_default_resolution.stl"])
 def test_closed_meshes_are_valid_with_a_mesh_warning(analyzed: Analyze, name: str) -> None:
     validation = analyzed(name)["validation"]
@@ -134,6 +225,7 @@ def test_closed_meshes_are_valid_with_a_mesh_warning(analyzed: Analyze, name: st
     assert {"MESH_ONLY", "UNITLESS_FORMAT"} <= codes(validation["warnings"])
 
 
+@corpus.mark
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -152,6 +244,7 @@ def test_models_without_a_closed_solid_are_reported_invalid(analyzed: Analyze, n
     assert all(item["message"] for item in validation["validation_errors"])
 
 
+@corpus.mark
 def test_splinecage_reports_counts_in_its_messages(analyzed: Analyze) -> None:
     errors = analyzed("splinecage.stp")["validation"]["validation_errors"]
     messages = {e["code"]: e["message"] for e in errors}
@@ -159,6 +252,7 @@ def test_splinecage_reports_counts_in_its_messages(analyzed: Analyze) -> None:
     assert "-6.57" in messages["NON_POSITIVE_VOLUME"]
 
 
+@corpus.mark
 @pytest.mark.parametrize(
     ("name", "unit", "symbol", "mm"),
     [
@@ -183,6 +277,7 @@ def test_source_length_unit(
     assert result["length_unit"] == "mm"
 
 
+@corpus.mark
 def test_inch_assembly_is_reported_in_millimetres(analyzed: Analyze) -> None:
     # The same AS1 plate, 5 x 6 inches in the AP203 file: the reader's conversion gives 127 x 152.4 mm.
     pe = analyzed("as1_pe_203.stp")
@@ -195,6 +290,7 @@ def test_inch_assembly_is_reported_in_millimetres(analyzed: Analyze) -> None:
 
 
 def shape_of(node: dict[str, Any]) -> tuple[Any, ...]:
+    """(name, quantity, depth, path, children...) of an extracted tree."""
     return (
         node["part_name"],
         node["quantity"],
@@ -204,7 +300,9 @@ def shape_of(node: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+@corpus.mark
 def test_as1_bom_tree_is_pinned(analyzed: Analyze) -> None:
+    """AS1's product structure, as the STEP file defines it: names, quantities, depths and paths."""
     result = analyzed("as1-oc-214.stp")
     assert len(result["bom"]) == 1
     assert shape_of(result["bom"][0]) == (
@@ -249,12 +347,7 @@ def test_as1_bom_tree_is_pinned(analyzed: Analyze) -> None:
     assert result["bom_node_count"] == 10
 
 
-def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node["children"]:
-        yield from walk(child)
-
-
+@corpus.mark
 def test_as1_bom_node_fields(analyzed: Analyze) -> None:
     result = analyzed("as1-oc-214.stp")
     root = result["bom"][0]
@@ -281,8 +374,10 @@ def test_as1_bom_node_fields(analyzed: Analyze) -> None:
     )
 
 
+@corpus.mark
 def test_ap203_bom_keeps_products_and_drops_representation_items(analyzed: Analyze) -> None:
     # Each AP203 part has a solid plus a construction-geometry compound; neither is a product.
+    """The AP203 export of AS1 yields the same products, none of its construction geometry."""
     root = analyzed("as1_pe_203.stp")["bom"][0]
     assert shape_of(root) == (
         "AS1_PE_ASM",
@@ -324,6 +419,7 @@ def test_ap203_bom_keeps_products_and_drops_representation_items(analyzed: Analy
     )
 
 
+@corpus.mark
 @pytest.mark.parametrize(
     ("name", "part_name", "part_number"),
     [
@@ -405,22 +501,24 @@ def test_display_name_names_an_unnamed_part(tmp_path: Path) -> None:
     assert analyze_file(str(path), "BREP")["bom"][0]["part_name"] == "a1b2c3"
 
 
-def test_progress_reports_each_stage_in_order(tmp_path: Path) -> None:
+def test_progress_reports_each_stage_in_order(cad_files: CadFiles) -> None:
     seen: list[tuple[int, int, str]] = []
-    analyze_file(str(SAMPLES / "as1-oc-214.stp"), "step", lambda c, t, m: seen.append((c, t, m)))
+    analyze_file(str(cad_files.path("assembly.step")), "step", lambda c, t, m: seen.append((c, t, m)))
     assert [(c, t) for c, t, _ in seen] == [(i, ANALYSIS_STAGES) for i in range(ANALYSIS_STAGES + 1)]
-    assert seen[-1][2] == "Done" and "18 parts" in seen[4][2]
+    parts = cad_files.expected["assembly.step"].part_count
+    assert seen[-1][2] == "Done" and f"{parts} parts" in seen[4][2]
 
 
-def test_glb_is_written_from_the_same_parse(tmp_path: Path) -> None:
-    out = tmp_path / "as1.glb"
+def test_glb_is_written_from_the_same_parse(tmp_path: Path, cad_files: CadFiles) -> None:
+    out = tmp_path / "assembly.glb"
     seen: list[tuple[int, int, str]] = []
     result = analyze_file(
-        str(SAMPLES / "as1-oc-214.stp"), glb_path=str(out), progress=lambda c, t, m: seen.append((c, t, m))
+        str(cad_files.path("assembly.step")), glb_path=str(out), progress=lambda c, t, m: seen.append((c, t, m))
     )
     data = out.read_bytes()
     assert data[:4] == b"glTF" and result["glb"]["bytes"] == len(data)
-    assert result["glb"]["triangles"] > 1000
+    # At least two triangles per face: the assembly's flat faces alone need that many.
+    assert result["glb"]["triangles"] >= 2 * (cad_files.expected["assembly.step"].faces or 0)
     assert seen[-1][:2] == (ANALYSIS_STAGES + 1, ANALYSIS_STAGES + 1)
     box = write_brep(BRepPrimAPI_MakeBox(1.0, 2.0, 3.0).Shape(), tmp_path / "box.brep")
     standalone = tessellate_to_glb(str(box), None, str(tmp_path / "box.glb"))
@@ -429,15 +527,6 @@ def test_glb_is_written_from_the_same_parse(tmp_path: Path) -> None:
 
 
 # -- bad input ends with a clear error, never a hang or a crash ---------------------------------------
-
-
-@pytest.mark.timeout(60)
-def test_truncated_step_is_a_clear_error(tmp_path: Path) -> None:
-    data = (SAMPLES / "as1-oc-214.stp").read_bytes()
-    path = tmp_path / "truncated.stp"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CadFileError, match="STEP"):
-        analyze_file(str(path))
 
 
 @pytest.mark.timeout(60)

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import pytest
 
 from processing.pool import JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed, WorkerError
+from tests.cad_fixtures import CadFiles
 from tests.processing import workers
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO.parent / "shared" / "cad-samples"
 W = "tests.processing.workers:"
 T = TypeVar("T")
 
@@ -324,20 +324,23 @@ def test_workers_do_not_import_the_server(tmp_path: Path) -> None:
     ]
 
 
-def test_analysis_runs_in_the_pool_with_progress() -> None:
+def test_analysis_runs_in_the_pool_with_progress(cad_files: CadFiles, tmp_path: Path) -> None:
+    not_cad = tmp_path / "README.md"
+    not_cad.write_text("# Not a CAD file\n")
+
     async def test(pool: ProcessPool) -> None:
         seen: list[tuple[int, int, str]] = []
         result = await pool.run(
             "processing.cad:analyze_file",
-            str(SAMPLES / "as1-oc-214.stp"),
+            str(cad_files.path("assembly.step")),
             "STEP",
             on_progress=lambda c, t, m: seen.append((c, t, m)),
             timeout=60,
         )
-        assert result["bom_part_count"] == 18
+        assert result["bom_part_count"] == cad_files.expected["assembly.step"].part_count
         assert [c for c, _, _ in seen] == [0, 1, 2, 3, 4, 5]
         with pytest.raises(WorkerError) as raised:
-            await pool.run("processing.cad:analyze_file", str(SAMPLES / "README.md"), "STEP", timeout=60)
+            await pool.run("processing.cad:analyze_file", str(not_cad), "STEP", timeout=60)
         assert raised.value.remote_type == "processing.cad.CadFileError"
 
     with_pool(test, size=1, preload=("processing.cad",))

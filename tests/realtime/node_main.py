@@ -13,7 +13,7 @@ from tornado.httpserver import HTTPServer
 from handlers import websocket
 from realtime import BrokerConfig, Gateway, RealtimeConfig
 from realtime.redis_broker import RedisBroker
-from tests.realtime.conftest import Policy, make_commands
+from tests.realtime.standins import Policy, make_commands
 
 
 async def serve(port: int, redis_url: str, prefix: str, presence_ttl: float, history_size: int) -> None:
@@ -30,9 +30,7 @@ async def serve(port: int, redis_url: str, prefix: str, presence_ttl: float, his
     )
     ref.append(gateway)
     await gateway.start()
-    server = HTTPServer(
-        tornado.web.Application(websocket.routes, services=SimpleNamespace(extra={"realtime": gateway}))
-    )
+    server = HTTPServer(tornado.web.Application(websocket.routes, services=SimpleNamespace(realtime=gateway)))
     server.listen(port, "127.0.0.1")
     print("ready", flush=True)
     stopping = asyncio.Event()

@@ -16,7 +16,7 @@ import redis
 from models.database import free_port
 from realtime import protocol as p
 from tests.realtime.client import Client
-from tests.realtime.conftest import Policy
+from tests.realtime.standins import Policy
 
 REPO = Path(__file__).resolve().parents[2]
 

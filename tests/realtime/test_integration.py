@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PASSWORD, World
+from tests.helpers import PASSWORD, World, cad, team, upload
 from tests.realtime.client import Client
-from tests.test_designs import SAMPLES, setup_team, upload
 
 
 async def ready_review(world: World, db: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
     """A team, a READY design and an open review with the member and admin as reviewers."""
-    org, people, series_id = await setup_team(world)
-    design = await upload(people["owner"], series_id, "wire.brep", (SAMPLES / "wire.brep").read_bytes())
+    org, people, series_id = await team(world)
+    design = await upload(people["owner"], series_id, "wire.brep", cad("wire.brep"))
     await db.designs.update_one({"_id": design["id"]}, {"$set": {"status": "READY"}})
     review = await people["owner"].api.post(
         "/api/reviews/", {"design_asset": design["id"], "reviewers": [people["member"].id, people["admin"].id]}
@@ -33,6 +32,7 @@ def ws_url(base_url: str) -> str:
 async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reaches_rest(
     world: World, db: Any, base_url: str
 ) -> None:
+    """A REST write reaches JSON and msgpack sockets alike; a socket command goes through the REST rules."""
     _, people, design, review_id = await ready_review(world, db)
     as_json = await Client.connect(ws_url(base_url), token=people["member"].token)
     as_msgpack = await Client.connect(ws_url(base_url), codec="msgpack", token=people["admin"].token)
@@ -88,10 +88,8 @@ async def test_rest_markup_reaches_sockets_in_both_codecs_and_socket_markup_reac
 
 @pytest.mark.gen_test(timeout=60)
 async def test_channels_follow_the_access_policy(world: World, db: Any, base_url: str) -> None:
-    org, people, series_id = await setup_team(world)
-    itar = await upload(
-        people["owner"], series_id, "itar.brep", (SAMPLES / "wire.brep").read_bytes(), classification="ITAR"
-    )
+    org, people, series_id = await team(world)
+    itar = await upload(people["owner"], series_id, "itar.brep", cad("wire.brep"), classification="ITAR")
     foreign = await Client.connect(ws_url(base_url), token=people["foreign"].token)
     refused = await foreign.request("subscribe", channel=f"design:{itar['id']}")
     assert refused["type"] == "error" and refused["error"]["code"] == "ITAR_VIOLATION"
@@ -113,7 +111,7 @@ async def test_channels_follow_the_access_policy(world: World, db: Any, base_url
     await people["owner"].api.patch(f"/api/designs/{itar['id']}/", {"revision": "B"})
     update = await owner.next_event("design.updated")
     assert update["data"]["design_id"] == itar["id"]
-    open_design = await upload(people["owner"], series_id, "open.brep", (SAMPLES / "wire.brep").read_bytes())
+    open_design = await upload(people["owner"], series_id, "open.brep", cad("wire.brep"))
     first_seen = await foreign.next_event()
     assert first_seen["data"]["design_id"] == open_design["id"], "the ITAR event must not have reached them"
     for client in (foreign, outsider, owner):
@@ -136,7 +134,7 @@ async def test_access_revoked_mid_session_ends_the_subscription(world: World, db
         people["owner"],
         (await db.series.find_one({}))["_id"],
         "s.brep",
-        (SAMPLES / "wire.brep").read_bytes(),
+        cad("wire.brep"),
         classification="SECRET",
     )
     member = await Client.connect(ws_url(base_url), token=people["member"].token)
@@ -206,9 +204,9 @@ class TestJobProgressOverSockets:
 
     @pytest.mark.gen_test(timeout=90)
     async def test_progress_and_status_are_pushed(self, world: World, db: Any, base_url: str) -> None:
-        _, people, series_id = await setup_team(world)
+        _, people, series_id = await team(world)
         listener = await Client.connect(ws_url(base_url), token=people["member"].token)
-        data = (SAMPLES / "as1-oc-214.stp").read_bytes()
+        data = cad("assembly.step")
         member = people["member"].api
         url = await member.post("/api/designs/upload-url/", {"filename": "as1.stp", "file_size": len(data)})
         await people["member"].api.request("PUT", url.json["upload_url"], raw=data)

@@ -16,7 +16,7 @@ from realtime.codec import JSON, MSGPACK, build_frame, select_protocol
 from realtime.events import Event, parse_channel
 from realtime.gateway import Gateway
 from realtime.session import Credential, credential_from
-from tests.realtime.conftest import ALICE, Policy, make_commands
+from tests.realtime.standins import ALICE, Policy, make_commands
 
 
 class FakeTransport:

@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.helpers import ROOT_PASSWORD, cad, shared_servers
 from tests.realtime.client import Client
-from tests.test_server_process import ROOT_PASSWORD, shared_servers
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -49,7 +47,7 @@ async def test_a_write_on_one_process_reaches_sockets_on_both(two_servers: list[
     for client in listeners:
         await client.ok("subscribe", channel=f"org:{org['id']}")
     await call(b, "PATCH", f"/api/series/{series['id']}/", {"name": "renamed"}, token)  # a write on B, no event
-    data = (REPO.parent / "shared" / "cad-samples" / "wire.brep").read_bytes()
+    data = cad("wire.brep")
     boundary = uuid.uuid4().hex
     body = (
         (

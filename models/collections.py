@@ -1,0 +1,29 @@
+"""The name of every MongoDB collection (and id sequence) Enginel uses; modules import them from here."""
+
+from __future__ import annotations
+
+# Identity and tenancy
+USERS = "users"
+SESSIONS = "auth_sessions"
+API_KEYS = "api_keys"
+ORGANIZATIONS = "organizations"
+MEMBERSHIPS = "memberships"
+
+# Designs and what hangs off them
+SERIES = "series"
+DESIGNS = "designs"
+UPLOADS = "uploads"
+MATERIALS = "materials"
+JOBS = "analysis_jobs"
+BOM_NODES = "bom_nodes"
+REVIEWS = "reviews"
+MARKUPS = "markups"
+
+# The platform
+AUDIT_LOG = "audit_log"
+COUNTERS = "counters"  # one document per id sequence (models.database.next_id)
+META = "meta"  # the deployment's identity document
+CAD_FILES = "cadfiles"  # GridFS bucket prefix: <bucket>.files, .chunks, .uploads
+
+# Integer id sequences drawn by next_id(); a collection's own name where its documents use them.
+MARKUP_REPLIES = "markup_replies"
