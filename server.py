@@ -16,7 +16,7 @@ import tornado.web
 
 from config import Settings, load_settings
 from handlers import audit as audit_handlers
-from handlers import auth, designs, health, materials, organizations, users, viewables, web, websocket
+from handlers import auth, designs, health, invitations, materials, organizations, users, viewables, web, websocket
 from handlers import bom as bom_handlers
 from handlers import jobs as job_handlers
 from handlers import markups as markup_handlers
@@ -32,6 +32,7 @@ from models.designs import Designs
 from models.errors import APIError, ServiceUnavailable
 from models.events import Publisher
 from models.identity import Identity, IdentityConfig
+from models.invitations import InvitationConfig, Invitations
 from models.jobs import Jobs
 from models.markups import Markups
 from models.materials import Materials
@@ -58,6 +59,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         *auth.routes,
         *users.routes,
         *organizations.routes,
+        *invitations.routes,
         *designs.routes,
         *materials.routes,
         *audit_handlers.routes,
@@ -198,6 +200,7 @@ class Runtime:
                 lockout_seconds=settings.login_lockout_seconds,
                 argon2_time_cost=settings.argon2_time_cost,
                 argon2_memory_kib=settings.argon2_memory_kib,
+                max_api_keys=settings.max_api_keys_per_user,
             ),
             publisher=publisher,
         )
@@ -227,6 +230,13 @@ class Runtime:
             secret=instance["secret"],
             identity=identity,
             orgs=orgs,
+            invitations=Invitations(
+                db,
+                orgs,
+                InvitationConfig(
+                    ttl_seconds=settings.invitation_ttl, max_pending_per_org=settings.max_pending_invitations
+                ),
+            ),
             users=Users(db, identity, orgs, publisher=publisher),
             limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
             storage=storage,
