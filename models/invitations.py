@@ -226,14 +226,14 @@ class Invitations:
         self, principal: Principal, actor: audit.Actor, *, invitation_id: str | None = None, token: str | None = None
     ) -> None:
         doc = await self._take(principal, self._query(invitation_id, token))
+        # Outside the organization's trail: its admins would otherwise learn who the invitee is without consent.
         await audit.record(
             self.db,
             actor,
             "DECLINE_INVITATION",
             "Invitation",
             doc["_id"],
-            organization_id=doc["organization_id"],
-            changes={"role": doc["role"]},
+            changes={"organization": doc["organization_id"], "role": doc["role"]},
         )
 
 
