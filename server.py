@@ -16,7 +16,7 @@ import tornado.web
 
 from config import Settings, load_settings
 from handlers import audit as audit_handlers
-from handlers import auth, designs, health, materials, organizations, users, viewables, web, websocket
+from handlers import auth, designs, health, invitations, materials, organizations, users, viewables, web, websocket
 from handlers import bom as bom_handlers
 from handlers import jobs as job_handlers
 from handlers import markups as markup_handlers
@@ -33,6 +33,7 @@ from models.embedded_db import DirectoryInUse
 from models.errors import APIError, ServiceUnavailable
 from models.events import Publisher
 from models.identity import Identity, IdentityConfig
+from models.invitations import InvitationConfig, Invitations
 from models.jobs import Jobs
 from models.markups import Markups
 from models.materials import Materials
@@ -59,6 +60,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         *auth.routes,
         *users.routes,
         *organizations.routes,
+        *invitations.routes,
         *designs.routes,
         *materials.routes,
         *audit_handlers.routes,
@@ -197,6 +199,7 @@ class Runtime:
                 lockout_seconds=settings.login_lockout_seconds,
                 argon2_time_cost=settings.argon2_time_cost,
                 argon2_memory_kib=settings.argon2_memory_kib,
+                max_api_keys=settings.max_api_keys_per_user,
             ),
             publisher=publisher,
         )
@@ -226,6 +229,13 @@ class Runtime:
             secret=instance["secret"],
             identity=identity,
             orgs=orgs,
+            invitations=Invitations(
+                db,
+                orgs,
+                InvitationConfig(
+                    ttl_seconds=settings.invitation_ttl, max_pending_per_org=settings.max_pending_invitations
+                ),
+            ),
             users=Users(db, identity, orgs, publisher=publisher),
             limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
             storage=storage,

@@ -113,13 +113,24 @@ class Settings(BaseSettings):
     )
     access_token_ttl: int = Field(86400, ge=60, description="Seconds an access token lives.")
     refresh_token_ttl: int = Field(30 * 86400, ge=300, description="Seconds a refresh token lives.")
-    login_max_failures: int = Field(5, ge=1, description="Failed logins in a row that lock an account.")
-    login_lockout_seconds: int = Field(900, ge=1, description="Seconds a locked account stays locked.")
+    login_max_failures: int = Field(
+        5, ge=1, description="Failed logins in a row from one client address that lock the account for that address."
+    )
+    login_lockout_seconds: int = Field(
+        900, ge=1, description="Seconds an account stays locked for that address (and the window failures count in)."
+    )
     login_attempts_per_minute: int = Field(
         20, ge=1, description="Login attempts allowed per client address per minute (429 above)."
     )
     argon2_time_cost: int = Field(3, ge=1, description="argon2id time cost for password hashes.")
     argon2_memory_kib: int = Field(65536, ge=8, description="argon2id memory cost in KiB for password hashes.")
+    max_api_keys_per_user: int = Field(20, ge=1, le=1000, description="Live API keys one user may hold.")
+    invitation_ttl: int = Field(
+        7 * 86400, ge=60, description="Seconds an invitation to join an organization stays open."
+    )
+    max_pending_invitations: int = Field(
+        100, ge=1, le=100_000, description="Pending invitations one organization may have at once."
+    )
     self_service_organizations: bool = Field(
         False, description="Let any signed-in user create an organization (they become its OWNER)."
     )

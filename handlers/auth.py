@@ -30,7 +30,8 @@ class LoginHandler(APIHandler):
             samesite="Strict",
         )
         self.set_cookie(XSRF_COOKIE, tokens["xsrf_token"], secure=self.config.cookie_secure, samesite="Strict")
-        rendered = (await self.services.users.render_many([user]))[0]
+        me = await self.services.identity.principal_for(user["_id"])
+        rendered = (await self.services.users.render_many(me, [user]))[0]
         self.write_json({**tokens, "user": rendered})
 
 
@@ -69,7 +70,7 @@ class VerifyHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
         principal = self.require_principal()
-        user = (await self.services.users.render_many([principal.user]))[0]
+        user = (await self.services.users.render_many(principal, [principal.user]))[0]
         self.write_json({"valid": True, "via": principal.via, "scopes": sorted(principal.scopes), "user": user})
 
 

@@ -36,6 +36,7 @@ from models.errors import (
 )
 from models.events import Publisher
 from models.identity import Identity
+from models.invitations import Invitations
 from models.jobs import Jobs
 from models.markups import Markups
 from models.materials import Materials
@@ -91,6 +92,7 @@ class Services:
     secret: str  # deployment-wide: signs cookies and upload URLs
     identity: Identity
     orgs: Organizations
+    invitations: Invitations
     users: Users
     limiter: RateLimiter
     storage: Storage
@@ -263,9 +265,11 @@ class APIHandler(BaseHandler):
             principal = await identity.authenticate_token(cookie.decode())
             principal.via = "cookie"
             if self.request.method not in SAFE_METHODS:
+                # Compared with the token stored with this session, not with a cookie: a cookie another site
+                # (or a sibling subdomain) planted next to the session cookie proves nothing.
                 sent = self.request.headers.get(XSRF_HEADER, "")
-                expected = self.get_cookie(XSRF_COOKIE, "")
-                if not sent or not expected or not hmac.compare_digest(sent, expected):
+                expected = principal.xsrf or ""
+                if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
                     raise PermissionDenied(
                         "Missing or wrong XSRF token for a cookie-authenticated request.", code="XSRF_FAILED"
                     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.base import UUID, APIHandler, authenticated
+from models.invitations import render_added
 from models.organizations import MemberIn, MemberPatch, OrganizationIn, OrganizationPatch
 
 
@@ -67,13 +68,15 @@ class MembersHandler(APIHandler):
 
 
 class AddMemberHandler(APIHandler):
-    """POST: add a user with a role."""
+    """POST: platform staff add a user with a role (201, the membership); an OWNER/ADMIN invites a user id or an
+    e-mail address (202, the invitation, the same whether or not the user exists)."""
 
     @authenticated
     async def post(self, org_id: str) -> None:
         body = self.parse_body(MemberIn)
-        member = await self.services.orgs.add_member(self.require_principal(), org_id, body, self.actor)
-        self.write_json(member, status=201)
+        added = await self.services.invitations.add_member(self.require_principal(), org_id, body, self.actor)
+        status, rendered = render_added(added)
+        self.write_json(rendered, status=status)
 
 
 class MemberHandler(APIHandler):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.base import APIHandler, authenticated
-from models.users import UserAdminPatch, UserCreate
+from models.policy import Principal
+from models.users import UserAdminPatch, UserCreate, Users
 
 
 class UsersHandler(APIHandler):
@@ -18,9 +21,10 @@ class UsersHandler(APIHandler):
 
     @authenticated
     async def post(self) -> None:
+        principal = self.require_principal()
         body = self.parse_body(UserCreate)
-        user = await self.services.users.create(self.require_principal(), body, self.actor)
-        self.write_json((await self.services.users.render_many([user]))[0], status=201)
+        user = await self.services.users.create(principal, body, self.actor)
+        self.write_json((await self.services.users.render_many(principal, [user]))[0], status=201)
 
 
 class MeHandler(APIHandler):
@@ -29,15 +33,15 @@ class MeHandler(APIHandler):
     @authenticated
     async def get(self) -> None:
         principal = self.require_principal()
-        self.write_json((await self.services.users.render_many([principal.user]))[0])
+        self.write_json((await self.services.users.render_many(principal, [principal.user]))[0])
 
     @authenticated
     async def patch(self) -> None:
         principal = self.require_principal()
         # The admin model, so an attempt at self-escalation is refused as such (403, audited), not as a typo.
         body = self.parse_body(UserAdminPatch)
-        user = await self.services.users.update(principal, principal.id, body, self.actor)
-        self.write_json((await self.services.users.render_many([user]))[0])
+        user, sessions_ended = await self.services.users.update(principal, principal.id, body, self.actor)
+        self.write_json(await render_updated(self.services.users, principal, user, sessions_ended))
 
 
 class UserHandler(APIHandler):
@@ -45,14 +49,27 @@ class UserHandler(APIHandler):
 
     @authenticated
     async def get(self, user_id: str) -> None:
-        user = await self.services.users.get_visible(self.require_principal(), int(user_id))
-        self.write_json((await self.services.users.render_many([user]))[0])
+        principal = self.require_principal()
+        user = await self.services.users.get_visible(principal, int(user_id))
+        self.write_json((await self.services.users.render_many(principal, [user]))[0])
 
     @authenticated
     async def patch(self, user_id: str) -> None:
+        principal = self.require_principal()
         body = self.parse_body(UserAdminPatch)
-        user = await self.services.users.update(self.require_principal(), int(user_id), body, self.actor)
-        self.write_json((await self.services.users.render_many([user]))[0])
+        user, sessions_ended = await self.services.users.update(principal, int(user_id), body, self.actor)
+        self.write_json(await render_updated(self.services.users, principal, user, sessions_ended))
+
+
+async def render_updated(
+    users: Users, principal: Principal, user: dict[str, Any], sessions_ended: int | None
+) -> dict[str, Any]:
+    """The user after an edit; after a password change, also how many other sessions it ended (API keys are
+    independent of the password and stay)."""
+    rendered = (await users.render_many(principal, [user]))[0]
+    if sessions_ended is not None:
+        rendered["sessions_ended"] = sessions_ended
+    return rendered
 
 
 routes = [

@@ -8,6 +8,8 @@ SESSIONS = "auth_sessions"
 API_KEYS = "api_keys"
 ORGANIZATIONS = "organizations"
 MEMBERSHIPS = "memberships"
+INVITATIONS = "invitations"  # pending invitations to join an organization
+LOGIN_FAILURES = "login_failures"  # failed sign-ins per (account, client address), for the lockout
 
 # Designs and what hangs off them
 SERIES = "series"

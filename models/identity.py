@@ -9,7 +9,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -19,9 +19,17 @@ from pymongo import IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.collections import API_KEYS, MEMBERSHIPS, ORGANIZATIONS, SESSIONS, USERS
+from models.collections import API_KEYS, LOGIN_FAILURES, MEMBERSHIPS, ORGANIZATIONS, SESSIONS, USERS
 from models.database import Db, next_id, register_indexes, utcnow
-from models.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied, TokenExpired, ValidationFailed
+from models.errors import (
+    AuthenticationFailed,
+    Conflict,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    TokenExpired,
+    ValidationFailed,
+)
 from models.events import NullPublisher, Publisher, access_changed
 from models.policy import Clearance, Principal, Role
 from models.schema import Input
@@ -47,6 +55,7 @@ register_indexes(
     ],
 )
 register_indexes(API_KEYS, [IndexModel("prefix", unique=True), IndexModel("user_id")])
+register_indexes(LOGIN_FAILURES, [IndexModel("expires_at")])
 register_indexes(
     MEMBERSHIPS, [IndexModel([("organization_id", 1), ("user_id", 1)], unique=True), IndexModel("user_id")]
 )
@@ -81,6 +90,7 @@ class IdentityConfig:
     lockout_seconds: int = 900
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
+    max_api_keys: int = 20  # live keys per user
 
 
 class Passwords:
@@ -125,6 +135,7 @@ class Identity:
         # Ended sessions and revoked keys also end the live sockets that authenticated with them.
         self.publisher: Publisher = publisher or NullPublisher()
         self.passwords = Passwords(config.argon2_time_cost, config.argon2_memory_kib)
+        self._last_prune = datetime.min.replace(tzinfo=UTC)
 
     # ------------------------------------------------------------------ users
 
@@ -164,8 +175,6 @@ class Identity:
             "is_active": True,
             "date_joined": utcnow(),
             "password_hash": await self.passwords.hash(password),
-            "failed_logins": 0,
-            "locked_until": None,
         }
         if email:
             doc["email_lower"] = email.lower()
@@ -212,53 +221,64 @@ class Identity:
     async def login(
         self, identifier: str, password: str, *, device: str, ip: str | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Check credentials and open a new session. Unknown user, wrong password, inactive or locked
-        account all give the same 401 after the same amount of hashing work."""
+        """Check credentials and open a new session. Unknown user, wrong password, inactive or locked account
+        all give the same 401 after the same work: one password hash, one failure count and one audit entry,
+        so neither the answer nor its timing tells whether the username exists."""
         key = identifier.strip().lower()
         user = await self.db[USERS].find_one({"$or": [{"username_lower": key}, {"email_lower": key}]})
-        ok = await self.passwords.verify(user["password_hash"] if user else None, password)
+        # Failures count per account and client address: a stranger's guesses lock out only the stranger.
+        subject = f"user:{user['_id']}" if user else f"name:{sha256(key)}"
+        attempt_id = f"{subject}|{ip or '-'}"
         now = utcnow()
-        failure = AuthenticationFailed("Invalid username or password.")
-        if user is None:
-            raise failure
-        if user.get("locked_until") and user["locked_until"] > now:
-            await audit.record(
-                self.db, audit.Actor(user["_id"], user["username"], ip, device), "LOGIN_LOCKED", "User", user["_id"]
-            )
-            raise failure
-        if not ok or not user.get("is_active", True):
-            updated = await self.db[USERS].find_one_and_update(
-                {"_id": user["_id"]}, {"$inc": {"failed_logins": 1}}, return_document=ReturnDocument.AFTER
-            )
-            failures = int(updated["failed_logins"]) if updated else 0
-            changes: dict[str, Any] = {"failed_logins": failures}
-            if failures >= self.config.max_failures:
-                until = now + timedelta(seconds=self.config.lockout_seconds)
-                await self.db[USERS].update_one(
-                    {"_id": user["_id"]}, {"$set": {"locked_until": until, "failed_logins": 0}}
-                )
-                changes["locked_until"] = until
-            await audit.record(
-                self.db,
-                audit.Actor(user["_id"], user["username"], ip, device),
-                "LOCKOUT" if "locked_until" in changes else "LOGIN_FAILED",
-                "User",
-                user["_id"],
-                changes=changes,
-            )
-            raise failure
+        attempts = await self.db[LOGIN_FAILURES].find_one({"_id": attempt_id})
+        locked = bool(attempts and attempts.get("locked_until") and attempts["locked_until"] > now)
+        ok = await self.passwords.verify(user["password_hash"] if user else None, password)
+        if user is None or locked or not ok or not user.get("is_active", True):
+            await self._login_failed(attempt_id, user, key, locked, ip=ip, device=device)
+            raise AuthenticationFailed("Invalid username or password.")
         if self.passwords.hasher.check_needs_rehash(user["password_hash"]):
             await self.db[USERS].update_one(
                 {"_id": user["_id"]}, {"$set": {"password_hash": await self.passwords.hash(password)}}
             )
-        await self.db[USERS].update_one(
-            {"_id": user["_id"]}, {"$set": {"failed_logins": 0, "locked_until": None, "last_login": now}}
-        )
+        await self.db[USERS].update_one({"_id": user["_id"]}, {"$set": {"last_login": now}})
+        await self.db[LOGIN_FAILURES].delete_one({"_id": attempt_id})
         tokens = await self.open_session(user, device=device, ip=ip)
         await audit.record(
             self.db, audit.Actor(user["_id"], user["username"], ip, device), "LOGIN", "User", user["_id"]
         )
         return user, tokens
+
+    async def _login_failed(
+        self, attempt_id: str, user: dict[str, Any] | None, key: str, locked: bool, *, ip: str | None, device: str
+    ) -> None:
+        """Count one failure of (account, address), lock that pair at the limit, and audit it; an unknown name
+        takes exactly this path too."""
+        now = utcnow()
+        changes: dict[str, Any] = {} if user else {"identifier": key[:150]}
+        if locked:
+            action = "LOGIN_LOCKED"
+        else:
+            window = now + timedelta(seconds=self.config.lockout_seconds)
+            counted = await self.db[LOGIN_FAILURES].find_one_and_update(
+                {"_id": attempt_id},
+                {"$inc": {"failures": 1}, "$set": {"expires_at": window}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            changes["failed_logins"] = failures = int(counted["failures"]) if counted else 1
+            action = "LOGIN_FAILED"
+            if failures >= self.config.max_failures:
+                await self.db[LOGIN_FAILURES].update_one(
+                    {"_id": attempt_id}, {"$set": {"locked_until": window, "failures": 0}}
+                )
+                changes["locked_until"] = window
+                action = "LOCKOUT"
+        actor = audit.Actor(user["_id"] if user else None, user["username"] if user else None, ip, device)
+        await audit.record(self.db, actor, action, "User", user["_id"] if user else "unknown", changes=changes)
+        if (now - self._last_prune).total_seconds() > 60:
+            # Bounded: a pair's record lives only as long as its counting window or lock.
+            self._last_prune = now
+            await self.db[LOGIN_FAILURES].delete_many({"expires_at": {"$lt": now}})
 
     async def open_session(self, user: dict[str, Any], *, device: str, ip: str | None) -> dict[str, Any]:
         access, refresh = ACCESS_PREFIX + secrets.token_urlsafe(32), REFRESH_PREFIX + secrets.token_urlsafe(32)
@@ -355,6 +375,16 @@ class Identity:
             raise NotFound("Session not found.")
         await access_changed(self.publisher, user_id, "session ended")
 
+    async def end_other_sessions(self, user_id: int, keep: str | None, reason: str) -> int:
+        """End every live session of the user but `keep` (the caller's own); their sockets close. How many ended."""
+        result = await self.db[SESSIONS].update_many(
+            {"user_id": user_id, "revoked_at": None, "_id": {"$ne": keep}},
+            {"$set": {"revoked_at": utcnow(), "revoked_reason": reason}},
+        )
+        if result.modified_count:
+            await access_changed(self.publisher, user_id, reason)
+        return int(result.modified_count)
+
     async def logout(self, principal: Principal, actor: audit.Actor) -> None:
         """End the session the caller signed in with (an API key has none: revoke the key instead)."""
         if principal.session_id is None:
@@ -389,6 +419,13 @@ class Identity:
             raise ValidationFailed(
                 "Unknown scope.", field_errors={"scopes": [f"Unknown scope '{s}'." for s in unknown]}
             )
+        live = {
+            "user_id": principal.id,
+            "revoked_at": None,
+            "$or": [{"expires_at": None}, {"expires_at": {"$gt": utcnow()}}],
+        }
+        if await self.db[API_KEYS].count_documents(live) >= self.config.max_api_keys:
+            raise self._too_many_keys()
         prefix = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
         doc = {
@@ -404,10 +441,21 @@ class Identity:
             "revoked_at": None,
         }
         await self.db[API_KEYS].insert_one(doc)
+        if await self.db[API_KEYS].count_documents(live) > self.config.max_api_keys:
+            # Concurrent creations both passed the count: the late ones give their place back.
+            await self.db[API_KEYS].delete_one({"_id": doc["_id"]})
+            raise self._too_many_keys()
         await audit.record(
             self.db, actor, "CREATE", "ApiKey", doc["_id"], changes={"name": data.name, "scopes": doc["scopes"]}
         )
         return doc, f"{API_KEY_PREFIX}{prefix}_{secret}"
+
+    def _too_many_keys(self) -> LimitExceeded:
+        return LimitExceeded(
+            f"A user may hold at most {self.config.max_api_keys} live API keys; revoke one first.",
+            code="LIMIT_EXCEEDED",
+            title="Limit exceeded",
+        )
 
     async def list_api_keys(self, user_id: int) -> list[dict[str, Any]]:
         cursor = self.db[API_KEYS].find({"user_id": user_id, "revoked_at": None}, sort=[("created_at", -1)])
@@ -434,7 +482,7 @@ class Identity:
         if (now - session["last_used_at"]).total_seconds() > 60:  # bounded write rate per session
             await self.db[SESSIONS].update_one({"_id": session["_id"]}, {"$set": {"last_used_at": now}})
         principal = await self.principal_for(session["user_id"], via="token")
-        principal.session_id = session["_id"]
+        principal.session_id, principal.xsrf = session["_id"], session.get("xsrf")
         return principal
 
     async def authenticate_api_key(self, key: str) -> Principal:
@@ -472,21 +520,34 @@ class Identity:
             ):
                 raise AuthenticationFailed("The API key was revoked or expired.")
         fresh = await self.principal_for(old.id, via=old.via)
-        fresh.scopes, fresh.session_id, fresh.api_key_id = old.scopes, old.session_id, old.api_key_id
+        fresh.scopes, fresh.session_id = old.scopes, old.session_id
+        fresh.api_key_id, fresh.xsrf = old.api_key_id, old.xsrf
         return fresh
 
     async def principal_for(self, user_id: int, via: str = "token") -> Principal:
+        """The user's current access: their roles in active organizations (a deactivated organization grants its
+        members nothing; staff keep their platform view) and the US organizations among them."""
         user = await self.db[USERS].find_one({"_id": user_id}, projection={"password_hash": 0})
         if user is None or not user.get("is_active", True):
             raise AuthenticationFailed("This account is disabled.")
-        memberships = {
-            m["organization_id"]: Role(m["role"]) async for m in self.db[MEMBERSHIPS].find({"user_id": user_id})
+        roles = {m["organization_id"]: Role(m["role"]) async for m in self.db[MEMBERSHIPS].find({"user_id": user_id})}
+        if user.get("is_staff"):
+            us_orgs = frozenset(
+                [
+                    o["_id"]
+                    async for o in self.db[ORGANIZATIONS].find({"is_us_organization": True}, projection={"_id": 1})
+                ]
+            )
+            return Principal(user=user, memberships=roles, us_orgs=us_orgs, via=via)
+        orgs = {
+            o["_id"]: o
+            async for o in self.db[ORGANIZATIONS].find(
+                {"_id": {"$in": list(roles)}}, projection={"is_active": 1, "is_us_organization": 1}
+            )
         }
-        org_filter: dict[str, Any] = {"is_us_organization": True}
-        if not user.get("is_staff"):
-            org_filter["_id"] = {"$in": list(memberships)}
-        us_orgs = frozenset([o["_id"] async for o in self.db[ORGANIZATIONS].find(org_filter, projection={"_id": 1})])
-        return Principal(user=user, memberships=memberships, us_orgs=us_orgs, via=via)
+        active = {org_id: role for org_id, role in roles.items() if orgs.get(org_id, {}).get("is_active", False)}
+        us_orgs = frozenset(org_id for org_id in active if orgs[org_id].get("is_us_organization"))
+        return Principal(user=user, memberships=active, us_orgs=us_orgs, via=via)
 
 
 def render_session(doc: dict[str, Any], current_id: str | None) -> dict[str, Any]:

@@ -6,12 +6,13 @@ import uuid
 from enum import Enum
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 from pymongo import IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from models import audit
-from models.collections import DESIGNS, MEMBERSHIPS, ORGANIZATIONS, SERIES, USERS
+from models.collections import DESIGNS, INVITATIONS, MEMBERSHIPS, ORGANIZATIONS, SERIES, USERS
 from models.database import Db, next_id, register_indexes, utcnow
 from models.errors import Conflict, LimitExceeded, NotFound, PermissionDenied, ValidationFailed
 from models.events import NullPublisher, Publisher, access_changed
@@ -65,8 +66,17 @@ STAFF_ONLY_FIELDS = frozenset({"is_us_organization", "subscription_tier", "max_u
 
 
 class MemberIn(Input):
-    user_id: int = Field(ge=1)
+    """Whom to add: an existing user's id, or an e-mail address to invite; exactly one of them."""
+
+    user_id: int | None = Field(None, ge=1, le=2**53)
+    email: str | None = Field(None, pattern=EMAIL_PATTERN, max_length=254)
     role: Role = Role.MEMBER
+
+    @model_validator(mode="after")
+    def _one_invitee(self) -> MemberIn:
+        if (self.user_id is None) == (self.email is None):
+            raise PydanticCustomError("one_invitee", "Give either user_id or email.")
+        return self
 
 
 class MemberPatch(Input):
@@ -132,7 +142,7 @@ class Organizations:
         return doc
 
     async def create(self, principal: Principal, data: OrganizationIn, actor: audit.Actor) -> dict[str, Any]:
-        if not principal.is_staff:
+        if not principal.is_platform_admin:
             if not self.self_service:
                 raise PermissionDenied("Only platform administrators create organizations here.")
             if "admin" not in principal.scopes:
@@ -177,7 +187,7 @@ class Organizations:
         doc = await self.get_visible(principal, org_id)
         require(principal, "org.update", org_id)
         staff_set = sorted(f for f in patch if f in STAFF_ONLY_FIELDS and patch[f] != doc.get(f))
-        if staff_set and not principal.is_staff:
+        if staff_set and not principal.is_platform_admin:
             raise PermissionDenied("Only platform administrators change " + ", ".join(staff_set) + ".")
         changes = {k: {"old": doc.get(k), "new": v} for k, v in patch.items() if doc.get(k) != v}
         if not changes:
@@ -197,6 +207,9 @@ class Organizations:
         if updated is None:
             raise NotFound("Organization not found.")  # deleted meanwhile
         await audit.record(self.db, actor, "UPDATE", "Organization", org_id, organization_id=org_id, changes=changes)
+        if changes.keys() & {"is_us_organization", "is_active"}:
+            # Every member's ITAR access (and, inactive, all access) follows: live connections are checked again.
+            await access_changed(self.publisher, None, "organization_changed")
         return updated
 
     async def delete(self, principal: Principal, org_id: str, actor: audit.Actor) -> None:
@@ -205,6 +218,7 @@ class Organizations:
         if await self.db[SERIES].count_documents({"organization_id": org_id}, limit=1):
             raise Conflict("The organization still holds design series; delete or move them first.")
         await self.db[MEMBERSHIPS].delete_many({"organization_id": org_id})
+        await self.db[INVITATIONS].delete_many({"organization_id": org_id})
         await self.db[ORGANIZATIONS].delete_one({"_id": org_id})
         await audit.record(
             self.db,
@@ -246,28 +260,39 @@ class Organizations:
         return [render_member(m, users.get(m["user_id"], {})) for m in members]
 
     async def add_member(self, principal: Principal, org_id: str, data: MemberIn, actor: audit.Actor) -> dict[str, Any]:
+        """Provisioning: platform staff add an existing user directly. Everyone else invites (models/invitations.py),
+        so no organization can pull in a user without their consent."""
         org = await self.get_visible(principal, org_id)
-        require(principal, "member.manage", org_id)
-        if data.role is Role.OWNER:
-            require(principal, "member.manage_owner", org_id)
+        if not principal.is_platform_admin or data.user_id is None:
+            raise PermissionDenied("Only platform administrators add a user directly; invite them instead.")
         user = await self.db[USERS].find_one({"_id": data.user_id}, projection={"username": 1, "email": 1})
         if user is None:
             raise ValidationFailed("No such user.", field_errors={"user_id": ["No such user."]})
-        if await self.db[MEMBERSHIPS].count_documents({"organization_id": org_id, "user_id": data.user_id}):
+        member = await self.enroll(org, data.user_id, data.role, actor, "ADD_MEMBER")
+        return render_member(member, user)
+
+    async def enroll(
+        self, org: dict[str, Any], user_id: int, role: Role, actor: audit.Actor, action: str
+    ) -> dict[str, Any]:
+        """Make a user a member within the organization's user limit, audited; the caller has already checked that
+        this may happen (staff provisioning, a user created into the organization, an accepted invitation)."""
+        org_id = org["_id"]
+        if await self.db[MEMBERSHIPS].count_documents({"organization_id": org_id, "user_id": user_id}):
             raise Conflict("The user is already a member.", field_errors={"user_id": ["Already a member."]})
         if await self.db[MEMBERSHIPS].count_documents({"organization_id": org_id}) >= org["max_users"]:
             raise LimitExceeded(f"The organization has reached its limit of {org['max_users']} users.")
-        member = await self._insert_member(org_id, data.user_id, data.role)
+        member = await self._insert_member(org_id, user_id, role)
         await audit.record(
             self.db,
             actor,
-            "ADD_MEMBER",
+            action,
             "Organization",
             org_id,
             organization_id=org_id,
-            changes={"user_id": data.user_id, "role": data.role.value},
+            changes={"user_id": user_id, "role": role.value},
         )
-        return render_member(member, user)
+        await access_changed(self.publisher, user_id, "joined_organization")
+        return member
 
     async def _membership(self, org_id: str, user_id: int) -> dict[str, Any]:
         member = await self.db[MEMBERSHIPS].find_one({"organization_id": org_id, "user_id": user_id})

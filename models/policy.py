@@ -60,6 +60,8 @@ ROLE_ACTIONS: Mapping[Role, frozenset[str]] = {
 }
 # Actions an API key may only perform with the `admin` scope (besides being allowed by the owner's role).
 ADMIN_SCOPE_ACTIONS = frozenset(_ADMIN | {"org.delete", "member.manage_owner"})
+# Who outranks whom inside one organization: nobody administers a user who outranks them there.
+RANK: Mapping[Role, int] = {Role.VIEWER: 0, Role.MEMBER: 1, Role.ADMIN: 2, Role.OWNER: 3}
 
 
 @dataclass
@@ -67,12 +69,13 @@ class Principal:
     """Who is asking: the user, how they authenticated, and their role in each organization."""
 
     user: dict[str, Any]
-    memberships: dict[str, Role] = field(default_factory=dict)  # organization id -> role
+    memberships: dict[str, Role] = field(default_factory=dict)  # active organization id -> role
     us_orgs: frozenset[str] = frozenset()  # visible US organizations (where ITAR may be readable)
     via: str = "token"  # token | api_key | cookie
     scopes: frozenset[str] = frozenset({"read", "write", "admin"})
     session_id: str | None = None
     api_key_id: str | None = None
+    xsrf: str | None = None  # the session's XSRF token, which a cookie-authenticated write must echo
 
     @property
     def id(self) -> int:
@@ -85,6 +88,11 @@ class Principal:
     @property
     def is_staff(self) -> bool:
         return bool(self.user.get("is_staff"))
+
+    @property
+    def is_platform_admin(self) -> bool:
+        """Staff acting with the `admin` scope: a staff API key without it gets no administrative shortcut."""
+        return self.is_staff and "admin" in self.scopes
 
     @property
     def is_us_person(self) -> bool:

@@ -13,8 +13,8 @@ from models.errors import LimitExceeded, NotFound, PermissionDenied, ValidationF
 from models.events import NullPublisher, Publisher, access_changed, user_disabled
 from models.identity import Identity
 from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
-from models.organizations import MemberIn, Organizations
-from models.policy import Clearance, Principal, Role, can
+from models.organizations import Organizations
+from models.policy import RANK, Clearance, Principal, Role, can
 from models.schema import EMAIL_PATTERN, Input
 
 USER_FIELDS = frozenset(
@@ -97,7 +97,7 @@ class Users:
             self.db[USERS],
             await self.visible_filter(principal),
             query,
-            render=self.render_many,
+            render=lambda docs: self.render_many(principal, docs),
             base_url=base_url,
             args=args,
         )
@@ -121,48 +121,67 @@ class Users:
             raise NotFound("User not found.")
         return doc
 
-    async def _administers(self, principal: Principal, user_id: int) -> bool:
-        """Platform staff, or an OWNER/ADMIN of an organization the user belongs to."""
-        if can(principal, "user.attributes"):
-            return True
-        orgs = [m["organization_id"] async for m in self.db[MEMBERSHIPS].find({"user_id": user_id})]
-        return any(can(principal, "user.attributes", org) for org in orgs)
+    async def _organizations_of(self, user_id: int) -> dict[str, Role]:
+        return {m["organization_id"]: Role(m["role"]) async for m in self.db[MEMBERSHIPS].find({"user_id": user_id})}
+
+    @staticmethod
+    def _refusal(principal: Principal, user: dict[str, Any], orgs: dict[str, Role]) -> str | None:
+        """Why the caller may not administer this user, or None: platform staff may; otherwise only an OWNER/ADMIN
+        of every organization the user belongs to, outranked by the user in none of them, and never for staff."""
+        if principal.is_platform_admin:
+            return None
+        if user.get("is_staff"):
+            return "Only platform administrators administer a platform administrator."
+        administers_all = bool(orgs) and all(
+            can(principal, "user.attributes", org_id) and RANK[role] <= RANK[principal.memberships[org_id]]
+            for org_id, role in orgs.items()
+        )
+        if administers_all:
+            return None
+        return (
+            "Only platform administrators, or an OWNER or ADMIN of every organization this user belongs to "
+            "whom the user does not outrank, administer this user."
+        )
+
+    async def _audit_user(
+        self, actor: audit.Actor, action: str, user_id: int, orgs: dict[str, Role], changes: dict[str, Any]
+    ) -> None:
+        """One entry per organization the user belongs to, so each organization's admins see what was done."""
+        targets: list[str | None] = [*sorted(orgs)] or [None]
+        for org_id in targets:
+            await audit.record(self.db, actor, action, "User", user_id, organization_id=org_id, changes=changes)
 
     async def update(
         self, principal: Principal, user_id: int, patch: UserAdminPatch, actor: audit.Actor
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], int | None]:
+        """Edit a profile or administer access attributes; the user as stored after, and how many other sessions a
+        password change ended (None when the password did not change)."""
         user = await self.get_visible(principal, user_id)
         values = patch.model_dump(exclude_unset=True, mode="json")
         privileged = {k: values[k] for k in PRIVILEGED if k in values}
-        if privileged:
-            if user_id == principal.id and not principal.is_staff:
-                await audit.record(
-                    self.db,
-                    actor,
-                    "ESCALATION_DENIED",
-                    "User",
-                    user_id,
-                    changes={k: {"old": user.get(k), "new": v} for k, v in privileged.items()},
-                )
-                raise PermissionDenied("You cannot change your own US-person status, clearance or activation.")
-            if not await self._administers(principal, user_id):
-                await audit.record(
-                    self.db,
-                    actor,
-                    "ESCALATION_DENIED",
-                    "User",
-                    user_id,
-                    changes={k: {"old": user.get(k), "new": v} for k, v in privileged.items()},
-                )
-                raise PermissionDenied("Only an OWNER or ADMIN of the user's organization changes these.")
-        elif user_id != principal.id and not await self._administers(principal, user_id):
-            raise PermissionDenied("You may only edit your own profile.")
-        return await self._apply(principal, user, values, actor)
+        orgs = await self._organizations_of(user_id)
+        if user_id == principal.id and not principal.is_platform_admin:
+            refusal = "You cannot change your own US-person status, clearance or activation." if privileged else None
+        else:
+            refusal = self._refusal(principal, user, orgs)
+        if refusal is not None:
+            if privileged:
+                attempted = {k: {"old": user.get(k), "new": v} for k, v in privileged.items()}
+                await self._audit_user(actor, "ESCALATION_DENIED", user_id, orgs, attempted)
+            raise PermissionDenied(refusal)
+        return await self._apply(principal, user, orgs, values, actor)
 
     async def _apply(
-        self, principal: Principal, user: dict[str, Any], values: dict[str, Any], actor: audit.Actor
-    ) -> dict[str, Any]:
+        self,
+        principal: Principal,
+        user: dict[str, Any],
+        orgs: dict[str, Role],
+        values: dict[str, Any],
+        actor: audit.Actor,
+    ) -> tuple[dict[str, Any], int | None]:
+        """Write an allowed edit: a password change ends the user's other sessions; access changes reach sockets."""
         current, new = values.pop("current_password", None), values.pop("new_password", None)
+        sessions_ended = None
         if new is not None:
             if user["_id"] != principal.id:
                 raise PermissionDenied("Users change their own passwords.")
@@ -172,7 +191,13 @@ class Users:
                 await audit.record(self.db, actor, "PASSWORD_CHANGE_DENIED", "User", user["_id"])
                 raise PermissionDenied("The current password is wrong.")
             await self.identity.set_password(user["_id"], new)
-            await audit.record(self.db, actor, "PASSWORD_CHANGE", "User", user["_id"])
+            # Whoever knew the old password may hold a session made with it: only the caller's own survives.
+            sessions_ended = await self.identity.end_other_sessions(
+                user["_id"], principal.session_id, "password changed"
+            )
+            await audit.record(
+                self.db, actor, "PASSWORD_CHANGE", "User", user["_id"], changes={"sessions_ended": sessions_ended}
+            )
         elif current is not None:
             raise ValidationFailed(
                 "Give new_password with current_password.", field_errors={"new_password": ["This field is required."]}
@@ -185,30 +210,28 @@ class Users:
         if changes:
             await self.db[USERS].update_one({"_id": user["_id"]}, {"$set": values})
             action = "UPDATE_PRIVILEGES" if any(k in PRIVILEGED for k in changes) else "UPDATE"
-            await audit.record(self.db, actor, action, "User", user["_id"], changes=changes)
+            await self._audit_user(actor, action, user["_id"], orgs, changes)
             if changes.get("is_active", {}).get("new") is False:
                 await user_disabled(self.publisher, user["_id"], "account disabled")
             elif action == "UPDATE_PRIVILEGES":
                 await access_changed(self.publisher, user["_id"], "clearance_changed")
-        return await self.db[USERS].find_one({"_id": user["_id"]}) or user
+        return await self.db[USERS].find_one({"_id": user["_id"]}) or user, sessions_ended
 
     async def create(self, principal: Principal, data: UserCreate, actor: audit.Actor) -> dict[str, Any]:
         """A user created by staff, or by an OWNER/ADMIN into their organization within its user limit."""
+        org: dict[str, Any] = {}
         if data.organization is None:
             if not can(principal, "user.create"):
                 raise PermissionDenied("Only platform administrators create users outside an organization.")
         else:
-            await self.orgs.get_visible(principal, data.organization)
+            org = await self.orgs.get_visible(principal, data.organization)
             if not can(principal, "user.create", data.organization):
                 raise PermissionDenied("Only an OWNER or ADMIN creates users in this organization.")
             if data.role is Role.OWNER and not can(principal, "member.manage_owner", data.organization):
                 raise PermissionDenied("Only an OWNER makes another OWNER.")
-            org = await self.db[ORGANIZATIONS].find_one({"_id": data.organization}) or {}
-            if await self.db[MEMBERSHIPS].count_documents({"organization_id": data.organization}) >= org.get(
-                "max_users", 0
-            ):
-                raise LimitExceeded(f"The organization has reached its limit of {org.get('max_users')} users.")
-        if data.is_staff and not principal.is_staff:
+            if await self.db[MEMBERSHIPS].count_documents({"organization_id": data.organization}) >= org["max_users"]:
+                raise LimitExceeded(f"The organization has reached its limit of {org['max_users']} users.")
+        if data.is_staff and not principal.is_platform_admin:
             raise PermissionDenied("Only platform administrators create platform administrators.")
         user = await self.identity.create_user(
             username=data.username,
@@ -236,14 +259,17 @@ class Users:
             },
         )
         if data.organization is not None:
-            await self.orgs.add_member(
-                principal, data.organization, MemberIn(user_id=user["_id"], role=data.role), actor
-            )
+            # A user made here has no other organization yet: joining needs no consent from anyone else.
+            await self.orgs.enroll(org, user["_id"], data.role, actor, "ADD_MEMBER")
         return user
 
-    async def render_many(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def render_many(self, principal: Principal, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Users with the memberships the caller may see: those in the caller's own organizations (staff: all)."""
         ids = [d["_id"] for d in docs]
-        members = [m async for m in self.db[MEMBERSHIPS].find({"user_id": {"$in": ids}}, sort=[("_id", 1)])]
+        query: dict[str, Any] = {"user_id": {"$in": ids}}
+        if not principal.is_staff:
+            query["organization_id"] = {"$in": sorted(principal.memberships)}
+        members = [m async for m in self.db[MEMBERSHIPS].find(query, sort=[("_id", 1)])]
         org_names = {
             o["_id"]: o["name"]
             async for o in self.db[ORGANIZATIONS].find(

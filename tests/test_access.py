@@ -87,7 +87,8 @@ async def test_role_matrix(world: World, db: Any, role: str) -> None:
     for action, call in calls.items():
         resp = await call()
         if MATRIX[action][role]:
-            assert resp.status in (200, 201, 204), (action, role, resp.status, resp.body)
+            # add_member by an OWNER/ADMIN is an invitation (202); only platform staff add directly.
+            assert resp.status in (200, 201, 202, 204), (action, role, resp.status, resp.body)
         else:
             assert_envelope(resp, 403, "PERMISSION_DENIED")
             if action == "update":
@@ -117,11 +118,18 @@ async def test_last_owner_is_protected(world: World) -> None:
 async def test_max_users_is_enforced(world: World) -> None:
     owner = await world.user("boss")
     org = await world.org("tiny", members={owner: "OWNER"}, max_users=2)
-    one, two = await world.user("one"), await world.user("two")
+    one, two, three = await world.user("one"), await world.user("two"), await world.user("three")
     base = f"/api/organizations/{org['_id']}/add_member/"
-    assert (await owner.api.post(base, {"user_id": one.id, "role": "MEMBER"})).status == 201
+    first = await owner.api.post(base, {"user_id": one.id, "role": "MEMBER"})
+    second = await owner.api.post(base, {"user_id": two.id, "role": "MEMBER"})
+    assert first.status == second.status == 202
+    joined = await one.api.post(f"/api/invitations/{first.json['invitation']['id']}/accept/")
+    assert joined.status == 200, joined.body
+    # Full now: the second invitee cannot join, and no one else can be invited.
+    late = await two.api.post(f"/api/invitations/{second.json['invitation']['id']}/accept/")
+    assert_envelope(late, 403, "ORGANIZATION_LIMIT_EXCEEDED")
     assert_envelope(
-        await owner.api.post(base, {"user_id": two.id, "role": "MEMBER"}), 403, "ORGANIZATION_LIMIT_EXCEEDED"
+        await owner.api.post(base, {"user_id": three.id, "role": "MEMBER"}), 403, "ORGANIZATION_LIMIT_EXCEEDED"
     )
     assert_envelope(await owner.api.post(base, {"user_id": one.id, "role": "MEMBER"}), 409, "CONFLICT")
 

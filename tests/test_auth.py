@@ -231,7 +231,7 @@ class TestLockout:
         assert_envelope(locked, 401, "AUTHENTICATION_FAILED")
         assert await db.audit_log.count_documents({"action": "LOCKOUT", "resource_id": str(user.id)}) == 1
         assert await db.audit_log.count_documents({"action": "LOGIN_FAILED"}) == 2
-        await db.users.update_one({"_id": user.id}, {"$set": {"locked_until": utcnow() - timedelta(seconds=1)}})
+        await db.login_failures.update_many({}, {"$set": {"locked_until": utcnow() - timedelta(seconds=1)}})
         assert (await login(api, "jack")).status == 200
 
 
