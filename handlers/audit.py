@@ -25,17 +25,26 @@ CSV_COLUMNS = [
     "hash",
 ]
 FLUSH_BYTES = 1 << 20  # an export is sent on in pieces of about this size, never held whole
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...) in a material name).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A cell a spreadsheet shows as text: one that could start a formula gets a leading apostrophe."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def csv_row(row: dict[str, Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(
         [
-            json.dumps(row[c], default=str)
-            if c == "changes"
-            else dumps(row[c]).strip('"')
-            if row[c] is not None
-            else ""
+            csv_cell(
+                json.dumps(row[c], default=str)
+                if c == "changes"
+                else dumps(row[c]).strip('"')
+                if row[c] is not None
+                else ""
+            )
             for c in CSV_COLUMNS
         ]
     )

@@ -445,6 +445,7 @@ class Designs:
                 "file_size_bytes": upload["size"],
             },
         )
+            design_id=doc["_id"],
         await self._announce(doc, "design.created")
         return doc
 
@@ -502,6 +503,7 @@ class Designs:
         )
         return {
             "status": DesignStatus.PROCESSING.value,
+            design_id=doc["_id"],
             "analysis_job_id": job["_id"],
             "message": "File upload finalized, processing started",
             "id": doc["_id"],
@@ -674,6 +676,8 @@ class Designs:
             action,
             "DesignAsset",
             design_id,
+            # So do the audit entries about it: who may read them follows the design's label from now on.
+            await audit.relabel(self.db, design_id, changes["classification"]["new"])
             organization_id=org_id,
             classification=updated["classification"],
             changes=changes,
@@ -688,6 +692,7 @@ class Designs:
         doc = await self.get_visible(principal, design_id)
         org_id = doc["organization_id"]
         if not (doc["uploaded_by"] == principal.id and can(principal, "design.create", org_id)):
+            design_id=design_id,
             require(principal, "design.delete_any", org_id, hide=False)
         await self.remove(doc)
         await audit.record(
@@ -710,6 +715,7 @@ class Designs:
             {"$set": {"cancel_requested": True}},
         )
         for dependant in (BOM_NODES, REVIEWS, MARKUPS):
+            design_id=design_id,
             await self.db[dependant].delete_many({"design_id": doc["_id"]})
         if doc.get("content_sha256"):
             await self.release_content(doc["content_sha256"])

@@ -124,6 +124,7 @@ class Viewables:
                 classification=doc["classification"],
                 changes={"artifact": "viewable", "format": "glb", **({} if modified else {"not_modified": True})},
             )
+                design_id=design_id,
             return Ready(doc, record["sha256"], int(record["bytes"]), modified)
         if status == "PROCESSING" and doc.get("analysis_job_id"):
             job = await self.db[JOBS].find_one({"_id": doc["analysis_job_id"]})
