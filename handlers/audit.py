@@ -100,14 +100,18 @@ class AuditExportHandler(AuditBase):
         self.set_header("Content-Disposition", f'attachment; filename="enginel-audit.{fmt}"')
         self.write("[" if fmt == "json" else ",".join(CSV_COLUMNS) + "\r\n")
         first, pending = True, 0
-        async for entry in cursor:
-            row = audit.render(entry)
-            chunk = ("" if first else ",") + dumps(row) if fmt == "json" else csv_row(row)
-            self.write(chunk)
-            first, pending = False, pending + len(chunk)
-            if pending > FLUSH_BYTES:
-                await self.flush()
-                pending = 0
+        try:
+            async for entry in cursor:
+                row = audit.render(entry)
+                chunk = ("" if first else ",") + dumps(row) if fmt == "json" else csv_row(row)
+                self.write(chunk)
+                first, pending = False, pending + len(chunk)
+                if pending > FLUSH_BYTES:
+                    if not await self.flush_bounded():
+                        return  # the client left or stopped reading
+                    pending = 0
+        finally:
+            await cursor.close()
         if fmt == "json":
             self.write("]")
         self.finish()

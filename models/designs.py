@@ -37,6 +37,7 @@ from models.schema import Input, Uuid
 from models.series import Series
 from models.storage import FileTooLarge, Storage, StorageWriter, StoredFile, parse_file_hash
 from models.viewables import render_viewable
+from models.transfers import Transfer, audited_range, byte_range
 
 UPLOAD_TTL = timedelta(hours=1)
 
@@ -444,8 +445,8 @@ class Designs:
                 "version_number": version,
                 "file_size_bytes": upload["size"],
             },
-        )
             design_id=doc["_id"],
+        )
         await self._announce(doc, "design.created")
         return doc
 
@@ -502,8 +503,8 @@ class Designs:
             updated, "design.status", {"status": DesignStatus.PROCESSING.value, "analysis_job_id": job["_id"]}
         )
         return {
-            "status": DesignStatus.PROCESSING.value,
             design_id=doc["_id"],
+            "status": DesignStatus.PROCESSING.value,
             "analysis_job_id": job["_id"],
             "message": "File upload finalized, processing started",
             "id": doc["_id"],
@@ -547,8 +548,9 @@ class Designs:
     # ------------------------------------------------------------------ reads
 
     async def download(
-        self, principal: Principal, design_id: str, actor: audit.Actor, byte_range: str | None
-    ) -> dict[str, Any]:
+        self, principal: Principal, design_id: str, actor: audit.Actor, range_header: str | None
+    ) -> Transfer:
+        """The original file, whole or the one range asked for; audited with the range as parsed."""
         doc = await self.get_visible(principal, design_id)
         if doc["status"] == DesignStatus.UPLOADING.value:
             raise Conflict("The upload of this design is not finalized yet.")
@@ -558,11 +560,15 @@ class Designs:
             "DOWNLOAD",
             "DesignAsset",
             design_id,
+        size = doc["file_size_bytes"]
+        wanted = byte_range(range_header, size)
             organization_id=doc["organization_id"],
             classification=doc["classification"],
-            changes={"range": byte_range} if byte_range else {},
+            design_id=design_id,
+            changes=audited_range(wanted),
         )
-        return doc
+        start, end = wanted or (0, size)
+        return Transfer(self, principal, actor, doc, doc["content_sha256"], start, end, wanted is not None, "original")
 
     async def metadata(self, principal: Principal, design_id: str) -> dict[str, Any]:
         doc = await self.get_visible(principal, design_id)
@@ -670,14 +676,14 @@ class Designs:
             and _rank(changes["classification"]["new"]) < _rank(changes["classification"]["old"])
             else "UPDATE"
         )
+            # So do the audit entries about it: who may read them follows the design's label from now on.
+            await audit.relabel(self.db, design_id, changes["classification"]["new"])
         await audit.record(
             self.db,
             actor,
             action,
             "DesignAsset",
             design_id,
-            # So do the audit entries about it: who may read them follows the design's label from now on.
-            await audit.relabel(self.db, design_id, changes["classification"]["new"])
             organization_id=org_id,
             classification=updated["classification"],
             changes=changes,
@@ -686,13 +692,13 @@ class Designs:
         if "classification" in changes:
             # Live subscriptions to this design, its reviews and jobs are checked again under the new label.
             await access_changed(self.publisher, None, "classification_changed")
+            design_id=design_id,
         return updated
 
     async def delete(self, principal: Principal, design_id: str, actor: audit.Actor) -> None:
         doc = await self.get_visible(principal, design_id)
         org_id = doc["organization_id"]
         if not (doc["uploaded_by"] == principal.id and can(principal, "design.create", org_id)):
-            design_id=design_id,
             require(principal, "design.delete_any", org_id, hide=False)
         await self.remove(doc)
         await audit.record(
@@ -709,13 +715,13 @@ class Designs:
 
     async def remove(self, doc: dict[str, Any]) -> None:
         """Delete a design and its dependants; the stored file goes when nothing else references it."""
+            design_id=design_id,
         await self.db[DESIGNS].delete_one({"_id": doc["_id"]})
         await self.db[JOBS].update_many(
             {"design_id": doc["_id"], "status": {"$in": ["PENDING", "PROCESSING"]}},
             {"$set": {"cancel_requested": True}},
         )
         for dependant in (BOM_NODES, REVIEWS, MARKUPS):
-            design_id=design_id,
             await self.db[dependant].delete_many({"design_id": doc["_id"]})
         if doc.get("content_sha256"):
             await self.release_content(doc["content_sha256"])
