@@ -274,7 +274,7 @@ class APIHandler(BaseHandler):
             if self.request.method not in SAFE_METHODS:
                 sent = self.request.headers.get(XSRF_HEADER, "")
                 expected = self.get_cookie(XSRF_COOKIE, "")
-                if not sent or not expected or not hmac.compare_digest(sent, expected):
+                if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
                     raise PermissionDenied(
                         "Missing or wrong XSRF token for a cookie-authenticated request.", code="XSRF_FAILED"
                     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import uuid
 from datetime import timedelta
 from enum import Enum
@@ -36,8 +37,8 @@ from models.policy import (
 from models.schema import Input, Uuid
 from models.series import Series
 from models.storage import FileTooLarge, Storage, StorageWriter, StoredFile, parse_file_hash
-from models.viewables import render_viewable
 from models.transfers import Transfer, audited_range, byte_range
+from models.viewables import render_viewable
 
 UPLOAD_TTL = timedelta(hours=1)
 
@@ -311,7 +312,12 @@ class Designs:
         self, upload_id: str, expires: str, signature: str, content_length: int | None
     ) -> dict[str, Any]:
         """Check the signed URL and claim the upload for this one request (single use)."""
-        if not expires.isdigit() or not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)), signature):
+        # ASCII digits only, and few of them: int() of thousands of digits raises, and "²".isdigit() is true.
+        if not re.fullmatch(r"[0-9]{1,12}", expires):
+            raise ValidationFailed(
+                "The upload URL's expiry is not a Unix timestamp.", field_errors={"expires": ["Not a timestamp."]}
+            )
+        if not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)).encode(), signature.encode()):
             raise PermissionDenied("The upload URL signature is not valid.")
         if int(expires) < utcnow().timestamp():
             raise PermissionDenied("The upload URL has expired.")
@@ -439,13 +445,13 @@ class Designs:
             doc["_id"],
             organization_id=org_id,
             classification=classification,
+            design_id=doc["_id"],
             changes={
                 "filename": filename,
                 "classification": classification,
                 "version_number": version,
                 "file_size_bytes": upload["size"],
             },
-            design_id=doc["_id"],
         )
         await self._announce(doc, "design.created")
         return doc
@@ -497,13 +503,13 @@ class Designs:
             doc["_id"],
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["_id"],
             changes={"file_hash": updated["file_hash"], "analysis_job_id": job["_id"]},
         )
         await self._announce(
             updated, "design.status", {"status": DesignStatus.PROCESSING.value, "analysis_job_id": job["_id"]}
         )
         return {
-            design_id=doc["_id"],
             "status": DesignStatus.PROCESSING.value,
             "analysis_job_id": job["_id"],
             "message": "File upload finalized, processing started",
@@ -554,14 +560,14 @@ class Designs:
         doc = await self.get_visible(principal, design_id)
         if doc["status"] == DesignStatus.UPLOADING.value:
             raise Conflict("The upload of this design is not finalized yet.")
+        size = doc["file_size_bytes"]
+        wanted = byte_range(range_header, size)
         await audit.record(
             self.db,
             actor,
             "DOWNLOAD",
             "DesignAsset",
             design_id,
-        size = doc["file_size_bytes"]
-        wanted = byte_range(range_header, size)
             organization_id=doc["organization_id"],
             classification=doc["classification"],
             design_id=design_id,
@@ -670,14 +676,14 @@ class Designs:
                 await self.db[dependant].update_many(
                     {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
                 )
+            # So do the audit entries about it: who may read them follows the design's label from now on.
+            await audit.relabel(self.db, design_id, changes["classification"]["new"])
         action = (
             "DOWNGRADE_CLASSIFICATION"
             if "classification" in changes
             and _rank(changes["classification"]["new"]) < _rank(changes["classification"]["old"])
             else "UPDATE"
         )
-            # So do the audit entries about it: who may read them follows the design's label from now on.
-            await audit.relabel(self.db, design_id, changes["classification"]["new"])
         await audit.record(
             self.db,
             actor,
@@ -686,13 +692,13 @@ class Designs:
             design_id,
             organization_id=org_id,
             classification=updated["classification"],
+            design_id=design_id,
             changes=changes,
         )
         await self._announce(updated, "design.updated", {"changes": list(changes)})
         if "classification" in changes:
             # Live subscriptions to this design, its reviews and jobs are checked again under the new label.
             await access_changed(self.publisher, None, "classification_changed")
-            design_id=design_id,
         return updated
 
     async def delete(self, principal: Principal, design_id: str, actor: audit.Actor) -> None:
@@ -709,13 +715,13 @@ class Designs:
             design_id,
             organization_id=org_id,
             classification=doc["classification"],
+            design_id=design_id,
             changes={"filename": doc["filename"], "version_number": doc["version_number"]},
         )
         await self._announce(doc, "design.deleted")
 
     async def remove(self, doc: dict[str, Any]) -> None:
         """Delete a design and its dependants; the stored file goes when nothing else references it."""
-            design_id=design_id,
         await self.db[DESIGNS].delete_one({"_id": doc["_id"]})
         await self.db[JOBS].update_many(
             {"design_id": doc["_id"], "status": {"$in": ["PENDING", "PROCESSING"]}},
