@@ -40,6 +40,7 @@ from models.errors import (
     field_errors_from,
 )
 from models.events import Publisher
+from models.health import CachedProbe
 from models.identity import Identity
 from models.jobs import Jobs
 from models.markups import Markups
@@ -51,9 +52,9 @@ from models.reviews import Reviews
 from models.schema import UUID_RE, json_default
 from models.series import Series
 from models.storage import Storage
-from models.users import Users
 from models.transfers import Transfer
 from models.transfers import byte_range as byte_range  # re-exported: the Range parser lives with the transfers
+from models.users import Users
 from models.viewables import Viewables
 from realtime.gateway import Gateway
 
@@ -73,9 +74,9 @@ SESSION_COOKIE = "enginel_session"
 XSRF_COOKIE = "enginel_xsrf"
 XSRF_HEADER = "X-XSRF-Token"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-_STATUS_CODES = {
 # Errors that can only come from what the client sent (a body or query that does not parse): a 400, never a 500.
 INPUT_ERRORS = (tornado.httputil.HTTPInputError, UnicodeDecodeError)
+_STATUS_CODES = {
     400: "VALIDATION_ERROR",
     401: "AUTHENTICATION_FAILED",
     403: "PERMISSION_DENIED",
@@ -118,6 +119,7 @@ class Services:
     redis: Redis | None = None  # when ENGINEL_REDIS_URL is set
     pool: ProcessPool | None = None  # when this process runs analysis workers
     runner: JobRunner | None = None  # likewise
+    health: CachedProbe = field(default_factory=CachedProbe)  # the detailed health check's recent result
 
 
 def public(method: F) -> F:
@@ -406,8 +408,6 @@ class APIHandler(BaseHandler):
         self.finish(dumps(body))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, (APIError, tornado.web.HTTPError)):
-            log.info(
         if isinstance(value, StreamClosedError):
             # The client went away mid-response: routine, not a server fault.
             log.info(
@@ -418,6 +418,8 @@ class APIHandler(BaseHandler):
             )
             return
         value = _as_api_error(value)
+        if isinstance(value, (APIError, tornado.web.HTTPError)):
+            log.info(
                 "%s %s -> %s (%s) [request %s]",
                 self.request.method,
                 self.request.uri,
@@ -434,8 +436,6 @@ class APIHandler(BaseHandler):
             exc_info=(typ, value, tb),
         )
 
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        # Errors raised after headers were flushed (mid-stream) can only close the connection.
     async def flush_bounded(self) -> bool:
         """Flush, waiting at most ENGINEL_DOWNLOAD_FLUSH_TIMEOUT for the client to take the bytes. False when the
         client left or stalled: the connection is then closed, so its buffers and descriptors go at once."""
@@ -484,6 +484,8 @@ class APIHandler(BaseHandler):
                 sent += len(chunk)
         self.finish()
 
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        # Errors raised after headers were flushed (mid-stream) can only close the connection.
         if self._headers_written:
             if not self._finished:
                 self.finish()
