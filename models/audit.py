@@ -12,7 +12,7 @@ from pymongo import DESCENDING, IndexModel
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError
 
-from models.collections import AUDIT_LOG, BOM_NODES, DESIGNS, JOBS, MARKUPS, REVIEWS
+from models.collections import AUDIT_LOG, BOM_NODES, DESIGNS, JOBS, MARKUPS, META, REVIEWS
 from models.database import Db, register_indexes, utcnow
 from models.errors import NotFound, PermissionDenied, ValidationFailed
 from models.listing import Filter, Kind, ListSpec, QueryArgs, each, parse_list_query, run_list
@@ -28,6 +28,7 @@ UNHASHED = frozenset({"hash", "label", "design_id"})
 MAX_TEXT = 1000
 MAX_ITEMS = 100
 MAX_DEPTH = 6
+LABELS_MARKER = "audit_labels"  # meta document: entries written before labels existed have been labelled
 
 register_indexes(
     AUDIT_LOG,
@@ -175,7 +176,10 @@ async def relabel(db: Db, design_id: str, classification: str) -> int:
 
 async def label_legacy_entries(db: Db) -> int:
     """Give entries written before labels existed their label and design, once, at start-up: entries about a
-    design, review, markup, job or BOM node take the design's current classification. Returns how many."""
+    design, review, markup, job or BOM node take the design's current classification. Returns how many.
+    A marker in the meta collection makes later start-ups skip the scan."""
+    if await db[META].find_one({"_id": LABELS_MARKER}) is not None:
+        return 0
     done = (
         await db[AUDIT_LOG].update_many(
             {"label": {"$exists": False}, "classification": None}, {"$set": {"label": None}}
@@ -191,6 +195,7 @@ async def label_legacy_entries(db: Db) -> int:
         update: dict[str, Any] = {"label": label, **({"design_id": design_id} if design_id else {})}
         await db[AUDIT_LOG].update_one({"_id": entry["_id"]}, {"$set": update})
         done += 1
+    await db[META].update_one({"_id": LABELS_MARKER}, {"$set": {"at": utcnow()}}, upsert=True)
     return int(done)
 
 
