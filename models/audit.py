@@ -307,6 +307,7 @@ AUDIT_LIST = ListSpec(
         "resource_type": Filter(Kind.STR, "resource_type"),
         "resource_id": Filter(Kind.STR, "resource_id"),
         "organization": Filter(Kind.UUID, "organization_id"),
+        "design": Filter(Kind.UUID, "design_id"),  # the design and everything of it: reviews, markups, jobs
         "timestamp": Filter(Kind.DATETIME, "timestamp", ranges=True),
     },
     search=("action", "resource_type", "resource_id", "actor_username"),

@@ -142,6 +142,9 @@ async def test_entries_follow_the_designs_current_classification(world: World, d
         assert secret not in seen, secret
     # Each says which design it is about and the label that governs it now.
     assert all(e["design"] == design["id"] and e["current_classification"] == "SECRET" for e in about)
+    by_design = (await owner.get(f"/api/audit-logs/?design={design['id']}&page_size=100")).json
+    assert {e["id"] for e in by_design["results"]} == {e["id"] for e in about}
+    assert (await admin.get(f"/api/audit-logs/?design={design['id']}")).json["count"] == 0
 
     # Reclassifying rewrote only labels outside the hashed content: the chain is intact.
     assert await audit.verify_chain(db) == (True, None)
