@@ -23,7 +23,7 @@ from handlers import markups as markup_handlers
 from handlers import reviews as review_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models import units
-from models.audit import AuditTrail
+from models.audit import AuditTrail, label_legacy_entries
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
 from models.commands import socket_commands
@@ -178,6 +178,7 @@ class Runtime:
         try:
             await ensure_indexes(db)
             instance = await ensure_instance(db)
+            await label_legacy_entries(db)  # audit entries written before labels existed, once
             redis = None
             if settings.redis_url:
                 redis = aioredis.from_url(settings.redis_url)

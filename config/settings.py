@@ -102,6 +102,19 @@ class Settings(BaseSettings):
         le=0.1,
         description="Chord deflection of the viewer mesh as a fraction of the model's bounding-box diagonal.",
     )
+    download_recheck_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=65536,
+        description="Bytes a download (original file or viewer GLB) sends between two checks that the caller may "
+        "still read the design (session, membership, clearance, the design's current classification); a failed "
+        "check ends the stream, audited as DOWNLOAD_REVOKED.",
+    )
+    download_flush_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take to accept each piece (up to 1 MiB) of a download or audit export; "
+        "a client that stops reading longer is disconnected and its file and memory released.",
+    )
     web_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "web" / "dist",
         description="Directory of the built browser app served at / (make web builds it from web/).",

@@ -25,17 +25,26 @@ CSV_COLUMNS = [
     "hash",
 ]
 FLUSH_BYTES = 1 << 20  # an export is sent on in pieces of about this size, never held whole
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...) in a material name).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A cell a spreadsheet shows as text: one that could start a formula gets a leading apostrophe."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def csv_row(row: dict[str, Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(
         [
-            json.dumps(row[c], default=str)
-            if c == "changes"
-            else dumps(row[c]).strip('"')
-            if row[c] is not None
-            else ""
+            csv_cell(
+                json.dumps(row[c], default=str)
+                if c == "changes"
+                else dumps(row[c]).strip('"')
+                if row[c] is not None
+                else ""
+            )
             for c in CSV_COLUMNS
         ]
     )
@@ -91,14 +100,18 @@ class AuditExportHandler(AuditBase):
         self.set_header("Content-Disposition", f'attachment; filename="enginel-audit.{fmt}"')
         self.write("[" if fmt == "json" else ",".join(CSV_COLUMNS) + "\r\n")
         first, pending = True, 0
-        async for entry in cursor:
-            row = audit.render(entry)
-            chunk = ("" if first else ",") + dumps(row) if fmt == "json" else csv_row(row)
-            self.write(chunk)
-            first, pending = False, pending + len(chunk)
-            if pending > FLUSH_BYTES:
-                await self.flush()
-                pending = 0
+        try:
+            async for entry in cursor:
+                row = audit.render(entry)
+                chunk = ("" if first else ",") + dumps(row) if fmt == "json" else csv_row(row)
+                self.write(chunk)
+                first, pending = False, pending + len(chunk)
+                if pending > FLUSH_BYTES:
+                    if not await self.flush_bounded():
+                        return  # the client left or stopped reading
+                    pending = 0
+        finally:
+            await cursor.close()
         if fmt == "json":
             self.write("]")
         self.finish()

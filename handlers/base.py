@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import tornado.gen
+import tornado.httputil
 import tornado.web
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
+from tornado.iostream import StreamClosedError
 
 from config import Settings
 from models import audit
@@ -35,6 +40,7 @@ from models.errors import (
     field_errors_from,
 )
 from models.events import Publisher
+from models.health import CachedProbe
 from models.identity import Identity
 from models.invitations import Invitations
 from models.jobs import Jobs
@@ -47,6 +53,8 @@ from models.reviews import Reviews
 from models.schema import UUID_RE, json_default
 from models.series import Series
 from models.storage import Storage
+from models.transfers import Transfer
+from models.transfers import byte_range as byte_range  # re-exported: the Range parser lives with the transfers
 from models.users import Users
 from models.viewables import Viewables
 from realtime.gateway import Gateway
@@ -67,6 +75,8 @@ SESSION_COOKIE = "enginel_session"
 XSRF_COOKIE = "enginel_xsrf"
 XSRF_HEADER = "X-XSRF-Token"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# Errors that can only come from what the client sent (a body or query that does not parse): a 400, never a 500.
+INPUT_ERRORS = (tornado.httputil.HTTPInputError, UnicodeDecodeError)
 _STATUS_CODES = {
     400: "VALIDATION_ERROR",
     401: "AUTHENTICATION_FAILED",
@@ -111,6 +121,7 @@ class Services:
     redis: Redis | None = None  # when ENGINEL_REDIS_URL is set
     pool: ProcessPool | None = None  # when this process runs analysis workers
     runner: JobRunner | None = None  # likewise
+    health: CachedProbe = field(default_factory=CachedProbe)  # the detailed health check's recent result
 
 
 def public(method: F) -> F:
@@ -369,7 +380,7 @@ class APIHandler(BaseHandler):
             self.set_header(name, value)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
+        exc = _as_api_error(kwargs.get("exc_info", (None, None, None))[1])
         if isinstance(exc, APIError):
             body = exc.body()
             status_code = exc.status
@@ -401,6 +412,16 @@ class APIHandler(BaseHandler):
         self.finish(dumps(body))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, StreamClosedError):
+            # The client went away mid-response: routine, not a server fault.
+            log.info(
+                "%s %s: client closed the connection [request %s]",
+                self.request.method,
+                self.request.uri,
+                self.request_id,
+            )
+            return
+        value = _as_api_error(value)
         if isinstance(value, (APIError, tornado.web.HTTPError)):
             log.info(
                 "%s %s -> %s (%s) [request %s]",
@@ -419,6 +440,54 @@ class APIHandler(BaseHandler):
             exc_info=(typ, value, tb),
         )
 
+    async def flush_bounded(self) -> bool:
+        """Flush, waiting at most ENGINEL_DOWNLOAD_FLUSH_TIMEOUT for the client to take the bytes. False when the
+        client left or stalled: the connection is then closed, so its buffers and descriptors go at once."""
+        timeout = timedelta(seconds=self.config.download_flush_timeout)
+        try:
+            await tornado.gen.with_timeout(timeout, self.flush(), quiet_exceptions=(StreamClosedError,))
+        except StreamClosedError:
+            log.info(
+                "%s %s: client closed the connection [request %s]",
+                self.request.method,
+                self.request.uri,
+                self.request_id,
+            )
+            return False
+        except TimeoutError:
+            log.info(
+                "%s %s: client stopped reading for %.0f s; closing [request %s]",
+                self.request.method,
+                self.request.uri,
+                timeout.total_seconds(),
+                self.request_id,
+            )
+            self.request.connection.close()  # type: ignore[union-attr]
+            return False
+        return True
+
+    async def send_transfer(self, transfer: Transfer) -> None:
+        """Stream a download's bytes (headers already set): every ENGINEL_DOWNLOAD_RECHECK_BYTES the policy is
+        applied again and a refusal ends the stream (the client sees a short body); each flush is bounded."""
+        every = self.config.download_recheck_bytes
+        sent = checked = 0
+        chunks = cast(
+            AsyncGenerator[bytes, None], self.services.storage.read(transfer.sha256, transfer.start, transfer.end)
+        )
+        # Closed on every way out, so the stored file's descriptor never waits for garbage collection.
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if sent - checked >= every:
+                    checked = sent
+                    if not await transfer.still_allowed(sent, self.services.identity.refresh_principal):
+                        self.request.connection.close()  # type: ignore[union-attr]
+                        return
+                self.write(chunk)
+                if not await self.flush_bounded():
+                    return
+                sent += len(chunk)
+        self.finish()
+
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         # Errors raised after headers were flushed (mid-stream) can only close the connection.
         if self._headers_written:
@@ -428,29 +497,12 @@ class APIHandler(BaseHandler):
         super().send_error(status_code, **kwargs)
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The [start, end) a single-range `Range: bytes=...` header asks of `size` bytes, or None for the whole
-    body (no header, or one this server does not serve partially). Past the end: 416 with Content-Range."""
-    match = _RANGE.match(header or "")
-    if not match or not (match.group(1) or match.group(2)):
-        return None
-    first, last = match.group(1), match.group(2)
-    if first:
-        start, end = int(first), (min(int(last) + 1, size) if last else size)
-    else:
-        start, end = max(0, size - int(last)), size
-    if start >= size or start >= end:
-        raise APIError(
-            "The requested range is outside the file.",
-            status=416,
-            code="RANGE_NOT_SATISFIABLE",
-            title="Range not satisfiable",
-            headers={"Content-Range": f"bytes */{size}"},
-        )
-    return start, end
+def _as_api_error(exc: BaseException | None) -> BaseException | None:
+    """A parse error from the client's input as the 400 it is; anything else unchanged."""
+    if isinstance(exc, INPUT_ERRORS):
+        what = "valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "well-formed"
+        return ValidationFailed(f"The request is not {what}: {exc}"[:300], title="Malformed request")
+    return exc
 
 
 class NotFoundHandler(APIHandler):

@@ -11,7 +11,7 @@ import tornado.httputil
 import tornado.ioloop
 from pydantic import ValidationError
 
-from handlers.base import UUID, APIHandler, authenticated, byte_range, public
+from handlers.base import UUID, APIHandler, authenticated, public
 from models.designs import (
     CONTENT_TYPES,
     ContentReceiver,
@@ -267,32 +267,28 @@ class FinalizeHandler(DesignsBase):
 
 
 class DownloadHandler(DesignsBase):
-    """GET: the original bytes, whole or one byte range, streamed; every download is audited."""
+    """GET: the original bytes, whole or one byte range, streamed and re-authorized as they go; audited."""
 
     @authenticated
     async def get(self, design_id: str) -> None:
-        range_header = self.request.headers.get("Range")
-        doc = await self.services.designs.download(self.require_principal(), design_id, self.actor, range_header)
-        size = doc["file_size_bytes"]
-        wanted = byte_range(range_header, size)
-        start, end = wanted or (0, size)
-        if wanted is not None:
+        transfer = await self.services.designs.download(
+            self.require_principal(), design_id, self.actor, self.request.headers.get("Range")
+        )
+        doc = transfer.design
+        if transfer.partial:
             self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            self.set_header("Content-Range", f"bytes {transfer.start}-{transfer.end - 1}/{doc['file_size_bytes']}")
         filename = doc["filename"]
         ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
         self.set_header("Content-Type", CONTENT_TYPES.get(doc["file_format"], "application/octet-stream"))
         self.set_header(
             "Content-Disposition", f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
         )
-        self.set_header("Content-Length", str(end - start))
+        self.set_header("Content-Length", str(transfer.length))
         self.set_header("Accept-Ranges", "bytes")
         self.set_header("ETag", f'"{doc["content_sha256"]}"')
         self.set_header("Cache-Control", "private, no-store")
-        async for chunk in self.services.storage.read(doc["content_sha256"], start, end):
-            self.write(chunk)
-            await self.flush()
-        self.finish()
+        await self.send_transfer(transfer)
 
     def compute_etag(self) -> str | None:
         return None  # set explicitly from the content hash; never hash a streamed body

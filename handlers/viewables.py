@@ -38,10 +38,7 @@ class ViewableHandler(APIHandler):
         self.set_header("Content-Type", GLB_TYPE)
         self.set_header("Content-Length", str(answer.size))
         self.set_header("Content-Disposition", f'inline; filename="{name}.glb"')
-        async for chunk in self.services.storage.read(answer.sha256):
-            self.write(chunk)
-            await self.flush()
-        self.finish()
+        await self.send_transfer(answer.transfer)
 
     def compute_etag(self) -> str | None:
         return None  # the content hash, set above; never hash a streamed body

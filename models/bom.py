@@ -297,6 +297,7 @@ class BomNodes:
             node_id,
             organization_id=design["organization_id"],
             classification=design["classification"],
+            design_id=design["_id"],
             changes={
                 "design_asset": design["_id"],
                 "parent": doc["parent_id"],
@@ -332,6 +333,7 @@ class BomNodes:
             node_id,
             organization_id=design["organization_id"],
             classification=design["classification"],
+            design_id=design["_id"],
             changes=changes,
         )
         await self._announce(design, "bom.changed", {"updated": [node_id]})
@@ -351,6 +353,7 @@ class BomNodes:
             node_id,
             organization_id=design["organization_id"],
             classification=design["classification"],
+            design_id=design["_id"],
             changes={"part_name": node["part_name"], "path": node["path"], "nodes_removed": removed.deleted_count},
         )
         await self._announce(design, "bom.changed", {"deleted": [node_id]})

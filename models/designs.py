@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import uuid
 from datetime import timedelta
 from enum import Enum
@@ -36,6 +37,7 @@ from models.policy import (
 from models.schema import Input, Uuid
 from models.series import Series
 from models.storage import FileTooLarge, Storage, StorageWriter, StoredFile, parse_file_hash
+from models.transfers import Transfer, audited_range, byte_range
 from models.viewables import render_viewable
 
 UPLOAD_TTL = timedelta(hours=1)
@@ -310,7 +312,12 @@ class Designs:
         self, upload_id: str, expires: str, signature: str, content_length: int | None
     ) -> dict[str, Any]:
         """Check the signed URL and claim the upload for this one request (single use)."""
-        if not expires.isdigit() or not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)), signature):
+        # ASCII digits only, and few of them: int() of thousands of digits raises, and "²".isdigit() is true.
+        if not re.fullmatch(r"[0-9]{1,12}", expires):
+            raise ValidationFailed(
+                "The upload URL's expiry is not a Unix timestamp.", field_errors={"expires": ["Not a timestamp."]}
+            )
+        if not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)).encode(), signature.encode()):
             raise PermissionDenied("The upload URL signature is not valid.")
         if int(expires) < utcnow().timestamp():
             raise PermissionDenied("The upload URL has expired.")
@@ -438,6 +445,7 @@ class Designs:
             doc["_id"],
             organization_id=org_id,
             classification=classification,
+            design_id=doc["_id"],
             changes={
                 "filename": filename,
                 "classification": classification,
@@ -495,6 +503,7 @@ class Designs:
             doc["_id"],
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["_id"],
             changes={"file_hash": updated["file_hash"], "analysis_job_id": job["_id"]},
         )
         await self._announce(
@@ -545,11 +554,14 @@ class Designs:
     # ------------------------------------------------------------------ reads
 
     async def download(
-        self, principal: Principal, design_id: str, actor: audit.Actor, byte_range: str | None
-    ) -> dict[str, Any]:
+        self, principal: Principal, design_id: str, actor: audit.Actor, range_header: str | None
+    ) -> Transfer:
+        """The original file, whole or the one range asked for; audited with the range as parsed."""
         doc = await self.get_visible(principal, design_id)
         if doc["status"] == DesignStatus.UPLOADING.value:
             raise Conflict("The upload of this design is not finalized yet.")
+        size = doc["file_size_bytes"]
+        wanted = byte_range(range_header, size)
         await audit.record(
             self.db,
             actor,
@@ -558,9 +570,11 @@ class Designs:
             design_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
-            changes={"range": byte_range} if byte_range else {},
+            design_id=design_id,
+            changes=audited_range(wanted),
         )
-        return doc
+        start, end = wanted or (0, size)
+        return Transfer(self, principal, actor, doc, doc["content_sha256"], start, end, wanted is not None, "original")
 
     async def metadata(self, principal: Principal, design_id: str) -> dict[str, Any]:
         doc = await self.get_visible(principal, design_id)
@@ -662,6 +676,8 @@ class Designs:
                 await self.db[dependant].update_many(
                     {"design_id": design_id}, {"$set": {"classification": changes["classification"]["new"]}}
                 )
+            # So do the audit entries about it: who may read them follows the design's label from now on.
+            await audit.relabel(self.db, design_id, changes["classification"]["new"])
         action = (
             "DOWNGRADE_CLASSIFICATION"
             if "classification" in changes
@@ -676,6 +692,7 @@ class Designs:
             design_id,
             organization_id=org_id,
             classification=updated["classification"],
+            design_id=design_id,
             changes=changes,
         )
         await self._announce(updated, "design.updated", {"changes": list(changes)})
@@ -698,6 +715,7 @@ class Designs:
             design_id,
             organization_id=org_id,
             classification=doc["classification"],
+            design_id=design_id,
             changes={"filename": doc["filename"], "version_number": doc["version_number"]},
         )
         await self._announce(doc, "design.deleted")

@@ -624,6 +624,7 @@ class Jobs:
             job_id,
             organization_id=job["organization_id"],
             classification=job["classification"],
+            design_id=job["design_id"],
             changes={"force": force, "status_before": job["status"]},
         )
         if settled_here and done is not None:

@@ -77,7 +77,10 @@ def _one(args: QueryArgs, name: str) -> str:
     if len(values) != 1:
         raise ValidationFailed(f"Give '{name}' once.", field_errors={name: ["Give this parameter once."]})
     raw = values[0]
-    value = raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else raw
+    try:
+        value = raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise ValidationFailed(f"'{name}' is not valid UTF-8.", field_errors={name: ["Not valid UTF-8."]}) from None
     if len(value) > MAX_PARAM_LENGTH:
         raise ValidationFailed(f"'{name}' is too long.", field_errors={name: ["Too long."]})
     return value

@@ -323,6 +323,7 @@ class Markups:
             doc["_id"],
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes={
                 "review_id": doc["review_id"],
                 "severity": doc["severity"],
@@ -398,6 +399,7 @@ class Markups:
             markup_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes=audited,
         )
         await self._announce(
@@ -448,6 +450,7 @@ class Markups:
             markup_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes={"status": {"old": doc["status"], "new": status.value}, **fields},
         )
         await self._announce(updated, event, {"markup": await self.render_one(updated)})
@@ -490,6 +493,7 @@ class Markups:
             markup_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes={
                 "author_id": doc["author_id"],
                 "annotation_text": doc["annotation_text"][:500],
@@ -527,6 +531,7 @@ class Markups:
             markup_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes={"reply_id": reply["id"], "text": data.text[:500]},
         )
         rendered = render_reply(reply, principal.username)

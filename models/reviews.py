@@ -442,6 +442,7 @@ class Reviews:
             review_id,
             organization_id=org_id,
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes={
                 "design_id": design["_id"],
                 "reviewers": doc["reviewers"],
@@ -586,6 +587,7 @@ class Reviews:
             review_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes=changes,
         )
         await self._announce(updated, "review.updated", {"changes": sorted(changes)})
@@ -635,6 +637,7 @@ class Reviews:
             review_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes={"status": {"old": doc["status"], "new": ReviewStatus.CANCELLED.value}, "reason": data.reason},
         )
         design = await self.db[DESIGNS].find_one_and_update(
@@ -716,6 +719,7 @@ class Reviews:
             review_id,
             organization_id=doc["organization_id"],
             classification=doc["classification"],
+            design_id=doc["design_id"],
             changes={
                 "decision": vote["decision"],
                 "reason": vote["reason"],
@@ -785,6 +789,7 @@ class Reviews:
                 doc["_id"],
                 organization_id=doc["organization_id"],
                 classification=doc["classification"],
+                design_id=doc["design_id"],
                 changes={"reason": "wrong password"},
             )
             raise PermissionDenied(
@@ -838,6 +843,7 @@ class Reviews:
             review["_id"],
             organization_id=review["organization_id"],
             classification=review["classification"],
+            design_id=review["design_id"],
             changes={
                 "outcome": outcome.value,
                 "tally": tally(review),
@@ -866,6 +872,7 @@ class Reviews:
             design["_id"],
             organization_id=design["organization_id"],
             classification=design["classification"],
+            design_id=design["_id"],
             changes={"status": {"old": old, "new": design["status"]}, "review_id": review_id},
         )
         data = {

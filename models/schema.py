@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models.errors import ValidationFailed, field_errors_from
 
@@ -32,10 +32,28 @@ RequiredText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterVal
 M = TypeVar("M", bound=BaseModel)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False  # numbers, enums, and nested inputs (which checked themselves)
+
+
 class Input(BaseModel):
-    """A request body: exact types (no "5" for 5), unknown fields refused, strings trimmed of nothing."""
+    """A request body: exact types (no "5" for 5), unknown fields refused, strings trimmed of nothing, and no
+    NUL characters anywhere (no name, text or filename needs one, and C libraries, files and logs cut at it)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False, str_max_length=100_000)
+
+    @field_validator("*")
+    @classmethod
+    def _refuse_nul(cls, value: Any) -> Any:
+        if _has_nul(value):
+            raise ValueError("May not contain NUL characters.")
+        return value
 
 
 def json_default(value: Any) -> Any:

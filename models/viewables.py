@@ -17,6 +17,7 @@ from models.errors import Conflict
 from models.events import Publisher
 from models.jobs import JobStatus, JobType, announce_job, new_job, status_event
 from models.policy import Principal
+from models.transfers import Transfer
 
 if TYPE_CHECKING:
     from models.designs import Designs  # which renders a design's viewable with this module, so imports it
@@ -38,6 +39,7 @@ class Ready:
     sha256: str
     size: int
     modified: bool
+    transfer: Transfer  # the bytes on their way out, re-checked like a download while they stream
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,12 @@ class Viewables:
                 design_id,
                 organization_id=doc["organization_id"],
                 classification=doc["classification"],
+                design_id=design_id,
                 changes={"artifact": "viewable", "format": "glb", **({} if modified else {"not_modified": True})},
             )
-            return Ready(doc, record["sha256"], int(record["bytes"]), modified)
+            size = int(record["bytes"])
+            transfer = Transfer(self.designs, principal, actor, doc, record["sha256"], 0, size, False, "viewable")
+            return Ready(doc, record["sha256"], size, modified, transfer)
         if status == "PROCESSING" and doc.get("analysis_job_id"):
             job = await self.db[JOBS].find_one({"_id": doc["analysis_job_id"]})
             if job is not None and job["status"] in ACTIVE:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from models import audit
-from tests.helpers import World, assert_envelope, cad, team, upload
+from tests.helpers import Api, World, assert_envelope, cad, open_review, ready_design, review_team, team, upload
 
 
 @pytest.mark.gen_test
@@ -74,3 +74,150 @@ async def test_search_export_and_verify(world: World, api: Any) -> None:
     token = (await world.services.identity.open_session(staff.user, device="t", ip=None))["access_token"]
     verified = (await api.as_token(token).get("/api/audit-logs/verify/")).json
     assert verified["intact"] is True and verified["entries"] > 5
+
+
+MARKUP = {
+    "position": {"x": 25.5, "y": 12.3, "z": 8.7},
+    "camera_position": {"x": 100, "y": 100, "z": 100},
+    "camera_target": {"x": 25.5, "y": 12.3, "z": 8.7},
+    "severity": "MAJOR",
+}
+
+
+async def _every_read(admin: Api, owner_view: list[dict[str, Any]]) -> str:
+    """What an ADMIN gets from every way of reading the trail (list, search, each entry, both exports), as one
+    text to look for leaks in; also checks that the list's count is exactly what it shows."""
+    listing = (await admin.get("/api/audit-logs/?page_size=100")).json
+    assert listing["count"] == len(listing["results"]) < 100, listing["count"]
+    parts = [json.dumps(listing)]
+    for query in ("resource_type=Markup", "resource_type=ReviewSession", "resource_type=DesignAsset"):
+        page = (await admin.get(f"/api/audit-logs/?{query}")).json
+        assert page["count"] == len(page["results"]), query
+        parts.append(json.dumps(page))
+    parts.append((await admin.get("/api/audit-logs/search/?q=Markup")).body.decode())
+    for entry in owner_view:
+        one = await admin.get(f"/api/audit-logs/{entry['id']}/")
+        parts.append(one.body.decode() if one.status == 200 else "")
+    parts.append((await admin.get("/api/audit-logs/export/?format=json")).body.decode())
+    parts.append((await admin.get("/api/audit-logs/export/?format=csv")).body.decode())
+    return "\n".join(parts)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_entries_follow_the_designs_current_classification(world: World, db: Any, api: Api) -> None:
+    """Issue 10 #4: once a design is raised to SECRET, an ADMIN cleared only for CONFIDENTIAL no longer reads
+    its filename, markup texts or review entries anywhere in the trail, and the counts say so too; lowered
+    again, they are back. The hash chain verifies throughout."""
+    _, p, series_id = await review_team(world)
+    await db.users.update_one({"_id": p["admin"].id}, {"$set": {"security_clearance_level": "CONFIDENTIAL"}})
+    design = await upload(p["author"], series_id, "xj9-blade.igs", cad("plate.igs"))
+    await db.designs.update_one({"_id": design["id"]}, {"$set": {"status": "READY"}})
+    review = await open_review(p["author"], design["id"], [p["r1"], p["r2"]])
+    made = await p["r1"].api.post(
+        "/api/markups/", {"review_session": review["id"], "annotation_text": "XJ9 crack at the fillet", **MARKUP}
+    )
+    assert made.status == 201, made.body
+    reply = await p["r2"].api.post(f"/api/markups/{made.json['id']}/replies/", {"text": "XJ9 seen too"})
+    assert reply.status == 201, reply.body
+    vote = await p["r1"].api.post(f"/api/reviews/{review['id']}/approve/", {"comments": "XJ9 acceptable"})
+    assert vote.status == 200, vote.body
+    admin, owner = p["admin"].api, p["owner"].api
+    assert "XJ9" in await _every_read(admin, [])  # readable while the design is UNCLASSIFIED
+
+    raised = await owner.patch(f"/api/designs/{design['id']}/", {"classification": "SECRET"})
+    assert raised.status == 200, raised.body
+    # Written after the change: labelled SECRET from the start.
+    later = await p["r1"].api.post(
+        "/api/markups/", {"review_session": review["id"], "annotation_text": "XJ9 second look", **MARKUP}
+    )
+    assert later.status == 201, later.body
+    owner_view = (await owner.get(f"/api/audit-logs/?page_size=100&organization={design['organization']}")).json
+    ids = {design["id"], review["id"], str(made.json["id"]), str(later.json["id"])}
+    about = [e for e in owner_view["results"] if e["resource_id"] in ids]
+    kinds = {(e["resource_type"], e["action"]) for e in about}
+    assert {("DesignAsset", "CREATE"), ("ReviewSession", "CREATE"), ("ReviewSession", "VOTE")} <= kinds
+    assert {("Markup", "CREATE"), ("Markup", "REPLY"), ("DesignAsset", "UPDATE")} <= kinds
+    seen = await _every_read(admin, about)
+    for secret in ("XJ9", "xj9-blade", design["id"], review["id"]):
+        assert secret not in seen, secret
+    # Each says which design it is about and the label that governs it now.
+    assert all(e["design"] == design["id"] and e["current_classification"] == "SECRET" for e in about)
+    by_design = (await owner.get(f"/api/audit-logs/?design={design['id']}&page_size=100")).json
+    assert {e["id"] for e in by_design["results"]} == {e["id"] for e in about}
+    assert (await admin.get(f"/api/audit-logs/?design={design['id']}")).json["count"] == 0
+
+    # Reclassifying rewrote only labels outside the hashed content: the chain is intact.
+    assert await audit.verify_chain(db) == (True, None)
+    staff = await world.staff_principal()
+    token = (await world.services.identity.open_session(staff.user, device="t", ip=None))["access_token"]
+    assert (await api.as_token(token).get("/api/audit-logs/verify/")).json["intact"] is True
+
+    lowered = await owner.patch(f"/api/designs/{design['id']}/", {"classification": "UNCLASSIFIED"})
+    assert lowered.status == 200, lowered.body
+    back = await _every_read(admin, about)
+    assert "XJ9 crack at the fillet" in back and "XJ9 second look" in back and "xj9-blade" in back
+    assert await audit.verify_chain(db) == (True, None)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_entries_written_before_labels_take_their_designs_label(world: World, db: Any) -> None:
+    """Entries from before labels existed (no `label`, no `design_id`) get both at start-up from the resource
+    they are about, so the rule above covers the existing trail too."""
+    _, p, series_id = await review_team(world)
+    design = await ready_design(db, p["author"], series_id)
+    review = await open_review(p["author"], design["_id"], [p["r1"], p["r2"]])
+    made = await p["r1"].api.post("/api/markups/", {"review_session": review["id"], "annotation_text": "x", **MARKUP})
+    assert made.status == 201
+    # As an older server left them: the design raised since, its entries still saying UNCLASSIFIED.
+    await db.audit_log.update_many({}, {"$unset": {"label": "", "design_id": ""}})
+    await db.meta.delete_one({"_id": audit.LABELS_MARKER})  # as on the first start after the upgrade
+    await db.designs.update_one({"_id": design["_id"]}, {"$set": {"classification": "SECRET"}})
+    assert await audit.label_legacy_entries(db) > 0
+    for kind, rid in (("DesignAsset", design["_id"]), ("ReviewSession", review["id"]), ("Markup", made.json["id"])):
+        entry = await db.audit_log.find_one({"resource_type": kind, "resource_id": str(rid)})
+        assert entry["design_id"] == design["_id"] and entry["label"] == "SECRET", entry
+    assert await db.audit_log.count_documents({"label": {"$exists": False}}) == 0
+    assert await audit.label_legacy_entries(db) == 0  # done once; later start-ups skip the scan
+    assert await audit.verify_chain(db) == (True, None)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_csv_export_neutralizes_formulas(world: World) -> None:
+    """Issue 10 #13: a material named =HYPERLINK(...) reaches the export as text, not as a formula."""
+    org, people, _ = await team(world)
+    name = '=HYPERLINK("http://evil.example/x","Open")'
+    made = await people["admin"].api.post(
+        "/api/materials/", {"organization": org["_id"], "name": name, "density_kg_m3": 1000.0}
+    )
+    assert made.status == 201, made.body
+    exported = await people["owner"].api.get("/api/audit-logs/export/?format=csv")
+    rows = list(csv.reader(io.StringIO(exported.body.decode())))
+    cells = [cell for row in rows[1:] for cell in row]
+    assert [c for c in cells if c.startswith("'=HYPERLINK(")], "the material's entry is not in the export"
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    # The JSON export keeps the value as it is: there it is data, not a cell.
+    entries = (await people["owner"].api.get("/api/audit-logs/export/?format=json")).json
+    assert any(e["resource_id"] == name for e in entries)
+
+
+@pytest.mark.gen_test
+async def test_entry_fields_are_bounded(db: Any) -> None:
+    """Issue 10 #14: whatever a caller sends, an entry stays small: strings, lists and nesting in changes, and
+    the user agent, are cut to known bounds."""
+    actor = audit.Actor(1, "u" * 10_000, "1.2.3.4", "agent/" + "x" * 100_000)
+    nested: dict[str, Any] = {"leaf": "y" * 50_000}
+    for _ in range(20):
+        nested = {"deeper": nested}
+    entry = await audit.record(
+        db,
+        actor,
+        "UPDATE",
+        "Thing",
+        "z" * 10_000,
+        changes={"text": "t" * 1_000_000, "many": list(range(100_000)), "nested": nested, "k" * 5000: 1},
+    )
+    stored = await db.audit_log.find_one({"_id": entry["_id"]})
+    assert len(json.dumps(stored, default=str)) < 20_000
+    assert len(stored["user_agent"]) <= 512 and len(stored["resource_id"]) <= 200
+    assert len(stored["changes"]["text"]) <= audit.MAX_TEXT and len(stored["changes"]["many"]) <= audit.MAX_ITEMS + 1
+    assert await audit.verify_chain(db) == (True, None)

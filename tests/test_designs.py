@@ -224,8 +224,11 @@ async def test_finalize_and_download_refusals(world: World, db: Any) -> None:
 async def test_hostile_filenames_are_neutralised(world: World) -> None:
     _, people, series_id = await team(world)
     data = cad("wire.brep")
-    design = await upload(people["member"], series_id, "../../etc/pass\x00wd.brep", data)
-    assert "/" not in design["filename"] and "\x00" not in design["filename"] and design["filename"].endswith(".brep")
+    design = await upload(people["member"], series_id, "../../etc/pass\x01wd.brep", data)
+    assert "/" not in design["filename"] and "\x01" not in design["filename"] and design["filename"].endswith(".brep")
+    # A NUL is refused outright, like a NUL in any other text of a request body.
+    nul = await people["member"].api.post("/api/designs/upload-url/", {"filename": "pass\x00wd.brep", "file_size": 9})
+    assert "filename" in assert_envelope(nul, 400, "VALIDATION_ERROR")["field_errors"]
     download = await people["member"].api.get(f"/api/designs/{design['id']}/download/")
     disposition = download.headers["Content-Disposition"]
     assert "\n" not in disposition and "/" not in disposition.split("filename=")[1].split(";")[0]
