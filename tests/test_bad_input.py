@@ -123,9 +123,13 @@ async def seed(world: World, db: Any, api: Api) -> Seed:
     key = await owner.api.post("/api/auth/api-keys/", {"name": "ci", "scopes": ["read"]})
     assert key.status == 201, key.body
     other = await world.services.identity.open_session(owner.user, device="laptop", ip="127.0.0.1")
+    outsider = await world.user("bad-input-outsider")
+    invitation = await owner.api.post(f"/api/organizations/{org['_id']}/add_member/", {"user_id": outsider.id})
+    assert invitation.status == 202, invitation.body
     first_entry = await db.audit_log.find_one({}, sort=[("_id", 1)])
     ids = {
-        "organizations": [org["_id"], p["r1"].id],
+        "organizations": [org["_id"]],
+        "invitations": [invitation.json["invitation"]["id"]],
         "series": [series_id],
         "designs": [design["_id"]],
         "uploads": [url.json["upload_id"]],
@@ -157,10 +161,14 @@ def fill(pattern: str, values: list[Any]) -> str:
     return "".join(out).replace("{{", "{").replace("}}", "}")
 
 
+# Path segments whose id is another resource's: an organization's members are users.
+ID_OF_SEGMENT = {"members": "users"}
+
+
 def ids_for(pattern: str, seed: Seed) -> list[Any]:
-    """The seeded ids a route's groups name, by the resource its path names."""
-    groups = re.findall(r"/api/(?:auth/)?([a-z-]+)/", pattern)
-    return seed.ids.get(groups[0], []) if groups else []
+    """The seeded id each of a route's groups names, by the path segment just before the group."""
+    segments = re.findall(r"([a-z-]+)/\(", pattern)
+    return [seed.ids[ID_OF_SEGMENT.get(name, name)][0] for name in segments]
 
 
 def body_model(handler: type, method: str) -> type[BaseModel] | None:
