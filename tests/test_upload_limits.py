@@ -116,7 +116,8 @@ async def test_an_upload_url_needs_the_right_to_add_designs_where_it_goes(world:
 
 
 async def tight_org(world: World, name: str, gb: int = 1) -> tuple[dict[str, Any], Caller, str]:
-    """An organization with a `gb` GB quota, one MEMBER and one series."""
+    """An organization with a `gb` GB quota, one MEMBER (of it alone, so their upload URLs need not name it) and
+    one series."""
     member = await world.user(f"{name}-member")
     org = await world.org(name, max_storage_gb=gb, members={member: "MEMBER"})
     series = await member.api.post("/api/series/", {"organization": org["_id"], "part_number": "Q-1", "name": "Part"})
@@ -130,26 +131,26 @@ async def test_the_storage_quota_counts_designs_and_reserved_uploads(world: Worl
     data = cad("wire.brep")
     design = await upload(member, series_id, "w.brep", data)
     # What is left of 1 GB can be reserved, and not one byte more, whether or not any byte was sent yet.
-    assert (await upload_url(member.api, GIB - len(data), series=series_id)).status == 201
-    over = assert_envelope(await upload_url(member.api, 1, series=series_id), 413, "STORAGE_QUOTA_EXCEEDED")
+    assert (await upload_url(member.api, GIB - len(data))).status == 201
+    over = assert_envelope(await upload_url(member.api, 1), 413, "STORAGE_QUOTA_EXCEEDED")
     assert (over["quota_bytes"], over["used_bytes"], over["requested_bytes"]) == (GIB, GIB, 1)
     body, ctype = multipart({"series": series_id}, "w2.brep", data)
     direct = await member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})
     assert_envelope(direct, 413, "STORAGE_QUOTA_EXCEEDED")
     # Deleting a design gives its bytes back; so does a refused body.
     assert (await member.api.delete(f"/api/designs/{design['id']}/")).status == 204
-    url = await upload_url(member.api, len(data), "w.brep", series=series_id)
+    url = await upload_url(member.api, len(data), "w.brep")
     assert url.status == 201
-    assert_envelope(await upload_url(member.api, 1, series=series_id), 413, "STORAGE_QUOTA_EXCEEDED")
+    assert_envelope(await upload_url(member.api, 1), 413, "STORAGE_QUOTA_EXCEEDED")
     assert_envelope(await put_bytes(member.api, url.json["upload_url"], data[:-1]), 400, "VALIDATION_ERROR")
-    assert (await upload_url(member.api, len(data), series=series_id)).status == 201
+    assert (await upload_url(member.api, len(data))).status == 201
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_parallel_reservations_cannot_overshoot_the_quota(world: World, db: Any) -> None:
     org, member, series_id = await tight_org(world, "parallel")
     sizes = [300 * MIB] * 8  # 3 fit in 1 GB (900 MiB), 4 do not
-    answers = await asyncio.gather(*(upload_url(member.api, size, series=series_id) for size in sizes))
+    answers = await asyncio.gather(*(upload_url(member.api, size) for size in sizes))
     assert sorted(a.status for a in answers) == [201] * 3 + [413] * 5, [a.body for a in answers]
     reserved = await db.uploads.find({"organization_id": org["_id"]}).to_list()
     assert sum(u["reserved_bytes"] for u in reserved) == 900 * MIB
@@ -288,37 +289,35 @@ async def receiving(db: Any, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
-class TestConcurrentUploads:
-    @pytest.fixture
-    def settings_overrides(self) -> dict[str, Any]:
-        return {"max_concurrent_uploads": 2}
-
-    @pytest.mark.gen_test(timeout=60)
-    async def test_one_user_streams_at_most_the_cap_at_once(self, world: World, db: Any) -> None:
-        _, people, series_id = await team(world)
-        member = people["member"]
-        data = cad("assembly.step")
-        urls = [(await upload_url(member.api, len(data), "a.step", series=series_id)).json for _ in range(4)]
-        held = [HeldUpload(u["upload_url"], data) for u in urls[:2]]
-        for upload_ in held:
-            await upload_.start()
-        await receiving(db, 2)
-        # A third at the same time is refused, by either route, and its signed URL stays good.
-        third = await put_bytes(member.api, urls[2]["upload_url"], data)
-        assert assert_envelope(third, 429, "RATE_LIMIT_EXCEEDED")["retry_after"] > 0
-        body, ctype = multipart({"series": series_id}, "b.step", data)
-        direct = await member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})
-        assert_envelope(direct, 429, "RATE_LIMIT_EXCEEDED")
-        # Another user is not affected.
-        other = await upload_url(people["admin"].api, len(data), "c.step", series=series_id)
-        assert (await put_bytes(people["admin"].api, other.json["upload_url"], data)).status == 200
-        # One finishes, one is dropped mid-body: both slots come back.
-        assert await held[0].finish() == 200
-        held[1].drop()
-        await receiving(db, 0)
-        assert (await put_bytes(member.api, urls[2]["upload_url"], data)).status == 200
-        assert (await member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})).status == 201
-        assert (await put_bytes(member.api, urls[3]["upload_url"], data)).status == 200
+@pytest.mark.gen_test(timeout=60)
+async def test_one_user_streams_at_most_the_cap_at_once(world: World, db: Any) -> None:
+    """ENGINEL_MAX_CONCURRENT_UPLOADS (4 by default) bodies of one user may stream at once."""
+    _, people, series_id = await team(world)
+    member = people["member"]
+    data = cad("assembly.step")
+    urls = [(await upload_url(member.api, len(data), "a.step")).json for _ in range(6)]
+    held = [HeldUpload(u["upload_url"], data) for u in urls[:4]]
+    for upload_ in held:
+        await upload_.start()
+    await receiving(db, 4)
+    # One more at the same time is refused, by either route, and its signed URL stays good.
+    fifth = await put_bytes(member.api, urls[4]["upload_url"], data)
+    assert assert_envelope(fifth, 429, "RATE_LIMIT_EXCEEDED")["retry_after"] > 0
+    body, ctype = multipart({"series": series_id}, "b.step", data)
+    direct = await member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})
+    assert_envelope(direct, 429, "RATE_LIMIT_EXCEEDED")
+    # Another user is not affected.
+    other = await upload_url(people["admin"].api, len(data), "c.step")
+    assert (await put_bytes(people["admin"].api, other.json["upload_url"], data)).status == 200
+    # One finishes, one is dropped mid-body: both slots come back.
+    assert await held[0].finish() == 200
+    held[1].drop()
+    await receiving(db, 2)
+    assert (await put_bytes(member.api, urls[4]["upload_url"], data)).status == 200
+    assert (await member.api.post("/api/designs/", raw=body, headers={"Content-Type": ctype})).status == 201
+    assert (await put_bytes(member.api, urls[5]["upload_url"], data)).status == 200
+    for upload_ in held[2:]:
+        assert await upload_.finish() == 200
 
 
 # ---------------------------------------------------------------- shared content
