@@ -116,7 +116,7 @@ class DesignsHandler(DesignsBase):
 
     _form: MultipartReader | None = None
     _direct: DirectUpload | None = None
-    _form_error: APIError | None = None
+    _form_error: Exception | None = None
 
     @property
     def body_limit(self) -> int:
@@ -166,7 +166,7 @@ class DesignsHandler(DesignsBase):
         try:
             for part in form.feed(chunk):
                 await self._on_part(part)
-        except APIError as exc:
+        except Exception as exc:  # an unexpected one too: answered (500) once the body is in, not a dropped socket
             self._form_error = exc
             await self._abort_direct()
 
