@@ -60,15 +60,20 @@ class ContentStore:
     async def acquire(self, sha: str) -> None:
         """One more reference; returns once no deletion of this digest is under way (the caller then installs
         or reads it)."""
-        while True:
-            try:
-                doc = await self.db[CONTENT_REFS].find_one_and_update(
-                    {"_id": sha}, {"$inc": {"refs": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-                )
-                break
-            except DuplicateKeyError:
-                continue  # two first references raced on the upsert; the other one created the document
-        assert doc is not None  # an upsert returning the document after the update
+        refs = self.db[CONTENT_REFS]
+        increment = {"$inc": {"refs": 1}}
+        try:
+            doc = await refs.find_one_and_update(
+                {"_id": sha}, increment, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError:  # two first references raced on the upsert; the other one created the document
+            doc = await refs.find_one_and_update(
+                {"_id": sha}, increment, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        if doc is None:
+            # SecantusDB can answer one of several racing upserts without the document (the increment is applied,
+            # as MongoDB would); read it to see whether a deletion is under way.
+            doc = await self.db[CONTENT_REFS].find_one({"_id": sha}, {"deleting": 1}) or {}
         deleting = doc.get("deleting")
         while deleting is not None:
             # Our reference stops the deleter from dropping the record; it clears the flag once the file is gone.

@@ -480,10 +480,11 @@ class Designs:
         slots = self.db[UPLOAD_SLOTS]
         for _ in range(3):
             try:
-                await slots.update_one(
+                taken = await slots.update_one(
                     {"_id": user_id, f"active.{cap - 1}": {"$exists": False}}, {"$push": {"active": entry}}, upsert=True
                 )
-                return
+                if taken.modified_count or taken.upserted_id is not None:
+                    return
             except DuplicateKeyError:
                 pass  # full, or another first upload created the document just now
             await slots.update_one({"_id": user_id}, {"$pull": {"active": {"until": {"$lt": utcnow()}}}})
