@@ -432,12 +432,12 @@ class Designs:
         """Check the signed URL and claim the upload for this one request (single use), within the uploader's
         cap on concurrent uploads."""
         # The length bound keeps int() away from Python's digit limit; a real expiry has ten digits.
-        if (
-            not 0 < len(expires) <= 20
-            or not expires.isascii()
-            or not expires.isdigit()
-            or not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)), signature)
-        ):
+        if not 0 < len(expires) <= 20 or not expires.isascii() or not expires.isdigit():
+            raise ValidationFailed(
+                "The upload URL is malformed: 'expires' must be a Unix time.",
+                field_errors={"expires": ["Expected up to 20 digits."]},
+            )
+        if not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)), signature):
             raise PermissionDenied("The upload URL signature is not valid.")
         now = utcnow()
         if int(expires) < now.timestamp():

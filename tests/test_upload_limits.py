@@ -508,3 +508,16 @@ class TestWorkerMemory:
         assert (await wait_job(member.api, fine["finalize"]["analysis_job_id"]))["status"] == "SUCCESS"
         stats = services.pool.stats()
         assert stats["replaced"] == 1 and stats["alive"] == 1, stats
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_malformed_upload_url_expiry_is_a_400(world: World) -> None:
+    _, people, _ = await team(world)
+    url = (await upload_url(people["member"].api, 10)).json["upload_url"]
+    base, query = url.split("?", 1)
+    signature = urllib.parse.parse_qs(query)["signature"][0]
+    for expires in ("9" * 5000, "12a", "", "１２"):
+        resp = await put_bytes(
+            people["member"].api, f"{base}?expires={urllib.parse.quote(expires)}&signature={signature}", b"x"
+        )
+        assert "expires" in assert_envelope(resp, 400, "VALIDATION_ERROR")["field_errors"], expires
