@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,6 +29,7 @@ from models.audit import AuditTrail, label_legacy_entries
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
 from models.commands import socket_commands
+from models.content import ContentStore
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
 from models.designs import Designs
 from models.embedded_db import DirectoryInUse
@@ -39,6 +42,7 @@ from models.markups import Markups
 from models.materials import Materials
 from models.organizations import Organizations
 from models.policy import Principal
+from models.quota import StorageQuota
 from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from models.reviews import Reviews
 from models.series import Series
@@ -165,6 +169,7 @@ class Runtime:
         self.observe = observe
         self.embedded: EmbeddedMongo | None = None
         self.services: Services | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> Services:
         """Connect, build every repository around one publisher, start the gateway and, if configured, workers."""
@@ -205,6 +210,7 @@ class Runtime:
             publisher=publisher,
         )
         storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
+        contents = ContentStore(db, storage)
         series = Series(db)
         materials = Materials(db)
         orgs = Organizations(db, self_service=settings.self_service_organizations, publisher=publisher)
@@ -216,6 +222,10 @@ class Runtime:
             max_upload_bytes=settings.max_upload_bytes,
             series=series,
             materials=materials,
+            contents=contents,
+            quota=StorageQuota(db),
+            upload_ttl=timedelta(seconds=settings.upload_url_ttl),
+            max_concurrent_uploads=settings.max_concurrent_uploads,
         )
         reviews = Reviews(db, publisher, designs, identity.passwords)
         markups = Markups(db, publisher, reviews)
@@ -257,13 +267,16 @@ class Runtime:
             gateway.add_command(name, command)
         await gateway.start()
         # Leftovers of uploads a crashed process abandoned, and pint's registry (0.7 s) off the first request.
+        await contents.count_existing()
         await storage.purge_incomplete()
         await asyncio.to_thread(units.registry)
         if settings.bootstrap_admin and await identity.bootstrap_admin(settings.bootstrap_admin):
             log.info("created platform admin %r", settings.bootstrap_admin.split(":", 1)[0])
         if settings.workers > 0:
             # OpenCascade is imported once per worker at start, not inside the first job's timeout.
-            self.services.pool = ProcessPool(settings.workers, preload=("processing.cad",))
+            self.services.pool = ProcessPool(
+                settings.workers, preload=("processing.cad",), memory_limit_mb=settings.worker_memory_mb
+            )
             await self.services.pool.start()
             self.services.runner = JobRunner(
                 db,
@@ -283,10 +296,29 @@ class Runtime:
                 ),
             )
             await self.services.runner.start()
+        self._housekeeping = asyncio.create_task(self._housekeep(self.services))
         return self.services
+
+    async def _housekeep(self, services: Services) -> None:
+        """Every ENGINEL_UPLOAD_PURGE_INTERVAL: purge expired uploads (a bounded batch a pass) and temporary files
+        of crashed uploads. Every process runs it; each removal is claimed atomically, so they never collide."""
+        while True:
+            await asyncio.sleep(services.settings.upload_purge_interval)
+            try:
+                purged = await services.designs.purge_expired_uploads()
+                await services.storage.purge_incomplete()
+                if purged:
+                    log.info("purged %d expired uploads", purged)
+            except Exception:
+                log.exception("purging expired uploads failed; trying again next pass")
 
     async def stop(self) -> None:
         services, self.services = self.services, None
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
         if services is not None:
             services.realtime.close_all()  # "going away" (1001): clients reconnect elsewhere with since
             if services.runner is not None:

@@ -64,6 +64,27 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest one-request multipart upload; bigger files use the streaming upload URL.",
     )
+    max_concurrent_uploads: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Uploads one user may have streaming at once (signed-URL PUTs and multipart POSTs "
+        "together); more answer 429.",
+    )
+    upload_url_ttl: int = Field(
+        3600,
+        ge=1,
+        le=7 * 86400,
+        description="Seconds a signed upload URL stays usable; a received file then has as long again to "
+        "become a design before it is purged.",
+    )
+    upload_purge_interval: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Seconds between passes that purge expired uploads (releasing their storage quota) "
+        "and unreferenced content; each pass handles a bounded batch.",
+    )
 
     # --- processing
     workers: int = Field(
@@ -85,6 +106,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Lease a server process holds on a running job (renewed every third of it); "
         "a job whose lease expires is claimed again by any process.",
+    )
+    worker_memory_mb: int = Field(
+        4096,
+        ge=0,
+        description="Address space one analysis worker process may use, in MiB (RLIMIT_AS; OpenCascade alone "
+        "maps about 550 MiB). A file that needs more fails its job with a clear message. 0: no limit.",
     )
     job_poll_interval: float = Field(
         0.5, gt=0, le=60, description="Seconds an idle job runner waits before looking for pending jobs again."

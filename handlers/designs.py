@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote
 
-import tornado.httputil
 import tornado.ioloop
 from pydantic import ValidationError
 
 from handlers.base import UUID, APIHandler, authenticated, public
+from handlers.multipart import Event, FieldPart, FileData, FileStart, MultipartReader
 from models.designs import (
     CONTENT_TYPES,
     ContentReceiver,
     DesignIn,
     DesignPatch,
+    DirectUpload,
     FinalizeIn,
     MultipartDesignIn,
     UploadUrlIn,
@@ -109,12 +111,34 @@ class SeriesDesignsHandler(APIHandler):
 
 class DesignsHandler(DesignsBase):
     """GET: the designs the caller may see; POST: a design from a finished upload, or a one-request multipart
-    upload."""
+    upload, streamed: authorized before the file's first byte (from ``?series=`` before the body, else from the
+    form fields, which must precede the file part), stored as it arrives, never held in memory."""
+
+    _form: MultipartReader | None = None
+    _direct: DirectUpload | None = None
+    _form_error: Exception | None = None
 
     @property
     def body_limit(self) -> int:
         ctype = self.request.headers.get("Content-Type", "")
         return self.config.max_multipart_bytes if ctype.startswith("multipart/") else self.config.max_json_body_bytes
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        ctype = self.request.headers.get("Content-Type", "")
+        if self.request.method != "POST" or not ctype.startswith("multipart/"):
+            return
+        await self.upload_budget()
+        self._fields: dict[str, str] = {}
+        self._file_seen = False
+        series = self.get_query_argument("series", None)
+        if series is not None:
+            self._fields["series"] = series
+            form = self._form_input()
+            await self.services.designs.authorize_direct(self.require_principal(), form.series)
+        self._form = MultipartReader(ctype)
+        length = self.request.headers.get("Content-Length")
+        self._bound = int(length) if length is not None else self.body_limit
 
     @authenticated
     async def get(self) -> None:
@@ -125,35 +149,81 @@ class DesignsHandler(DesignsBase):
 
     @authenticated
     async def post(self) -> None:
-        principal = self.require_principal()
-        if self.request.headers.get("Content-Type", "").startswith("multipart/form-data"):
-            await self.upload_budget()
-            await self._multipart()
+        if self._form is not None:
+            await self._multipart(self._form)
             return
-        doc = await self.services.designs.create(principal, self.parse_body(DesignIn), self.actor)
+        doc = await self.services.designs.create(self.require_principal(), self.parse_body(DesignIn), self.actor)
         self.write_json(await self.render_design(doc), status=201)
 
-    async def _multipart(self) -> None:
-        fields: dict[str, list[bytes]] = {}
-        files: dict[str, list[tornado.httputil.HTTPFile]] = {}
-        tornado.httputil.parse_body_arguments(self.request.headers["Content-Type"], self.body, fields, files)
-        parts = files.get("file", [])
-        if len(parts) != 1:
-            raise ValidationFailed("Send exactly one file part named 'file'.", field_errors={"file": ["Required."]})
-        unknown = sorted(set(fields) - set(MultipartDesignIn.model_fields))
-        if unknown:
-            raise ValidationFailed("Unknown form field.", field_errors={k: ["Unknown field."] for k in unknown})
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._form is None:
+            return super().data_received(chunk)
+        return self._receive(self._form, chunk)
+
+    async def _receive(self, form: MultipartReader, chunk: bytes) -> None:
+        if self._form_error is not None:
+            return  # refused already: the rest of the body is read and dropped, then the error is the answer
         try:
-            data = MultipartDesignIn.model_validate_json(
-                json.dumps({k: v[0].decode("utf-8", "replace") for k, v in fields.items()})
+            for part in form.feed(chunk):
+                await self._on_part(part)
+        except Exception as exc:  # an unexpected one too: answered (500) once the body is in, not a dropped socket
+            self._form_error = exc
+            await self._abort_direct()
+
+    async def _on_part(self, part: Event) -> None:
+        if isinstance(part, FileData):
+            assert self._direct is not None
+            await self._direct.feed(part.data)
+        elif isinstance(part, FieldPart):
+            if self._file_seen:
+                raise ValidationFailed(
+                    "Send the form fields before the file part (or the series in ?series=).",
+                    field_errors={part.name: ["Must come before the file part."]},
+                )
+            if part.name not in MultipartDesignIn.model_fields:
+                raise ValidationFailed("Unknown form field.", field_errors={part.name: ["Unknown field."]})
+            if part.name in self._fields and self._fields[part.name] != part.value:
+                raise ValidationFailed("A form field is given twice.", field_errors={part.name: ["Given twice."]})
+            self._fields[part.name] = part.value
+        elif isinstance(part, FileStart):
+            if part.name != "file" or self._file_seen:
+                raise ValidationFailed(
+                    "Send exactly one file part, named 'file'.", field_errors={part.name: ["Unexpected file part."]}
+                )
+            self._file_seen = True
+            self._direct = await self.services.designs.open_direct(
+                self.require_principal(), self._form_input(), part.filename, self._bound
             )
+
+    def _form_input(self) -> MultipartDesignIn:
+        try:
+            return MultipartDesignIn.model_validate_json(json.dumps(self._fields))
         except ValidationError as exc:
             raise ValidationFailed("The form is not valid.", field_errors=field_errors_from(exc)) from None
-        result = await self.services.designs.create_direct(
-            self.require_principal(), data, parts[0].filename or "", parts[0].body, self.actor
-        )
+
+    async def _multipart(self, form: MultipartReader) -> None:
+        try:
+            if self._form_error is not None:
+                raise self._form_error
+            form.close()
+            direct, self._direct = self._direct, None
+            if direct is None:
+                raise ValidationFailed("Send exactly one file part named 'file'.", field_errors={"file": ["Required."]})
+            result = await direct.finish(self.actor)
+        except BaseException:
+            await self._abort_direct()
+            raise
         self.wake_runner()
         self.write_json(await self.render_design(result), status=201)
+
+    async def _abort_direct(self) -> None:
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            await direct.abort()
+
+    def on_connection_close(self) -> None:
+        if self._direct is not None:  # the client went away mid-body: leave nothing behind
+            tornado.ioloop.IOLoop.current().add_callback(self._abort_direct)
 
 
 class UploadUrlHandler(DesignsBase):
@@ -194,7 +264,11 @@ class UploadHandler(APIHandler):
             self.get_query_argument("signature", ""),
             int(length) if length and length.isdigit() else None,
         )
-        self._receiver = await designs.receiver(self._upload["format"], self._upload["declared_size"])
+        try:
+            self._receiver = await designs.receiver(self._upload["format"], self._upload["declared_size"])
+        except BaseException:
+            await designs.fail_receive(self._upload)
+            raise
 
     async def data_received(self, chunk: bytes) -> None:
         if self._receiver is None or self._error is not None:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 from pydantic import Field
 from pymongo import IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from models import audit
 from models.cadformat import FormatSniffer, format_for_filename, sanitize_filename
-from models.collections import BOM_NODES, DESIGNS, JOBS, MARKUPS, REVIEWS, SERIES, UPLOADS, USERS
+from models.collections import BOM_NODES, DESIGNS, JOBS, MARKUPS, REVIEWS, SERIES, UPLOAD_SLOTS, UPLOADS, USERS
+from models.content import ContentStore
 from models.database import Db, register_indexes, utcnow
-from models.errors import Conflict, PermissionDenied, Unprocessable, ValidationFailed
+from models.errors import Conflict, PermissionDenied, RateLimited, Unprocessable, ValidationFailed
 from models.events import Publisher, access_changed, announce
 from models.jobs import JobType, create_job
 from models.listing import Filter, Kind, ListSpec, QueryArgs, parse_list_query, run_list
@@ -34,6 +38,7 @@ from models.policy import (
     documents_filter,
     require,
 )
+from models.quota import StorageQuota
 from models.schema import Input, Uuid
 from models.series import Series
 from models.storage import FileTooLarge, Storage, StorageWriter, StoredFile, parse_file_hash
@@ -41,6 +46,10 @@ from models.transfers import Transfer, audited_range, byte_range
 from models.viewables import render_viewable
 
 UPLOAD_TTL = timedelta(hours=1)
+# How long one upload body may take to arrive (the HTTP server's body timeout is an hour); an upload still
+# RECEIVING after this belongs to a process that died, and the purge releases what it reserved.
+RECEIVE_WINDOW = timedelta(hours=2)
+PURGE_BATCH = 500  # expired uploads one purge pass handles; the next pass takes the rest
 
 register_indexes(
     DESIGNS,
@@ -52,7 +61,22 @@ register_indexes(
         IndexModel("status"),
     ],
 )
-register_indexes(UPLOADS, [IndexModel("expires_at")])
+register_indexes(
+    UPLOADS,
+    [
+        IndexModel("expires_at"),
+        IndexModel("receive_deadline", sparse=True),
+        IndexModel([("user_id", 1), ("status", 1)]),
+    ],
+)
+
+
+class UploadStatus(str, Enum):
+    PENDING = "PENDING"  # URL issued, bytes not sent yet
+    RECEIVING = "RECEIVING"  # a request is streaming the body (counts against the concurrent-upload cap)
+    RECEIVED = "RECEIVED"  # stored, holding a content reference, waiting to become a design
+    USED = "USED"  # a design holds its content and quota now
+    FAILED = "FAILED"  # the body was refused; nothing stored or reserved
 
 
 class DesignStatus(str, Enum):
@@ -89,6 +113,10 @@ class UploadUrlIn(Input):
     filename: str = Field(min_length=1, max_length=1000)
     file_size: int = Field(ge=1)
     content_type: str = Field("application/octet-stream", max_length=200)
+    # Where the design will go: the caller's right to add designs there is checked before the URL is issued, and
+    # the bytes count against that organization's quota from then on. Optional when there is only one candidate.
+    series: Uuid | None = None
+    organization: Uuid | None = None
 
 
 class DesignIn(Input):
@@ -184,11 +212,13 @@ DESIGN_LIST = ListSpec(
 
 
 class ContentReceiver:
-    """One file on its way into storage: the declared size is a hard bound, the content must match its
-    format from the first bytes on, and nothing is left behind unless finish() succeeds."""
+    """One file on its way into storage: the declared size (or, undeclared, the writer's limit) is a hard bound,
+    the content must match its format from the first bytes on, and nothing is left behind unless finish()
+    succeeds; the stored file then comes with one content reference, which the caller owns."""
 
-    def __init__(self, writer: StorageWriter, fmt: str, declared_size: int) -> None:
+    def __init__(self, writer: StorageWriter, contents: ContentStore, fmt: str, declared_size: int | None) -> None:
         self.writer: StorageWriter | None = writer
+        self.contents = contents
         self.sniffer = FormatSniffer(fmt)
         self.declared_size = declared_size
         self.received = 0
@@ -196,7 +226,7 @@ class ContentReceiver:
     async def feed(self, chunk: bytes) -> None:
         assert self.writer is not None, "feed() after finish() or abort()"
         self.received += len(chunk)
-        if self.received > self.declared_size:
+        if self.declared_size is not None and self.received > self.declared_size:
             raise FileTooLarge(f"The body is longer than the {self.declared_size} bytes declared.")
         self.sniffer.feed(chunk)
         await self.writer.write(chunk)
@@ -204,13 +234,13 @@ class ContentReceiver:
     async def finish(self) -> StoredFile:
         assert self.writer is not None, "finish() after finish() or abort()"
         try:
-            if self.received != self.declared_size:
+            if self.declared_size is not None and self.received != self.declared_size:
                 raise ValidationFailed(
                     f"Received {self.received} bytes but {self.declared_size} were declared.",
                     field_errors={"file_size": ["Does not match the body."]},
                 )
             self.sniffer.finish(self.received)
-            stored = await self.writer.commit()
+            stored = await self.contents.commit(self.writer)
         except BaseException:
             await self.abort()
             raise
@@ -221,6 +251,49 @@ class ContentReceiver:
         writer, self.writer = self.writer, None
         if writer is not None:
             await writer.abort()
+
+
+class DirectUpload:
+    """A one-request (multipart) upload between its file part's first and last byte: authorized, reserved and
+    counted as in progress before the first byte is stored (Designs.open_direct)."""
+
+    def __init__(
+        self,
+        designs: Designs,
+        principal: Principal,
+        series: dict[str, Any],
+        upload: dict[str, Any],
+        receiver: ContentReceiver,
+        form: MultipartDesignIn,
+    ) -> None:
+        self.designs = designs
+        self.principal = principal
+        self.series = series
+        self.upload = upload
+        self.receiver: ContentReceiver | None = receiver
+        self.form = form
+
+    async def feed(self, chunk: bytes) -> None:
+        assert self.receiver is not None, "feed() after finish() or abort()"
+        await self.receiver.feed(chunk)
+
+    async def finish(self, actor: audit.Actor) -> dict[str, Any]:
+        """Store the file, create the design and start its analysis; on any failure nothing is left behind."""
+        receiver, self.receiver = self.receiver, None
+        assert receiver is not None, "finish() after finish() or abort()"
+        try:
+            stored = await receiver.finish()
+        except BaseException:
+            await asyncio.shield(self.designs._drop_upload({"_id": self.upload["_id"]}))
+            raise
+        return await self.designs.complete_direct(self, stored, actor)
+
+    async def abort(self) -> None:
+        """The request failed or the client went away: remove what was written and give the reservation back."""
+        receiver, self.receiver = self.receiver, None
+        if receiver is not None:
+            await receiver.abort()
+            await self.designs._drop_upload({"_id": self.upload["_id"], "status": UploadStatus.RECEIVING.value})
 
 
 def _sign(secret: str, upload_id: str, expires: int) -> str:
@@ -240,6 +313,10 @@ class Designs:
         max_upload_bytes: int,
         series: Series,
         materials: Materials,
+        contents: ContentStore,
+        quota: StorageQuota,
+        upload_ttl: timedelta = UPLOAD_TTL,
+        max_concurrent_uploads: int = 4,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -248,6 +325,10 @@ class Designs:
         self.max_upload_bytes = max_upload_bytes
         self.series = series
         self.materials = materials
+        self.contents = contents
+        self.quota = quota
+        self.upload_ttl = upload_ttl
+        self.max_concurrent_uploads = max_concurrent_uploads
 
     # ------------------------------------------------------------------ visibility
 
@@ -279,39 +360,79 @@ class Designs:
     # ------------------------------------------------------------------ upload flow
 
     async def create_upload(self, principal: Principal, data: UploadUrlIn, base_url: str) -> dict[str, Any]:
+        """Step 1: a signed, single-use URL for one file, issued only to someone who may add designs where it
+        is going, and counted against that organization's storage quota until it is used or expires."""
         filename = sanitize_filename(data.filename)
         fmt = format_for_filename(filename)
         if data.file_size > self.max_upload_bytes:
             raise FileTooLarge(f"The file is {data.file_size} bytes; the limit is {self.max_upload_bytes}.")
+        org_id, series_id = await self._upload_target(principal, data)
         now = utcnow()
-        expires_at = now + UPLOAD_TTL
+        expires_at = now + self.upload_ttl
         expires = int(expires_at.timestamp())
         upload: dict[str, Any] = {
             "_id": str(uuid.uuid4()),
             "user_id": principal.id,
+            "organization_id": org_id,
+            "series_id": series_id,
+            "kind": "url",
             "filename": filename,
             "format": fmt,
             "declared_size": data.file_size,
             "content_type": data.content_type,
-            "status": "PENDING",
+            "status": UploadStatus.PENDING.value,
             "created_at": now,
             "expires_at": expires_at,
+            "reserved_bytes": data.file_size,
             "sha256": None,
             "size": None,
         }
-        await self.db[UPLOADS].insert_one(upload)
+        await self.quota.reserve(org_id, data.file_size)
+        try:
+            await self.db[UPLOADS].insert_one(upload)
+        except BaseException:
+            await self.quota.release(org_id, data.file_size)
+            raise
         sig = _sign(self.secret, upload["_id"], expires)
         return {
             "upload_url": f"{base_url}/api/uploads/{upload['_id']}/?expires={expires}&signature={sig}",
             "upload_id": upload["_id"],
             "expires_at": expires_at,
             "max_bytes": data.file_size,
+            "organization": org_id,
+            "series": series_id,
         }
+
+    async def _upload_target(self, principal: Principal, data: UploadUrlIn) -> tuple[str, str | None]:
+        """The organization (and series, if named) an upload URL is for, once the caller may add designs there."""
+        if data.series is not None:
+            series = await self.series.get_visible(principal, data.series)
+            org_id = str(series["organization_id"])
+            if data.organization is not None and data.organization != org_id:
+                raise ValidationFailed(
+                    "The series belongs to another organization.",
+                    field_errors={"organization": ["Not the series' organization."]},
+                )
+            require(principal, "design.create", org_id)
+            return org_id, str(series["_id"])
+        if data.organization is not None:
+            require(principal, "design.create", data.organization)
+            return data.organization, None
+        candidates = [org for org in principal.memberships if can(principal, "design.create", org)]
+        if len(candidates) == 1:
+            return candidates[0], None
+        if not candidates:
+            raise PermissionDenied("You may not add designs to any organization, so you cannot upload files.")
+        raise ValidationFailed(
+            "Name the series (or organization) the file is for: you may add designs to several organizations.",
+            field_errors={"series": ["Required when you may upload to several organizations."]},
+        )
 
     async def begin_receive(
         self, upload_id: str, expires: str, signature: str, content_length: int | None
     ) -> dict[str, Any]:
-        """Check the signed URL and claim the upload for this one request (single use)."""
+        """Check the signed URL and claim the upload for this one request (single use), within the uploader's
+        cap on concurrent uploads."""
         # ASCII digits only, and few of them: int() of thousands of digits raises, and "²".isdigit() is true.
         if not re.fullmatch(r"[0-9]{1,12}", expires):
             raise ValidationFailed(
@@ -319,41 +440,156 @@ class Designs:
             )
         if not hmac.compare_digest(_sign(self.secret, upload_id, int(expires)).encode(), signature.encode()):
             raise PermissionDenied("The upload URL signature is not valid.")
-        if int(expires) < utcnow().timestamp():
+        now = utcnow()
+        if int(expires) < now.timestamp():
             raise PermissionDenied("The upload URL has expired.")
         upload = await self.db[UPLOADS].find_one_and_update(
-            {"_id": upload_id, "status": "PENDING"},
-            {"$set": {"status": "RECEIVING", "receiving_at": utcnow()}},
+            {"_id": upload_id, "status": UploadStatus.PENDING.value},
+            {
+                "$set": {
+                    "status": UploadStatus.RECEIVING.value,
+                    "receiving_at": now,
+                    "receive_deadline": now + RECEIVE_WINDOW,
+                }
+            },
             return_document=ReturnDocument.AFTER,
         )
         if upload is None:
             raise Conflict("This upload URL was already used.")
         if content_length is not None and content_length > upload["declared_size"]:
-            await self.db[UPLOADS].update_one({"_id": upload_id}, {"$set": {"status": "FAILED"}})
+            await self.fail_receive(upload)
             raise FileTooLarge(f"The body is {content_length} bytes but {upload['declared_size']} were declared.")
+        try:
+            await self._take_slot(upload)
+        except RateLimited:
+            # The URL stays good: the caller may send it again once another upload has finished.
+            await self.db[UPLOADS].update_one(
+                {"_id": upload_id, "status": UploadStatus.RECEIVING.value},
+                {"$set": {"status": UploadStatus.PENDING.value}, "$unset": {"receive_deadline": ""}},
+            )
+            raise
         return upload
 
-    async def finish_receive(self, upload: dict[str, Any], stored: StoredFile) -> dict[str, Any]:
-        await self.db[UPLOADS].update_one(
-            {"_id": upload["_id"]},
-            {"$set": {"status": "RECEIVED", "sha256": stored.sha256, "size": stored.size, "received_at": utcnow()}},
+    async def _take_slot(self, upload: dict[str, Any]) -> None:
+        """One of the uploader's ``max_concurrent_uploads`` slots for this upload, or RateLimited (429).
+
+        The slots are one array per user, grown only while shorter than the cap (a single conditional update, so
+        racing uploads can never take more); an entry lives until its upload leaves RECEIVING or, if its process
+        died, until its receive deadline."""
+        user_id, cap = upload["user_id"], self.max_concurrent_uploads
+        entry = {"id": upload["_id"], "until": upload["receive_deadline"]}
+        slots = self.db[UPLOAD_SLOTS]
+        for _ in range(3):
+            try:
+                taken = await slots.update_one(
+                    {"_id": user_id, f"active.{cap - 1}": {"$exists": False}}, {"$push": {"active": entry}}, upsert=True
+                )
+                if taken.modified_count or taken.upserted_id is not None:
+                    return
+            except DuplicateKeyError:
+                pass  # full, or another first upload created the document just now
+            await slots.update_one({"_id": user_id}, {"$pull": {"active": {"until": {"$lt": utcnow()}}}})
+            doc = await slots.find_one({"_id": user_id})
+            if doc is not None and len(doc.get("active", [])) >= cap:
+                break
+        raise RateLimited(
+            f"You already have {cap} uploads in progress, the most one user may send at once. "
+            "Send this one when another has finished.",
+            headers={"Retry-After": "5"},
+            extra={"retry_after": 5},
         )
+
+    async def _free_slot(self, upload: dict[str, Any]) -> None:
+        await self.db[UPLOAD_SLOTS].update_one({"_id": upload["user_id"]}, {"$pull": {"active": {"id": upload["_id"]}}})
+
+    async def finish_receive(self, upload: dict[str, Any], stored: StoredFile) -> dict[str, Any]:
+        """The body arrived whole: the upload holds the content (and its reservation) until a design takes it."""
+        now = utcnow()
+        done = await self.db[UPLOADS].update_one(
+            {"_id": upload["_id"], "status": UploadStatus.RECEIVING.value},
+            {
+                "$set": {
+                    "status": UploadStatus.RECEIVED.value,
+                    "sha256": stored.sha256,
+                    "size": stored.size,
+                    "received_at": now,
+                    "expires_at": now + self.upload_ttl,
+                },
+                "$unset": {"receive_deadline": ""},
+            },
+        )
+        await self._free_slot(upload)
+        if not done.matched_count:
+            await self.contents.release(stored.sha256)
+            raise Conflict("The upload expired while its body was arriving; ask for a new upload URL.")
         return {"upload_id": upload["_id"], "file_hash": stored.file_hash, "file_size": stored.size}
 
     async def fail_receive(self, upload: dict[str, Any]) -> None:
-        await self.db[UPLOADS].update_one({"_id": upload["_id"]}, {"$set": {"status": "FAILED"}})
+        """The body was refused or abandoned: nothing stored, and the organization's reservation is returned."""
+        failed = await self.db[UPLOADS].find_one_and_update(
+            {"_id": upload["_id"], "status": UploadStatus.RECEIVING.value},
+            {"$set": {"status": UploadStatus.FAILED.value, "reserved_bytes": 0}, "$unset": {"receive_deadline": ""}},
+        )
+        await self._free_slot(upload)
+        if failed is not None and failed.get("organization_id"):
+            await self.quota.release(failed["organization_id"], int(failed.get("reserved_bytes") or 0))
 
-    async def receiver(self, fmt: str, declared_size: int) -> ContentReceiver:
-        return ContentReceiver(await self.storage.writer(max_size=declared_size), fmt, declared_size)
+    async def receiver(self, fmt: str, declared_size: int | None, max_size: int | None = None) -> ContentReceiver:
+        limit = declared_size if declared_size is not None else max_size
+        return ContentReceiver(await self.contents.writer(max_size=limit), self.contents, fmt, declared_size)
+
+    async def purge_expired_uploads(self, limit: int = PURGE_BATCH) -> int:
+        """Remove up to ``limit`` uploads that expired unused or were abandoned mid-body, returning their quota
+        reservations and content references (content nothing else holds is deleted). Returns how many."""
+        now = utcnow()
+        stale = await (
+            self.db[UPLOADS]
+            .find(
+                {
+                    "$or": [
+                        {"status": {"$ne": UploadStatus.RECEIVING.value}, "expires_at": {"$lt": now}},
+                        {"status": UploadStatus.RECEIVING.value, "receive_deadline": {"$lt": now}},
+                    ]
+                },
+                {"_id": 1, "status": 1},
+            )
+            .limit(limit)
+            .to_list()
+        )
+        purged = 0
+        for doc in stale:
+            # Matching the status seen makes the removal lose any race with a transition made meanwhile.
+            if await self._drop_upload({"_id": doc["_id"], "status": doc["status"]}):
+                purged += 1
+        return purged
+
+    async def _drop_upload(self, match: Mapping[str, Any]) -> bool:
+        """Delete one upload document and give back what it held: its reservation and, once received, its content
+        reference. Whoever deletes the document gives them back, so each is returned exactly once."""
+        doc = await self.db[UPLOADS].find_one_and_delete(dict(match))
+        if doc is None:
+            return False
+        if doc["status"] == UploadStatus.RECEIVING.value:
+            await self._free_slot(doc)
+        if doc.get("organization_id"):
+            await self.quota.release(doc["organization_id"], int(doc.get("reserved_bytes") or 0))
+        if doc["status"] == UploadStatus.RECEIVED.value and doc.get("sha256"):
+            await self.contents.release(doc["sha256"])
+        return True
 
     async def create(self, principal: Principal, data: DesignIn, actor: audit.Actor) -> dict[str, Any]:
         """Step 3: the asset exists (UPLOADING) once its bytes have arrived; nothing is analysed yet."""
         upload = await self.db[UPLOADS].find_one({"_id": data.upload_id, "user_id": principal.id})
-        if upload is None or upload["status"] not in ("RECEIVED",):
+        if upload is None or upload["status"] != UploadStatus.RECEIVED.value or upload["expires_at"] < utcnow():
             raise ValidationFailed(
                 "No finished upload with this id.", field_errors={"upload_id": ["Upload the file to its URL first."]}
             )
         series = await self._authorize_create(principal, data.series, data.classification.value)
+        if upload.get("organization_id") != series["organization_id"]:
+            raise ValidationFailed(
+                "The upload was issued for another organization than this series'.",
+                field_errors={"upload_id": ["Ask for an upload URL naming this series."]},
+            )
         return await self._create(
             principal,
             series,
@@ -364,13 +600,17 @@ class Designs:
             classification=data.classification.value,
             material=data.material,
             actor=actor,
-            claim_upload=data.upload_id,
         )
+
+    async def authorize_direct(self, principal: Principal, series_id: str) -> dict[str, Any]:
+        """The early check of a one-request upload that names its series in the URL: before any body byte."""
+        series = await self.series.get_visible(principal, series_id)
+        require(principal, "design.create", series["organization_id"])
+        return series
 
     async def _authorize_create(self, principal: Principal, series_id: str, classification: str) -> dict[str, Any]:
         """The series the caller may add a version of, at a classification they could read themselves."""
-        series = await self.series.get_visible(principal, series_id)
-        require(principal, "design.create", series["organization_id"])
+        series = await self.authorize_direct(principal, series_id)
         await self._check_can_classify(principal, series["organization_id"], classification)
         return series
 
@@ -386,9 +626,9 @@ class Designs:
         classification: str,
         material: str,
         actor: audit.Actor,
-        claim_upload: str | None,
     ) -> dict[str, Any]:
-        """The design document of a stored upload (claimed once), its version allocated, audited and announced."""
+        """The design document of a received upload, claimed once: the upload's content reference and quota
+        reservation pass to the design. Its version is allocated, and it is audited and announced."""
         series_id = series["_id"]
         org_id = series["organization_id"]
         if format_for_filename(filename) != fmt:
@@ -397,20 +637,19 @@ class Designs:
                 field_errors={"filename": [f"Expected a {fmt} file name."]},
             )
         density = await self.materials.density(org_id, material) if material else None
-        if claim_upload is not None:
-            claimed = await self.db[UPLOADS].find_one_and_update(
-                {"_id": claim_upload, "status": "RECEIVED"}, {"$set": {"status": "USED"}}
-            )
-            if claimed is None:
-                raise Conflict("This upload was already used for another design.")
-        version = await self.series.allocate_version(series_id)
+        claimed = await self.db[UPLOADS].find_one_and_update(
+            {"_id": upload["_id"], "status": UploadStatus.RECEIVED.value},
+            {"$set": {"status": UploadStatus.USED.value, "reserved_bytes": 0, "used_at": utcnow()}},
+        )
+        if claimed is None:
+            raise Conflict("This upload was already used for another design.")
         now = utcnow()
         doc = {
             "_id": str(uuid.uuid4()),
             "organization_id": org_id,
             "series_id": series_id,
             "part_number": series["part_number"],
-            "version_number": version,
+            "version_number": 0,
             "filename": filename,
             "file_format": fmt,
             "file_size_bytes": upload["size"],
@@ -436,7 +675,18 @@ class Designs:
             "updated_at": now,
             "version": 1,
         }
-        await self.db[DESIGNS].insert_one(doc)
+        try:
+            doc["version_number"] = await self.series.allocate_version(series_id)
+            await self.db[DESIGNS].insert_one(doc)
+        except BaseException:
+            # The upload keeps what it held (content and reservation) and can be used again.
+            await asyncio.shield(
+                self.db[UPLOADS].update_one(
+                    {"_id": upload["_id"], "status": UploadStatus.USED.value},
+                    {"$set": {"status": UploadStatus.RECEIVED.value, "reserved_bytes": claimed["reserved_bytes"]}},
+                )
+            )
+            raise
         await audit.record(
             self.db,
             actor,
@@ -449,7 +699,7 @@ class Designs:
             changes={
                 "filename": filename,
                 "classification": classification,
-                "version_number": version,
+                "version_number": doc["version_number"],
                 "file_size_bytes": upload["size"],
             },
         )
@@ -516,39 +766,91 @@ class Designs:
             "id": doc["_id"],
         }
 
-    async def create_direct(
-        self, principal: Principal, data: MultipartDesignIn, filename: str, content: bytes, actor: audit.Actor
-    ) -> dict[str, Any]:
-        """The one-request upload: steps 2-4 at once for small files and scripts. Permission comes first,
-        so a caller who may not add this design never gets a byte into storage."""
+    async def open_direct(
+        self, principal: Principal, data: MultipartDesignIn, filename: str, bound: int
+    ) -> DirectUpload:
+        """The one-request upload, opened when its file part begins: permission, classification, quota and the
+        concurrent-upload cap are all settled before a byte of the file is stored. ``bound`` is the most the file
+        can be (the request's length); it is reserved now and the unused part given back at the end."""
         filename = sanitize_filename(filename)
         fmt = format_for_filename(filename)
         series = await self._authorize_create(principal, data.series, data.classification.value)
-        receiver = await self.receiver(fmt, len(content))
+        org_id = series["organization_id"]
+        bound = min(bound, self.max_upload_bytes)
+        now = utcnow()
+        upload: dict[str, Any] = {
+            "_id": str(uuid.uuid4()),
+            "user_id": principal.id,
+            "organization_id": org_id,
+            "series_id": series["_id"],
+            "kind": "direct",
+            "filename": filename,
+            "format": fmt,
+            "declared_size": None,
+            "content_type": "multipart/form-data",
+            "status": UploadStatus.RECEIVING.value,
+            "created_at": now,
+            "receiving_at": now,
+            "receive_deadline": now + RECEIVE_WINDOW,
+            "expires_at": now + RECEIVE_WINDOW,
+            "reserved_bytes": bound,
+            "sha256": None,
+            "size": None,
+        }
+        await self.quota.reserve(org_id, bound)
         try:
-            await receiver.feed(content)
+            await self.db[UPLOADS].insert_one(upload)
         except BaseException:
-            await receiver.abort()
+            await self.quota.release(org_id, bound)
             raise
-        stored = await receiver.finish()
-        upload = {"size": stored.size, "sha256": stored.sha256}
+        try:
+            await self._take_slot(upload)
+            receiver = await self.receiver(fmt, None, max_size=bound)
+        except BaseException:
+            await asyncio.shield(self._drop_upload({"_id": upload["_id"]}))
+            raise
+        return DirectUpload(self, principal, series, upload, receiver, data)
+
+    async def complete_direct(self, direct: DirectUpload, stored: StoredFile, actor: audit.Actor) -> dict[str, Any]:
+        """Steps 3 and 4 of a one-request upload whose file is stored: the design, then its analysis."""
+        upload = direct.upload
+        now = utcnow()
+        received = await self.db[UPLOADS].update_one(
+            {"_id": upload["_id"], "status": UploadStatus.RECEIVING.value},
+            {
+                "$set": {
+                    "status": UploadStatus.RECEIVED.value,
+                    "sha256": stored.sha256,
+                    "size": stored.size,
+                    "reserved_bytes": stored.size,
+                    "received_at": now,
+                    "expires_at": now + self.upload_ttl,
+                },
+                "$unset": {"receive_deadline": ""},
+            },
+        )
+        await self._free_slot(upload)
+        if not received.matched_count:
+            await self.contents.release(stored.sha256)
+            raise Conflict("The upload took too long and was purged; send it again.")
+        await self.quota.release(upload["organization_id"], int(upload["reserved_bytes"]) - stored.size)
+        data = direct.form
         try:
             doc = await self._create(
-                principal,
-                series,
-                filename=filename,
-                fmt=fmt,
-                upload=upload,
+                direct.principal,
+                direct.series,
+                filename=upload["filename"],
+                fmt=upload["format"],
+                upload={**upload, "size": stored.size, "sha256": stored.sha256},
                 revision=data.revision,
                 classification=data.classification.value,
                 material=data.material,
                 actor=actor,
-                claim_upload=None,
             )
         except BaseException:
-            await self.release_content(stored.sha256)
+            await asyncio.shield(self._drop_upload({"_id": upload["_id"], "status": UploadStatus.RECEIVED.value}))
             raise
-        result = await self._start_processing(principal, doc, actor)
+        result = await self._start_processing(direct.principal, doc, actor)
         return {**doc, "status": result["status"], "analysis_job_id": result["analysis_job_id"]}
 
     # ------------------------------------------------------------------ reads
@@ -721,29 +1023,27 @@ class Designs:
         await self._announce(doc, "design.deleted")
 
     async def remove(self, doc: dict[str, Any]) -> None:
-        """Delete a design and its dependants; the stored file goes when nothing else references it."""
-        await self.db[DESIGNS].delete_one({"_id": doc["_id"]})
+        """Delete a design and its dependants, then give back its quota and its content references (the stored
+        file goes with the last reference). Of two concurrent removals only the one that deleted it releases."""
+        removed = await self.db[DESIGNS].find_one_and_delete({"_id": doc["_id"]})
+        if removed is None:
+            return
         await self.db[JOBS].update_many(
             {"design_id": doc["_id"], "status": {"$in": ["PENDING", "PROCESSING"]}},
             {"$set": {"cancel_requested": True}},
         )
         for dependant in (BOM_NODES, REVIEWS, MARKUPS):
             await self.db[dependant].delete_many({"design_id": doc["_id"]})
-        if doc.get("content_sha256"):
-            await self.release_content(doc["content_sha256"])
-        if (doc.get("viewable") or {}).get("sha256"):
-            await self.release_content(doc["viewable"]["sha256"])
+        await self.quota.release(removed["organization_id"], int(removed.get("file_size_bytes") or 0))
+        if removed.get("content_sha256"):
+            await self.release_content(removed["content_sha256"])
+        if (removed.get("viewable") or {}).get("sha256"):
+            await self.release_content(removed["viewable"]["sha256"])
 
     async def release_content(self, sha: str) -> None:
-        """Delete stored content (an upload or a viewer GLB) that no design and no pending upload references."""
-        for collection, query in (
-            (DESIGNS, {"content_sha256": sha}),
-            (DESIGNS, {"viewable.sha256": sha}),
-            (UPLOADS, {"sha256": sha, "status": "RECEIVED"}),
-        ):
-            if await self.db[collection].count_documents(query, limit=1):
-                return
-        await self.storage.delete(sha)
+        """Drop one reference to stored content (a design's file or viewer GLB, a received upload); the last one
+        deletes it."""
+        await self.contents.release(sha)
 
     # ------------------------------------------------------------------ analysis results (job runner)
 

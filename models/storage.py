@@ -11,7 +11,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,16 +146,22 @@ class StorageWriter(ABC):
                 await asyncio.shield(self._abort())
             raise
 
-    async def commit(self) -> StoredFile:
-        """Move the content into place under its digest (identical content is stored once) and return it."""
+    async def commit(self, before_install: Callable[[StoredFile], Awaitable[None]] | None = None) -> StoredFile:
+        """Move the content into place under its digest (identical content is stored once) and return it.
+
+        ``before_install`` runs once the digest is known and before the content is made readable under it: the
+        caller takes its reference to the digest there, so no deletion of an identical copy can slip in between
+        (see models/content.py). If it raises, nothing is installed."""
         async with self._lock:
             self._check_open()
-            return await self._commit()
+            return await self._commit(before_install)
 
-    async def _commit(self) -> StoredFile:
+    async def _commit(self, before_install: Callable[[StoredFile], Awaitable[None]] | None) -> StoredFile:
         try:
             await self._flush(final=True)
             stored = StoredFile(self._hash.hexdigest(), self._size)
+            if before_install is not None:
+                await before_install(stored)
             await self._install(stored)
             self._state = "committed"
             return stored

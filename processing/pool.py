@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import resource
 import signal
 import struct
 import sys
@@ -83,17 +84,38 @@ class WorkerError(PoolError):
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
 
+    @property
+    def out_of_memory(self) -> bool:
+        """The job ran out of memory (its worker's limit, see ``memory_limit_mb``); its worker was replaced."""
+        return _out_of_memory(self.remote_type, self.remote_message)
+
+
+def _out_of_memory(remote_type: str, message: str) -> bool:
+    # Python's MemoryError, OpenCascade's Standard_OutOfMemory, or a C++ std::bad_alloc translated by the binding.
+    return remote_type == "MemoryError" or "OutOfMemory" in remote_type or "bad_alloc" in message[:200]
+
 
 # -- child side --------------------------------------------------------------------------------------
 
 
 def _worker_main(
-    jobs: Connection, results: Connection, preload: tuple[str, ...], max_bytes: int, parent_pid: int
+    jobs: Connection,
+    results: Connection,
+    preload: tuple[str, ...],
+    max_bytes: int,
+    parent_pid: int,
+    memory_limit_mb: int = 0,
 ) -> None:
-    """Entry point of a worker process: run jobs from ``jobs`` one at a time until the parent goes away."""
+    """Entry point of a worker process: run jobs from ``jobs`` one at a time until the parent goes away, or until
+    a job runs out of memory (the next job gets a fresh process)."""
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    if memory_limit_mb > 0:
+        # Before the preload, so everything this process maps counts. A job past it gets MemoryError (or
+        # std::bad_alloc inside OpenCascade) instead of pushing the host into swap and the OOM killer.
+        limit = memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     for name in preload:
         importlib.import_module(name)
     results.send_bytes(pickle.dumps(("ready", None, os.getpid())))
@@ -118,6 +140,10 @@ def _worker_main(
         except BaseException as exc:  # noqa: B902 - SystemExit from a job must not end the worker either
             info = (_type_name(exc), str(exc)[:_MAX_TEXT], traceback.format_exc()[-_MAX_TRACEBACK:])
             payload = pickle.dumps(("error", job_id, info))
+            if _out_of_memory(info[0], info[1]):
+                # A heap that ran out mid-build may be left fragmented or inconsistent: report, then retire.
+                results.send_bytes(payload)
+                return
         results.send_bytes(payload)
 
 
@@ -198,7 +224,7 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     jobs: Connection
     results: Connection
-    state: str = "starting"  # starting -> idle <-> busy -> dead
+    state: str = "starting"  # starting -> idle <-> busy -> (retiring ->) dead
     job: _Job | None = None
     buffer: bytearray = field(default_factory=bytearray)
     exited: asyncio.Future[None] | None = None
@@ -238,11 +264,14 @@ class ProcessPool:
         preload: tuple[str, ...] = (),
         import_main: bool = False,
         start_timeout: float = 60.0,
+        memory_limit_mb: int = 0,
     ) -> None:
         """``preload``: modules every worker imports before its first job (e.g. ``("processing.cad",)`` so
         OpenCascade loads once per worker, not inside the first job's timeout). ``import_main``: let the
         spawned workers import the parent's ``__main__`` module, which multiprocessing does by default;
         off, so a worker of ``python server.py`` does not load Tornado, PyMongo and the whole server.
+        ``memory_limit_mb``: each worker's address-space bound (RLIMIT_AS), 0 for none; a job that needs more
+        raises WorkerError("MemoryError") and its worker is replaced.
         """
         self.size = size if size is not None else (os.cpu_count() or 1)
         if self.size < 1:
@@ -254,6 +283,9 @@ class ProcessPool:
         self.preload = tuple(preload)
         self.import_main = import_main
         self.start_timeout = start_timeout
+        if memory_limit_mb < 0:
+            raise ValueError("memory_limit_mb must be >= 0")
+        self.memory_limit_mb = memory_limit_mb
         self._context = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[_Worker] = []
@@ -282,7 +314,9 @@ class ProcessPool:
         while any(w.state == "starting" for w in self._workers):
             if self._start_failures >= 3 or self._loop.time() > deadline:
                 await self.close()
-                raise PoolError("analysis workers failed to start")
+                limit = self.memory_limit_mb
+                hint = f" (is their memory limit of {limit} MiB too low?)" if limit else ""
+                raise PoolError("analysis workers failed to start" + hint)
             await asyncio.sleep(0.01)
 
     async def run(
@@ -450,7 +484,14 @@ class ProcessPool:
             target=_worker_main,
             name=f"enginel-worker-{number}",
             daemon=True,
-            args=(jobs_reader, results_writer, self.preload, self.max_message_bytes, os.getpid()),
+            args=(
+                jobs_reader,
+                results_writer,
+                self.preload,
+                self.max_message_bytes,
+                os.getpid(),
+                self.memory_limit_mb,
+            ),
         )
         with _hidden_main(not self.import_main):
             process.start()
@@ -543,7 +584,9 @@ class ProcessPool:
             return  # we already decided to kill it; report that, not a result racing the kill
         worker.job, job.worker = None, None
         if worker.state == "busy":
-            worker.state = "idle"
+            # A worker that ran out of memory exits after reporting it; its replacement takes the next job.
+            out_of_memory = kind == "error" and _out_of_memory(body[0], body[1])
+            worker.state = "retiring" if out_of_memory else "idle"
         if kind == "result":
             self._counters["completed"] += 1
             job.finish(True, body)

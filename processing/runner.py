@@ -345,7 +345,10 @@ class JobRunner:
             await self._retry_or_fail(attempt, exc)
         except WorkerError as exc:
             code = _FILE_ERRORS.get(exc.remote_type)
-            if code is not None:
+            if exc.out_of_memory:
+                # The worker hit its address-space bound; the same file would hit it again, so no retry.
+                await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, self._memory_message())
+            elif code is not None:
                 await self._fail(attempt, code, f"Could not read the CAD file: {exc.remote_message}")
             else:
                 log.error(
@@ -425,11 +428,12 @@ class JobRunner:
                 log.warning("job %s: no viewer model: %s", attempt.job_id, glb["error"])
             return None
         try:
-            async with await self.storage.writer() as writer:
+            contents = self.designs.contents  # the GLB is committed holding a reference, like an upload
+            async with await contents.writer() as writer:
                 with open(glb["path"], "rb") as source:
                     while chunk := await asyncio.to_thread(source.read, 1 << 20):
                         await writer.write(chunk)
-                stored = await writer.commit()
+                stored = await contents.commit(writer)
         except Exception:
             log.exception("job %s: could not store the viewer model", attempt.job_id)
             return None
@@ -477,6 +481,11 @@ class JobRunner:
                 await announce_job(self.publisher, done, "job.status", status_event(done))
             return
         await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, f"{what} (gave up after {attempts} attempts).")
+
+    def _memory_message(self) -> str:
+        limit = self.pool.memory_limit_mb
+        bound = f"its limit of {limit} MiB (ENGINEL_WORKER_MEMORY_MB)" if limit else "the memory available"
+        return f"The analysis needed more memory than {bound} allows a worker; the file is too large or too complex."
 
     def _describe(self, exc: WorkerCrashed | JobTimeout) -> str:
         # Stable wording (no pids or ids), so failures/ can group identical causes.

@@ -344,3 +344,31 @@ def test_analysis_runs_in_the_pool_with_progress(cad_files: CadFiles, tmp_path: 
         assert raised.value.remote_type == "processing.cad.CadFileError"
 
     with_pool(test, size=1, preload=("processing.cad",))
+
+
+def test_a_job_past_the_memory_limit_fails_and_its_worker_is_replaced() -> None:
+    async def test(pool: ProcessPool) -> None:
+        first = await pool.run(W + "pid")
+        with pytest.raises(WorkerError) as raised:
+            await pool.run(W + "allocate", 1024)  # four times the worker's address space
+        assert raised.value.remote_type == "MemoryError" and raised.value.out_of_memory
+        await wait_for(lambda: pool.stats()["replaced"] == 1 and pool.stats()["idle"] == 1)
+        assert not alive(first) and first not in pool.stats()["pids"]
+        # The fresh worker is bound the same way and serves what fits.
+        assert await pool.run(W + "allocate", 64) == 64 * 1024 * 1024
+        with pytest.raises(WorkerError):
+            await pool.run(W + "allocate", 1024)
+        assert pool.stats()["failed"] == 2
+
+    with_pool(test, size=1, memory_limit_mb=256)
+
+
+def test_the_memory_limit_applies_to_the_worker_not_the_server() -> None:
+    async def test(pool: ProcessPool) -> None:
+        limits = await pool.run(W + "address_space_limit")
+        assert limits == [256 * 1024 * 1024] * 2
+        import resource
+
+        assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+
+    with_pool(test, size=1, memory_limit_mb=256)

@@ -63,3 +63,17 @@ def loaded_modules(names: list[str]) -> dict[str, bool]:
 
 def large_result(size: int) -> bytes:
     return b"x" * size
+
+
+def allocate(mib: int) -> int:
+    """Allocate and touch ``mib`` MiB at once, as a file that makes OpenCascade build a huge structure would."""
+    block = bytearray(mib * 1024 * 1024)
+    block[:: 1 << 20] = b"x" * len(range(0, len(block), 1 << 20))
+    return len(block)
+
+
+def address_space_limit() -> list[int]:
+    """This process's RLIMIT_AS, soft and hard."""
+    import resource
+
+    return list(resource.getrlimit(resource.RLIMIT_AS))

@@ -138,6 +138,7 @@ export function openUpload(app: App, series: SeriesRow[], changed: () => void): 
         filename: chosen.name,
         file_size: chosen.size,
         content_type: "application/octet-stream",
+        series: seriesId,
       });
       const [sent, local] = await Promise.all([
         putFile(url.upload_url, chosen, (done, total) => transfer.set((100 * done) / Math.max(1, total), `${bytes(done)} of ${bytes(total)}`)),
