@@ -54,7 +54,6 @@ from models.schema import UUID_RE, json_default
 from models.series import Series
 from models.storage import Storage
 from models.transfers import Transfer
-from models.transfers import byte_range as byte_range  # re-exported: the Range parser lives with the transfers
 from models.users import Users
 from models.viewables import Viewables
 from realtime.gateway import Gateway

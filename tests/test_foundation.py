@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPRequest
 
-from handlers.base import APIHandler, authenticated, byte_range, public, unmarked_methods
+from handlers.base import APIHandler, authenticated, public, unmarked_methods
 from models.errors import APIError
 from models.listing import Filter, Kind, ListSpec, each, parse_list_query, run_list
 from models.schema import Input
+from models.transfers import byte_range
 from server import make_app, routes
 from tests.helpers import assert_envelope
 
