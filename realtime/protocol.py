@@ -16,7 +16,9 @@ presence           ``{channel}`` -> ``{channel, members: [...]}`` across every s
 presence.update    ``{channel, camera?, cursor?, selection?}``
 ping               ``{}`` -> ``{ts}``
 <command>          ``markup.create``, ``markup.update``, ``markup.resolve``, ``markup.dismiss``, ``review.vote``:
-                   the message minus ``type``/``id`` is the payload given to the same models/ code as REST
+                   the message minus ``type``/``id`` is the payload given to the same models/ code as REST;
+                   the markup a command acts on is ``markup_id``, the review a vote is cast in ``review_id``.
+                   Each command is charged to the caller's REST request budget (RATE_LIMIT_EXCEEDED)
 =================  =====================================================================================
 
 Error codes: VALIDATION_ERROR (with ``field_errors``), UNKNOWN_TYPE, AUTHENTICATION_FAILED, ALREADY_SUBSCRIBED,
