@@ -581,6 +581,7 @@ class Markups:
             "markup_id": doc["_id"],
             "review_id": doc["review_id"],
             "design_id": doc["design_id"],
+            "organization_id": doc["organization_id"],
             "classification": doc["classification"],
             **extra,
         }
