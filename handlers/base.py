@@ -48,7 +48,7 @@ from models.markups import Markups
 from models.materials import Materials
 from models.organizations import Organizations
 from models.policy import Principal, require_write
-from models.ratelimit import RateLimiter, Window
+from models.ratelimit import RateLimiter, caller_key, request_windows
 from models.reviews import Reviews
 from models.schema import UUID_RE, json_default
 from models.series import Series
@@ -290,15 +290,10 @@ class APIHandler(BaseHandler):
 
     async def _rate_limit(self) -> None:
         cfg = self.config
-        key = (
-            f"key:{self.principal.api_key_id}"
-            if self.principal and self.principal.api_key_id
-            else f"user:{self.principal.id}"
-            if self.principal
-            else f"ip:{self.client_ip}"
-        )
+        # The same key and windows charge WebSocket commands (models/ratelimit.SocketLimits).
         decision = await self.services.limiter.hit(
-            key, (Window(cfg.rate_limit_per_hour, 3600), Window(cfg.rate_limit_per_minute, 60))
+            caller_key(self.principal, self.client_ip),
+            request_windows(cfg.rate_limit_per_hour, cfg.rate_limit_per_minute),
         )
         self._limit_headers = decision.headers()
         for name, value in self._limit_headers.items():
