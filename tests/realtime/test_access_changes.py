@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from models import audit
+from models.channels import event_visible
 from models.organizations import MemberIn
-from models.policy import Role
+from models.policy import Principal, Role
+from realtime.events import Event
 from tests.helpers import Caller, World
 from tests.realtime.client import Client
 from tests.test_designs import SAMPLES, setup_team, upload
@@ -237,3 +239,28 @@ async def test_an_uncleared_subscriber_sees_no_last_event_of_a_design_raised_abo
     assert owner_seen["data"]["classification"] == "TOP_SECRET"
     for client in (uncleared, cleared):
         client.close()
+
+
+def test_events_about_a_classified_design_reach_only_the_cleared_on_every_channel() -> None:
+    """The event filter's rule (models/channels.event_visible), which keeps an event announcing a reclassification
+    from a listener whose subscription a process has not re-checked yet."""
+    secret_us = Principal({"_id": 1, "username": "a", "security_clearance_level": "SECRET", "is_us_person": True})
+    secret_us.us_orgs = frozenset({"us-org"})
+    foreign = Principal({"_id": 2, "username": "b", "security_clearance_level": "TOP_SECRET", "is_us_person": False})
+
+    def event(channel: str, **data: Any) -> Event:
+        return Event(channel, "e", 1, "design.updated", data)
+
+    raised = event("design:d1", classification="TOP_SECRET", organization_id="us-org")
+    assert not event_visible(secret_us, raised) and event_visible(foreign, raised)
+    itar = event("review:r1", classification="ITAR", organization_id="us-org")
+    assert event_visible(secret_us, itar) and not event_visible(foreign, itar)
+    elsewhere = event("design:d2", classification="ITAR", organization_id="other-org")
+    assert not event_visible(secret_us, elsewhere)
+    assert event_visible(secret_us, event("org:us-org", classification="ITAR"))
+    assert not event_visible(secret_us, event("org:other-org", classification="ITAR"))
+    # An event that does not name its organization (a job's) keeps the channel's authorization for ITAR.
+    assert event_visible(secret_us, event("job:j1", classification="ITAR"))
+    assert not event_visible(secret_us, event("job:j1", classification="TOP_SECRET"))
+    assert event_visible(foreign, event("design:d3", classification="UNCLASSIFIED"))
+    assert not event_visible(None, event("design:d3"))
