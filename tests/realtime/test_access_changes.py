@@ -13,9 +13,9 @@ from models.channels import event_visible
 from models.organizations import MemberIn
 from models.policy import Principal, Role
 from realtime.events import Event
-from tests.helpers import Caller, World
+from tests.helpers import Caller, World, cad, upload
+from tests.helpers import team as acme_team
 from tests.realtime.client import Client
-from tests.test_designs import SAMPLES, setup_team, upload
 
 
 def ws_url(base_url: str) -> str:
@@ -39,7 +39,7 @@ class Team:
     series: str
 
     async def reviewed(self, db: Any, name: str, classification: str = "UNCLASSIFIED") -> Reviewed:
-        data = (SAMPLES / "wire.brep").read_bytes()
+        data = cad("wire.brep")
         design = await upload(self.people["owner"], self.series, f"{name}.brep", data, classification=classification)
         await db.designs.update_one({"_id": design["id"]}, {"$set": {"status": "READY"}})
         review = await self.people["owner"].api.post(
@@ -51,7 +51,7 @@ class Team:
 
 
 async def team(world: World) -> Team:
-    org, people, series = await setup_team(world)
+    org, people, series = await acme_team(world)
     staff = await world.user("staff", is_staff=True, is_us_person=True, security_clearance_level="TOP_SECRET")
     moderator = await world.user("moderator", is_us_person=True, security_clearance_level="SECRET")
     await world.services.orgs.add_member(
@@ -93,9 +93,7 @@ async def test_an_organization_losing_us_status_ends_itar_access_on_live_sockets
     neither the subscribed socket nor an idle one (no subscriptions) keeps ITAR access."""
     t = await team(world)
     itar = await t.reviewed(db, "itar", "ITAR")
-    other_itar = await upload(
-        t.people["owner"], t.series, "other.brep", (SAMPLES / "wire.brep").read_bytes(), classification="ITAR"
-    )
+    other_itar = await upload(t.people["owner"], t.series, "other.brep", cad("wire.brep"), classification="ITAR")
     member = t.people["member"]
     listening = await Client.connect(ws_url(base_url), token=member.token)
     await listening.ok("subscribe", channel=f"org:{t.org['_id']}")

@@ -326,8 +326,8 @@ async def test_the_socket_cap_holds_across_server_processes_sharing_redis(
     mongo_uri: str, redis_url: str, tmp_path: Any
 ) -> None:
     """With Redis the per-user count is shared: two sockets on process A and B fill a cap of 2 for both."""
+    from tests.helpers import ROOT_PASSWORD, shared_servers
     from tests.realtime.test_two_servers import call
-    from tests.test_server_process import ROOT_PASSWORD, shared_servers
 
     with shared_servers(mongo_uri, redis_url, tmp_path, realtime_max_sockets_per_user="2") as (a, b):
         token = (await call(a, "POST", "/api/auth/login/", {"username": "root", "password": ROOT_PASSWORD}))[
