@@ -132,6 +132,7 @@ def make_gateway(settings: Settings, limiter: RateLimiter, services: Callable[[]
         ),
         config=RealtimeConfig(
             allowed_origins=tuple(settings.realtime_allowed_origins),
+            trusted_proxies=tuple(settings.trusted_proxies),
             auth_timeout=settings.realtime_auth_timeout,
             max_message_bytes=settings.realtime_max_message_bytes,
             max_subscriptions=settings.realtime_max_subscriptions,

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http import HTTPStatus
@@ -182,16 +182,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def client_ip(self) -> str:
-        """The caller's address; X-Forwarded-For is believed only when the peer is a configured proxy."""
-        remote = self.request.remote_ip or ""
-        trusted = self.config.trusted_proxies
-        if not trusted or not _in_networks(remote, trusted):
-            return remote
-        hops = [h.strip() for h in self.request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
-        for hop in reversed(hops):  # rightmost address that is not one of our proxies
-            if not _in_networks(hop, trusted):
-                return hop
-        return remote
+        return client_address(self.request, self.config.trusted_proxies)
 
     def base_url(self) -> str:
         if self.config.public_url:
@@ -202,7 +193,20 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.base_url() + path
 
 
-def _in_networks(address: str, networks: list[str]) -> bool:
+def client_address(request: tornado.httputil.HTTPServerRequest, trusted: Sequence[str]) -> str:
+    """The caller's address; X-Forwarded-For is believed only when the peer is a configured proxy (REST and the
+    WebSocket handshake alike)."""
+    remote = request.remote_ip or ""
+    if not trusted or not _in_networks(remote, trusted):
+        return remote
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):  # rightmost address that is not one of our proxies
+        if not _in_networks(hop, trusted):
+            return hop
+    return remote
+
+
+def _in_networks(address: str, networks: Sequence[str]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -96,6 +96,7 @@ class RealtimeConfig:
     """Every realtime knob; server.py maps ENGINEL_REALTIME_* settings onto it."""
 
     allowed_origins: tuple[str, ...] = ()  # cross-origin browsers allowed besides same-origin; "*" = any
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For names the client (per-address caps)
     auth_timeout: float = 5.0  # seconds to send {"type": "auth"} when no header/cookie credential
     session_cookie: str = "enginel_session"  # cookie carrying a browser session
     max_message_bytes: int = 65_536  # largest inbound message (close 1009 above)

@@ -165,22 +165,7 @@ async def change(kind: str, t: Team, target: Reviewed) -> None:
     assert resp.status in (200, 204), (kind, resp.status, resp.body)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            kind,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="inactive organizations granting nothing is sec-identity's part of issue 10 (#8); "
-                "remove this mark when it lands",
-            ),
-        )
-        if kind == "organization_inactive"
-        else kind
-        for kind in KINDS
-    ],
-)
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.gen_test(timeout=90)
 async def test_socket_access_follows_every_kind_of_access_change_within_the_request(
     kind: str, world: World, db: Any, base_url: str

@@ -321,6 +321,29 @@ class TestSocketCaps:
             c.close()
 
 
+class TestAddressesBehindATrustedProxy:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"realtime_max_unauthenticated_per_address": 2, "trusted_proxies": ["127.0.0.1/32"]}
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_the_per_address_cap_counts_the_clients_a_trusted_proxy_names(
+        self, http_server: Any, base_url: str
+    ) -> None:
+        """Behind a configured proxy each client address has its own cap, as REST's per-address limits do."""
+
+        def via(address: str) -> dict[str, str]:
+            return {"X-Forwarded-For": f"{address}, 127.0.0.1"}
+
+        first = [await Client.connect(ws_url(base_url), headers=via("203.0.113.5")) for _ in range(2)]
+        refused = await Client.connect(ws_url(base_url), headers=via("203.0.113.5"))
+        assert (await refused.closed())[0] == 4029
+        other = await Client.connect(ws_url(base_url), headers=via("203.0.113.6"))
+        assert await other.quiet(0.3) == []  # let in, waiting for its auth message
+        for client in [*first, other]:
+            client.close()
+
+
 @pytest.mark.gen_test(timeout=120)
 async def test_the_socket_cap_holds_across_server_processes_sharing_redis(
     mongo_uri: str, redis_url: str, tmp_path: Any
