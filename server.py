@@ -43,7 +43,7 @@ from models.materials import Materials
 from models.organizations import Organizations
 from models.policy import Principal
 from models.quota import StorageQuota
-from models.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from models.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, SocketLimits
 from models.reviews import Reviews
 from models.series import Series
 from models.storage import make_storage
@@ -78,10 +78,11 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     ]
 
 
-def make_gateway(settings: Settings, services: Callable[[], Services | None]) -> Gateway:
+def make_gateway(settings: Settings, limiter: RateLimiter, services: Callable[[], Services | None]) -> Gateway:
     """The realtime gateway over the in-process or Redis broker, authenticating and authorizing with the same
-    identity and policy code as REST. It exists before the repositories (they publish through it), so it
-    reaches them through `services`, which is None until start-up completes and again during shutdown."""
+    identity and policy code as REST, and counting sockets and commands with the same rate limiter. It exists
+    before the repositories (they publish through it), so it reaches them through `services`, which is None
+    until start-up completes and again during shutdown."""
     broker_config = BrokerConfig(
         history_size=settings.realtime_history_size,
         history_ttl=settings.realtime_history_ttl,
@@ -126,8 +127,16 @@ def make_gateway(settings: Settings, services: Callable[[], Services | None]) ->
         authorize=authorize,
         refresh_principal=refresh,
         event_visible=event_visible,
+        limits=SocketLimits(
+            limiter,
+            per_user=settings.realtime_max_sockets_per_user,
+            per_address=settings.realtime_max_unauthenticated_per_address,
+            per_hour=settings.rate_limit_per_hour,
+            per_minute=settings.rate_limit_per_minute,
+        ),
         config=RealtimeConfig(
             allowed_origins=tuple(settings.realtime_allowed_origins),
+            trusted_proxies=tuple(settings.trusted_proxies),
             auth_timeout=settings.realtime_auth_timeout,
             max_message_bytes=settings.realtime_max_message_bytes,
             max_subscriptions=settings.realtime_max_subscriptions,
@@ -193,8 +202,9 @@ class Runtime:
             if self.embedded:
                 self.embedded.stop()
             raise
+        limiter: RateLimiter = RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter()
         # The gateway first: every repository announces through it (or through the observer in front of it).
-        gateway = make_gateway(settings, lambda: self.services)
+        gateway = make_gateway(settings, limiter, lambda: self.services)
         publisher: Publisher = self.observe(gateway) if self.observe else gateway
         identity = Identity(
             db,
@@ -248,7 +258,7 @@ class Runtime:
                 ),
             ),
             users=Users(db, identity, orgs, publisher=publisher),
-            limiter=RedisRateLimiter(redis) if redis is not None else MemoryRateLimiter(),
+            limiter=limiter,
             storage=storage,
             series=series,
             materials=materials,

@@ -193,6 +193,17 @@ class Settings(BaseSettings):
     )
     realtime_max_message_bytes: int = Field(65536, ge=1024, description="Largest inbound WebSocket message.")
     realtime_max_subscriptions: int = Field(100, ge=1, description="Channels one connection may subscribe to.")
+    realtime_max_sockets_per_user: int = Field(
+        20,
+        ge=1,
+        description="Open WebSocket connections per user, counted across server processes when Redis is "
+        "configured (4029 above).",
+    )
+    realtime_max_unauthenticated_per_address: int = Field(
+        100,
+        ge=1,
+        description="WebSocket connections per client address that have not authenticated yet (4029 above).",
+    )
     realtime_commands_per_second: float = Field(20.0, gt=0, description="Sustained messages per connection.")
     realtime_command_burst: int = Field(
         40, ge=1, description="Messages a connection may send above that rate in a burst."

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http import HTTPStatus
@@ -48,7 +48,7 @@ from models.markups import Markups
 from models.materials import Materials
 from models.organizations import Organizations
 from models.policy import Principal, require_write
-from models.ratelimit import RateLimiter, Window
+from models.ratelimit import RateLimiter, caller_key, request_windows
 from models.reviews import Reviews
 from models.schema import UUID_RE, json_default
 from models.series import Series
@@ -181,16 +181,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def client_ip(self) -> str:
-        """The caller's address; X-Forwarded-For is believed only when the peer is a configured proxy."""
-        remote = self.request.remote_ip or ""
-        trusted = self.config.trusted_proxies
-        if not trusted or not _in_networks(remote, trusted):
-            return remote
-        hops = [h.strip() for h in self.request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
-        for hop in reversed(hops):  # rightmost address that is not one of our proxies
-            if not _in_networks(hop, trusted):
-                return hop
-        return remote
+        return client_address(self.request, self.config.trusted_proxies)
 
     def base_url(self) -> str:
         if self.config.public_url:
@@ -201,7 +192,20 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.base_url() + path
 
 
-def _in_networks(address: str, networks: list[str]) -> bool:
+def client_address(request: tornado.httputil.HTTPServerRequest, trusted: Sequence[str]) -> str:
+    """The caller's address; X-Forwarded-For is believed only when the peer is a configured proxy (REST and the
+    WebSocket handshake alike)."""
+    remote = request.remote_ip or ""
+    if not trusted or not _in_networks(remote, trusted):
+        return remote
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):  # rightmost address that is not one of our proxies
+        if not _in_networks(hop, trusted):
+            return hop
+    return remote
+
+
+def _in_networks(address: str, networks: Sequence[str]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -289,15 +293,10 @@ class APIHandler(BaseHandler):
 
     async def _rate_limit(self) -> None:
         cfg = self.config
-        key = (
-            f"key:{self.principal.api_key_id}"
-            if self.principal and self.principal.api_key_id
-            else f"user:{self.principal.id}"
-            if self.principal
-            else f"ip:{self.client_ip}"
-        )
+        # The same key and windows charge WebSocket commands (models/ratelimit.SocketLimits).
         decision = await self.services.limiter.hit(
-            key, (Window(cfg.rate_limit_per_hour, 3600), Window(cfg.rate_limit_per_minute, 60))
+            caller_key(self.principal, self.client_ip),
+            request_windows(cfg.rate_limit_per_hour, cfg.rate_limit_per_minute),
         )
         self._limit_headers = decision.headers()
         for name, value in self._limit_headers.items():

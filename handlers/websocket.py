@@ -6,7 +6,7 @@ from typing import Any
 
 import tornado.websocket
 
-from handlers.base import public
+from handlers.base import client_address, public
 from realtime.codec import Codec, select_protocol
 from realtime.gateway import Gateway
 from realtime.session import Session, credential_from
@@ -68,7 +68,8 @@ class RealtimeSocketHandler(tornado.websocket.WebSocketHandler):
             self._codec,
             credential=credential,
             origin_allowed=self._origin_allowed,
-            remote=self.request.remote_ip or "",
+            # Believed through the same trusted proxies as REST, so the per-address cap counts clients.
+            remote=client_address(self.request, self.gateway.config.trusted_proxies),
         )
         await self.session.open()
 

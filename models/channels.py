@@ -51,16 +51,22 @@ class ChannelPolicy:
 
 
 def event_visible(principal: Principal | None, event: ChannelEvent) -> bool:
-    """On an organization's feed, events about a classified design reach only the cleared. Other channels
-    were authorized for one resource at subscribe time and are re-checked when access changes."""
+    """An event about a classified design reaches only listeners cleared for the label it carries, on every
+    channel. On an organization's feed that is the policy itself; on a design's, review's or job's channel,
+    authorized at subscribe time and re-checked when access changes, it is the last line: an event announcing
+    a reclassification never reaches a listener whose subscription another process has not re-checked yet."""
     if principal is None:
         return False
-    kind, _, ident = event.channel.partition(":")
-    if kind != "org":
-        return True
-    classification = (event.data or {}).get("classification")
+    data = event.data or {}
+    classification = data.get("classification")
     if classification is None or classification == Classification.UNCLASSIFIED.value:
         return True
+    kind, _, ident = event.channel.partition(":")
+    org_id = ident if kind == "org" else data.get("organization_id")
+    if org_id is None and classification == Classification.ITAR.value:
+        # An event that does not name its organization is as visible as the resource its channel was authorized
+        # for; the clearance levels above need no organization and are applied regardless.
+        return True
     return classification_allows(
-        principal.clearance, principal.is_us_person, str(classification), org_is_us=ident in principal.us_orgs
+        principal.clearance, principal.is_us_person, str(classification), org_is_us=org_id in principal.us_orgs
     )

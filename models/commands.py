@@ -38,18 +38,23 @@ def socket_commands(reviews: Reviews, markups: Markups) -> dict[str, SocketComma
 
     async def markup_update(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
         cmd = parse_payload(MarkupUpdateCommand, payload)
-        patch = MarkupPatch(**{k: getattr(cmd, k) for k in cmd.model_fields_set if k != "id"})
-        return await markups.render_detail(await markups.update(principal, cmd.id, patch, socket_actor(principal)))
+        patch = MarkupPatch(**{k: getattr(cmd, k) for k in cmd.model_fields_set if k != "markup_id"})
+        updated = await markups.update(principal, cmd.markup_id, patch, socket_actor(principal))
+        return await markups.render_detail(updated)
 
     async def markup_resolve(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
         cmd = parse_payload(MarkupResolveCommand, payload)
         notes = ResolveIn(resolution_notes=cmd.resolution_notes)
-        return await markups.render_detail(await markups.resolve(principal, cmd.id, notes, socket_actor(principal)))
+        return await markups.render_detail(
+            await markups.resolve(principal, cmd.markup_id, notes, socket_actor(principal))
+        )
 
     async def markup_dismiss(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
         cmd = parse_payload(MarkupDismissCommand, payload)
         reason = DismissIn(reason=cmd.reason)
-        return await markups.render_detail(await markups.dismiss(principal, cmd.id, reason, socket_actor(principal)))
+        return await markups.render_detail(
+            await markups.dismiss(principal, cmd.markup_id, reason, socket_actor(principal))
+        )
 
     async def review_vote(principal: Principal, payload: dict[str, Any]) -> dict[str, Any]:
         cmd = parse_payload(ReviewVoteCommand, payload)

@@ -997,10 +997,11 @@ class Designs:
             design_id=design_id,
             changes=changes,
         )
-        await self._announce(updated, "design.updated", {"changes": list(changes)})
         if "classification" in changes:
-            # Live subscriptions to this design, its reviews and jobs are checked again under the new label.
+            # Live subscriptions to this design, its reviews and jobs are checked again under the new label before
+            # the change is announced: a listener no longer cleared must not see the event that announces it.
             await access_changed(self.publisher, None, "classification_changed")
+        await self._announce(updated, "design.updated", {"changes": list(changes)})
         return updated
 
     async def delete(self, principal: Principal, design_id: str, actor: audit.Actor) -> None:

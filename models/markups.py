@@ -107,16 +107,17 @@ class ReplyIn(Input):
 
 
 # WebSocket payloads: the REST body plus the markup's id.
+# Socket commands name their markup `markup_id`: the envelope's `id` is the message id (realtime/protocol.py).
 class MarkupUpdateCommand(MarkupPatch):
-    id: int = Field(ge=1, le=2**53)
+    markup_id: int = Field(ge=1, le=2**53)
 
 
 class MarkupResolveCommand(ResolveIn):
-    id: int = Field(ge=1, le=2**53)
+    markup_id: int = Field(ge=1, le=2**53)
 
 
 class MarkupDismissCommand(DismissIn):
-    id: int = Field(ge=1, le=2**53)
+    markup_id: int = Field(ge=1, le=2**53)
 
 
 MARKUP_FIELDS = frozenset(
@@ -580,6 +581,7 @@ class Markups:
             "markup_id": doc["_id"],
             "review_id": doc["review_id"],
             "design_id": doc["design_id"],
+            "organization_id": doc["organization_id"],
             "classification": doc["classification"],
             **extra,
         }

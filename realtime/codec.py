@@ -17,10 +17,25 @@ MSGPACK_PROTOCOL = "enginel.v1.msgpack"
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 _FIN = 0x80
+# No message of the protocol nests deeper than a few levels; a bound keeps deep documents (which only an
+# attacker sends) away from every recursive consumer downstream (validation, re-encoding, logging).
+MAX_DEPTH = 32
 
 
 class DecodeError(ValueError):
     """An inbound message that is not a well-formed document in the connection's codec."""
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> Any:
+    """Return `value` unless its lists and maps nest deeper than `limit` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            raise DecodeError(f"the message nests deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return value
 
 
 def build_frame(opcode: int, payload: bytes) -> bytes:
@@ -67,9 +82,13 @@ class JsonCodec(Codec):
         if not isinstance(raw, str):
             raise DecodeError(f"{JSON_PROTOCOL} carries text frames; send JSON as text")
         try:
-            return json.loads(raw)
+            value = json.loads(raw)
         except ValueError as exc:
             raise DecodeError(f"not valid JSON: {exc}") from None
+        except RecursionError:
+            # json's C scanner recurses per nesting level: 30,000 brackets exhaust the stack.
+            raise DecodeError(f"the message nests deeper than {MAX_DEPTH} levels") from None
+        return check_depth(value) if isinstance(value, (dict, list)) else value
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -90,11 +109,12 @@ class MsgpackCodec(Codec):
             raise DecodeError(f"{MSGPACK_PROTOCOL} carries binary frames; send msgpack as binary")
         try:
             # timestamp=3 would build datetimes; ext types are refused so both codecs accept the same values.
-            return msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_reject_ext, use_list=True)
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_reject_ext, use_list=True)
         except DecodeError:
             raise
-        except Exception as exc:  # msgpack raises several unrelated types for malformed input
+        except Exception as exc:  # msgpack raises several unrelated types (StackError when deep) for bad input
             raise DecodeError(f"not valid msgpack: {exc}") from None
+        return check_depth(value) if isinstance(value, (dict, list)) else value
 
 
 JSON = JsonCodec()

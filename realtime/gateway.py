@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from realtime import protocol as p
 from realtime.broker import Broker, InProcessBroker
@@ -25,6 +25,22 @@ PrincipalRefresher = Callable[[Any], Awaitable[Any]]
 # Whether one subscriber may receive one event: the last line of the policy, for events on a shared channel
 # (an organization's feed) that concern a design above some subscribers' clearance.
 EventFilter = Callable[[Any, Event], bool]
+
+
+class Limits(Protocol):
+    """Connection caps and the per-caller budget commands spend; models/ratelimit.SocketLimits implements it over
+    the rate limiter's store, so with Redis the counts are shared by every process."""
+
+    async def acquire(self, kind: str, ident: str, holder: str, ttl: float) -> bool:
+        """Count `holder` among the connections of `kind` ("address" or "user") `ident`; False at the cap."""
+
+    async def release(self, kind: str, ident: str, holder: str) -> None: ...
+
+    async def renew(self, held: list[tuple[str, str, str]], ttl: float) -> None:
+        """Keep (kind, ident, holder) counted; a crashed process's connections stop counting after `ttl`."""
+
+    async def charge(self, principal: Any) -> None:
+        """Spend one request of the caller's budget; raises (RATE_LIMIT_EXCEEDED) when it is spent."""
 
 
 class Subscription:
@@ -107,6 +123,7 @@ class Gateway:
         commands: Mapping[str, Command] | None = None,
         refresh_principal: PrincipalRefresher | None = None,
         event_visible: EventFilter | None = None,
+        limits: Limits | None = None,
         config: RealtimeConfig | None = None,
     ) -> None:
         self.broker = broker or InProcessBroker()
@@ -115,6 +132,7 @@ class Gateway:
         self._authorize = authorize
         self._refresh_principal = refresh_principal
         self._event_visible = event_visible
+        self._limits = limits
         self.commands: dict[str, Command] = {}
         for name, command in (commands or {}).items():
             self.add_command(name, command)
@@ -124,6 +142,9 @@ class Gateway:
         self._channels: dict[str, ChannelState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        # Counts the revocations and access changes this process has seen (its own and other processes'): a
+        # connection compares it across its credential lookup, which no sweep can see (Session._authenticated).
+        self.revocations = 0
         self.flusher = Flusher()
         self.broker.attach(self)
 
@@ -203,6 +224,46 @@ class Gateway:
     def authenticated(self, session: Session) -> None:
         assert session.principal is not None
         self._by_user.setdefault(session.principal.id, set()).add(session)
+        for lease in [lease for lease in session.leases if lease[0] == "address"]:
+            session.leases.remove(lease)  # authenticated sockets count against their user, not their address
+            self._spawn(self._release(session, *lease))
+
+    async def admit(self, session: Session, kind: str, ident: str) -> bool:
+        """Count `session` under the cap of `kind` ("address" while unauthenticated, then "user"); False when
+        the cap is full or the session closed meanwhile. A store that cannot count closes it (1013)."""
+        if self._limits is None:
+            return not session.closed
+        try:
+            admitted = await self._limits.acquire(kind, ident, session.id, self.broker.config.presence_ttl)
+        except Exception as exc:
+            log.warning("realtime connection cap unavailable: %r", exc)
+            session.close(p.CLOSE_TRY_AGAIN, "try again later")
+            return False
+        if admitted:
+            session.leases.append((kind, ident))
+            if session.closed:  # detach ran while we waited and released nothing of this lease
+                session.leases.remove((kind, ident))
+                self._spawn(self._release(session, kind, ident))
+                return False
+        return admitted and not session.closed
+
+    async def _release(self, session: Session, kind: str, ident: str) -> None:
+        if self._limits is not None:
+            try:
+                await self._limits.release(kind, ident, session.id)
+            except Exception as exc:  # the lease then expires on its own
+                log.warning("realtime could not release a connection slot: %r", exc)
+
+    async def charge(self, principal: Any) -> None:
+        """A command spends one request of the caller's REST budget (the same key and windows as REST)."""
+        if self._limits is not None:
+            await self._limits.charge(principal)
+
+    async def refresh(self, principal: Any) -> Any:
+        """The same caller with current attributes, or None when their session, key or account is gone."""
+        if self._refresh_principal is None:
+            return principal
+        return await self._refresh_principal(principal)
 
     async def authenticate(self, credential: Credential) -> tuple[Any, str]:
         """(principal, "") or (None, error code); the injected authenticator may return None or raise."""
@@ -225,6 +286,9 @@ class Gateway:
 
     def detach(self, session: Session) -> None:
         self._sessions.discard(session)
+        leases, session.leases = session.leases, []
+        for lease in leases:
+            self._spawn(self._release(session, *lease))
         if session.principal is not None:
             users = self._by_user.get(session.principal.id)
             if users is not None:
@@ -243,7 +307,10 @@ class Gateway:
         return channel
 
     async def _check(self, session: Session, channel: str) -> None:
-        await self._authorize(session.principal, channel)
+        principal = await session.current_principal()  # never older than the last access change signalled
+        if principal is None:
+            raise p.ProtocolError(p.AUTHENTICATION_FAILED, "The connection is closed.")
+        await self._authorize(principal, channel)
 
     async def subscribe(self, session: Session, msg_id: int, channel: str, since: Any) -> None:
         """Authorize, join the channel, replay what `since` missed, then go live, with no gap or duplicate."""
@@ -628,6 +695,10 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
+                if self._limits is not None:
+                    held = [(kind, ident, s.id) for s in list(self._sessions) for kind, ident in s.leases]
+                    if held:
+                        await self._limits.renew(held, self.broker.config.presence_ttl)
                 channels: set[str] = set()
                 for session in list(self._sessions):
                     for channel, member in list(session.presence.items()):
@@ -667,7 +738,13 @@ class Gateway:
 
     async def reauthorize(self, user_id: int | None = None, channels: str = "*", reason: str = "access_changed") -> int:
         """Re-run the access policy for subscriptions (of one user, or everyone's on `channels`) in every
-        process and end the refused ones; call after membership, clearance or classification changes."""
+        process and end the refused ones; call after membership, clearance or classification changes.
+
+        Before anything awaits, every affected connection's principal is marked stale, so no subscribe or
+        command authorizes with attributes read before the change; the sweep then reads each subscribed
+        connection's principal again and re-checks its subscriptions, here before this returns (the request
+        that made the change answers after it) and in other processes when the control message arrives."""
+        self._mark(user_id)
         count = await self._reauthorize(user_id, channels, reason)
         await self.broker.control(
             {"op": "reauthorize", "node": self.broker.node_id, "user": user_id, "channels": channels, "reason": reason}
@@ -695,12 +772,22 @@ class Gateway:
         if op == "revoke":
             self._revoke(message["user"], message["channels"], message["reason"], message["code"])
         elif op == "reauthorize":
+            self._mark(message["user"])  # at once, as it arrives: the sweep below awaits the database
             self._spawn(self._reauthorize(message["user"], message["channels"], message["reason"]))
         elif op == "disconnect":
             self._disconnect(message["user"], message["reason"])
 
+    def _mark(self, user_id: int | None) -> None:
+        """Mark the principals of `user_id`'s connections (everyone's when None) stale, synchronously."""
+        self.revocations += 1
+        sessions = self._sessions if user_id is None else self._by_user.get(user_id, ())
+        for session in sessions:
+            if session.principal is not None:
+                session.policy_generation += 1
+
     def _revoke(self, user_id: int, channels: str, reason: str, code: str) -> int:
         count = 0
+        self.revocations += 1
         for session in list(self._by_user.get(user_id, ())):
             session.policy_generation += 1
             for channel in [c for c in session.subscriptions if _matches(channels, c)]:
@@ -709,19 +796,27 @@ class Gateway:
         return count
 
     async def _reauthorize(self, user_id: int | None, channels: str, reason: str) -> int:
+        """The sweep after _mark(): a user's connections are all read again (a revoked session or disabled
+        account closes them, subscribed or not); on a change for everyone, those with matching subscriptions
+        (the rest read their principal again before their next subscribe or command)."""
         if user_id is not None:
             sessions = list(self._by_user.get(user_id, ()))
         else:
-            sessions = [s for s in self._sessions if any(_matches(channels, c) for c in s.subscriptions)]
+            sessions = [
+                s
+                for s in self._sessions
+                if s.principal is not None and any(_matches(channels, c) for c in s.subscriptions)
+            ]
         count = 0
         for session in sessions:
-            session.policy_generation += 1
-            if self._refresh_principal is not None and session.principal is not None:
-                principal = await self._refresh_principal(session.principal)
-                if principal is None:
-                    session.close(p.CLOSE_AUTH_FAILED, "credentials revoked")
-                    continue
-                session.principal = principal
+            try:
+                if await session.current_principal() is None:
+                    continue  # closed: its credentials were revoked or its account disabled
+            except Exception:
+                # Fail closed: a connection whose access cannot be checked again must not keep it.
+                log.exception("realtime could not re-read the principal of connection %s", session.id)
+                session.close(p.CLOSE_INTERNAL_ERROR, "could not check access again; reconnect")
+                continue
             for channel in [c for c in session.subscriptions if _matches(channels, c)]:
                 count += await self._recheck(session, channel, reason)
         return count
@@ -739,10 +834,11 @@ class Gateway:
         return 0
 
     def _disconnect(self, user_id: int, reason: str) -> int:
+        self.revocations += 1
         sessions = list(self._by_user.get(user_id, ()))
         for session in sessions:
             session.close(p.CLOSE_AUTH_FAILED, reason)
         return len(sessions)
 
 
-__all__ = ["Gateway", "Principal", "Subscription"]
+__all__ = ["Gateway", "Limits", "Principal", "Subscription"]

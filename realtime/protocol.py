@@ -16,12 +16,14 @@ presence           ``{channel}`` -> ``{channel, members: [...]}`` across every s
 presence.update    ``{channel, camera?, cursor?, selection?}``
 ping               ``{}`` -> ``{ts}``
 <command>          ``markup.create``, ``markup.update``, ``markup.resolve``, ``markup.dismiss``, ``review.vote``:
-                   the message minus ``type``/``id`` is the payload given to the same models/ code as REST
+                   the message minus ``type``/``id`` is the payload given to the same models/ code as REST;
+                   the markup a command acts on is ``markup_id``, the review a vote is cast in ``review_id``.
+                   Each command is charged to the caller's REST request budget (RATE_LIMIT_EXCEEDED)
 =================  =====================================================================================
 
 Error codes: VALIDATION_ERROR (with ``field_errors``), UNKNOWN_TYPE, AUTHENTICATION_FAILED, ALREADY_SUBSCRIBED,
-NOT_SUBSCRIBED, TOO_MANY_SUBSCRIPTIONS, SUBSCRIPTION_ENDED, RATE_LIMIT_EXCEEDED, SERVICE_UNAVAILABLE,
-INTERNAL_ERROR, and the REST codes the access policy and commands raise (PERMISSION_DENIED,
+NOT_SUBSCRIBED, TOO_MANY_SUBSCRIPTIONS, SUBSCRIPTION_ENDED, RATE_LIMIT_EXCEEDED, TOO_MANY_CONNECTIONS,
+SERVICE_UNAVAILABLE, INTERNAL_ERROR, and the REST codes the access policy and commands raise (PERMISSION_DENIED,
 ITAR_VIOLATION, RESOURCE_NOT_FOUND, CONFLICT, ...).
 
 Server -> client pushes: ``{"type": "event", "channel", "epoch", "offset", "event", "data", "ts"}``.
@@ -39,11 +41,14 @@ Close codes:
 1000  normal closure; with reason "ping timed out" when the client missed a keepalive pong
 1001  going away: the server is shutting down; reconnect (to another process) and recover with ``since``
 1009  message too big: an inbound message exceeded ``max_message_bytes``
+1011  internal error: the connection's access could not be checked again after an access change; reconnect
+1013  try again later: the connection caps could not be counted (the rate limiter's store is unavailable)
 4000  protocol error: too many malformed messages
 4001  authentication failed, timed out, or the credentials were revoked or the user disabled
 4002  unsupported subprotocol: the client offered subprotocols but none of enginel.v1.json/msgpack
 4003  origin not allowed: the browser's Origin is not this site and not in ``allowed_origins``
 4008  slow consumer: the client did not read fast enough and its outbound buffer passed ``max_pending_bytes``
+4029  too many connections: the user's open sockets, or this address's unauthenticated ones, are at their cap
 ====  ==================================================================================================
 """
 
@@ -60,11 +65,14 @@ from realtime.events import CHANNEL_KINDS
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN = 1013
 CLOSE_PROTOCOL_ERROR = 4000
 CLOSE_AUTH_FAILED = 4001
 CLOSE_BAD_SUBPROTOCOL = 4002
 CLOSE_FORBIDDEN_ORIGIN = 4003
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_TOO_MANY_CONNECTIONS = 4029
 
 # Error codes in error replies; policy errors reuse the REST codes (PERMISSION_DENIED, ITAR_VIOLATION, ...).
 VALIDATION_ERROR = "VALIDATION_ERROR"
@@ -75,6 +83,7 @@ NOT_SUBSCRIBED = "NOT_SUBSCRIBED"
 SUBSCRIPTION_ENDED = "SUBSCRIPTION_ENDED"
 TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
 RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
+TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -87,6 +96,7 @@ class RealtimeConfig:
     """Every realtime knob; server.py maps ENGINEL_REALTIME_* settings onto it."""
 
     allowed_origins: tuple[str, ...] = ()  # cross-origin browsers allowed besides same-origin; "*" = any
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For names the client (per-address caps)
     auth_timeout: float = 5.0  # seconds to send {"type": "auth"} when no header/cookie credential
     session_cookie: str = "enginel_session"  # cookie carrying a browser session
     max_message_bytes: int = 65_536  # largest inbound message (close 1009 above)

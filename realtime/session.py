@@ -96,8 +96,13 @@ class Session:
         self.presence: dict[str, dict[str, Any]] = {}
         self.closed = False
         self.close_code: int | None = None
-        # Bumped by revocations, so a subscribe whose policy check raced a revocation is checked again.
+        # Bumped by every access change signalled for this connection's user (or for everyone). The principal
+        # was read at `principal_generation`; while the two differ it is stale and is read again before the
+        # next subscribe or command is authorized (current_principal), and a subscribe that raced the change
+        # is checked again.
         self.policy_generation = 0
+        self.principal_generation = 0
+        self.leases: list[tuple[str, str]] = []  # (kind, ident) of the connection caps this socket counts in
         self._credential = credential
         self._origin_allowed = origin_allowed
         self._last_id = 0
@@ -126,27 +131,49 @@ class Session:
             self.close(p.CLOSE_GOING_AWAY, "server shutting down")
             return
         self.gateway.register(self)
+        if not await self.gateway.admit(self, "address", self.remote or "unknown"):
+            if not self.closed:
+                self.close(p.CLOSE_TOO_MANY_CONNECTIONS, "too many unauthenticated sockets from this address")
+            return
         if self._credential is None:
             self._auth_timer = asyncio.get_running_loop().call_later(self.config.auth_timeout, self._auth_expired)
             return
+        revocations = self.gateway.revocations
         principal, code = await self.gateway.authenticate(self._credential)
         if self.closed:
             return
         if principal is None:
             self.close(p.CLOSE_AUTH_FAILED, code)
             return
-        self._authenticated(principal)
+        await self._authenticated(principal, revocations)
 
     def _auth_expired(self) -> None:
         if self.principal is None and not self.closed:
             self.close(p.CLOSE_AUTH_FAILED, "authentication timeout")
 
-    def _authenticated(self, principal: Principal) -> None:
+    async def _authenticated(self, principal: Principal, revocations: int, msg_id: int | None = None) -> bool:
+        """Admit an authenticated connection under its user's socket cap, register it where logout,
+        deactivation and access changes find it, and welcome it; False (and closed) when refused."""
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
+        if not await self.gateway.admit(self, "user", str(principal.id)):
+            if not self.closed:
+                if msg_id is not None:
+                    self.send(p.error(msg_id, p.TOO_MANY_CONNECTIONS, "Too many open sockets for this user."))
+                self.close(p.CLOSE_TOO_MANY_CONNECTIONS, "too many sockets for this user")
+            return False
         self.principal = principal
+        self.principal_generation = self.policy_generation
         self.gateway.authenticated(self)
+        if self.gateway.revocations != revocations:
+            # A logout, deactivation or access change was swept while the credential was being looked up, before
+            # this connection was registered where the sweep looks: the lookup may predate it, so read again.
+            self.policy_generation += 1
+            if await self.current_principal() is None:
+                return False
+        if msg_id is not None:
+            self.send(p.result(msg_id, {"user": self.user_info()}))
         assert self.codec is not None
         self.send(
             {
@@ -157,6 +184,22 @@ class Session:
                 "limits": self.config.limits(),
             }
         )
+        return True
+
+    async def current_principal(self) -> Principal | None:
+        """The principal with attributes read after the last access change signalled to this connection, read
+        again first if it is stale; None once the connection is closed (a refresh that fails closes it, 4001)."""
+        while not self.closed and self.principal is not None and self.principal_generation != self.policy_generation:
+            generation = self.policy_generation
+            fresh = await self.gateway.refresh(self.principal)
+            if self.closed:
+                break
+            if fresh is None:
+                self.close(p.CLOSE_AUTH_FAILED, "credentials revoked")
+                break
+            if generation >= self.principal_generation:  # a later read (the sweep's) may have landed first
+                self.principal, self.principal_generation = fresh, generation
+        return None if self.closed else self.principal
 
     def user_info(self) -> dict[str, Any]:
         assert self.principal is not None, "user_info() before authentication"
@@ -237,10 +280,6 @@ class Session:
                 )
             )
             return None
-        if self.principal is None and kind != "auth":
-            self.send(p.error(msg_id, p.AUTHENTICATION_FAILED, "Authenticate first."))
-            self.close(p.CLOSE_AUTH_FAILED, "authentication required")
-            return None
         item = (msg_id, kind, message)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -261,6 +300,12 @@ class Session:
         while not self._inbox.empty():
             msg_id, kind, message = self._inbox.get_nowait()
             if self.closed:
+                continue
+            if self.principal is None and kind != "auth":
+                # Checked here, in order, not on arrival: a command sent in the same write as the auth message
+                # waits for the auth result instead of finding the connection not yet authenticated.
+                self.send(p.error(msg_id, p.AUTHENTICATION_FAILED, "Authenticate first."))
+                self.close(p.CLOSE_AUTH_FAILED, "authentication required")
                 continue
             await self.handle(msg_id, kind, message)
 
@@ -315,7 +360,11 @@ class Session:
         command = gateway.commands.get(kind)
         if command is None:
             raise p.ProtocolError(p.UNKNOWN_TYPE, f"Unknown message type {kind[:64]!r}.")
-        value = await command(self.principal, body)
+        principal = await self.current_principal()
+        if principal is None:
+            return None  # closed: its access was revoked while the command waited
+        await gateway.charge(principal)  # the caller's REST budget; raises RATE_LIMIT_EXCEEDED
+        value = await command(principal, body)
         return value if isinstance(value, dict) else {"value": value}
 
     async def _auth(self, msg_id: int, request: p.AuthIn) -> dict[str, Any] | None:
@@ -328,6 +377,7 @@ class Session:
             if request.token is not None
             else Credential("api_key", request.api_key or "")
         )
+        revocations = self.gateway.revocations
         principal, code = await self.gateway.authenticate(credential)
         if self.closed:
             return None
@@ -335,6 +385,5 @@ class Session:
             self.send(p.error(msg_id, code, "Authentication failed."))
             self.close(p.CLOSE_AUTH_FAILED, code)
             return None
-        self.send(p.result(msg_id, {"user": {"id": principal.id, "username": principal.username}}))
-        self._authenticated(principal)
+        await self._authenticated(principal, revocations, msg_id)
         return None

@@ -394,12 +394,12 @@ async def test_socket_markup_commands(world: World, db: Any, services: Any, reco
         await commands["markup.create"](
             r1, {"review_session": review["id"], **EXAMPLE_MARKUP, "position": {"x": float("nan"), "y": 0, "z": 0}}
         )
-    updated = await commands["markup.update"](r1, {"id": created["id"], "severity": "CRITICAL"})
+    updated = await commands["markup.update"](r1, {"markup_id": created["id"], "severity": "CRITICAL"})
     assert updated["severity"] == "CRITICAL" and updated["annotation_text"] == EXAMPLE_MARKUP["annotation_text"]
-    resolved = await commands["markup.resolve"](r2, {"id": created["id"], "resolution_notes": "fixed"})
+    resolved = await commands["markup.resolve"](r2, {"markup_id": created["id"], "resolution_notes": "fixed"})
     assert resolved["status"] == "RESOLVED"
-    await commands["markup.update"](r2, {"id": created["id"], "status": "OPEN"})
-    dismissed = await commands["markup.dismiss"](r2, {"id": created["id"], "reason": "duplicate"})
+    await commands["markup.update"](r2, {"markup_id": created["id"], "status": "OPEN"})
+    dismissed = await commands["markup.dismiss"](r2, {"markup_id": created["id"], "reason": "duplicate"})
     assert dismissed["status"] == "DISMISSED"
     assert [e for e in recorder.on(f"review:{review['id']}") if e.startswith("markup.")] == [
         "markup.created",

@@ -1,15 +1,21 @@
-"""Rate limits per caller: headers on every response, 429 past the burst, one budget across processes."""
+"""Rate limits per caller: headers on every response, 429 past the burst, one budget across processes; and the
+capped leases behind the socket caps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from models.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from tests.helpers import ROOT_PASSWORD, World, assert_envelope, shared_servers
 
 
@@ -69,3 +75,35 @@ def test_two_processes_sharing_redis_share_one_budget(mongo_uri: str, redis_url:
             outcomes.append((status, headers.get("X-RateLimit-Remaining")))
         assert [s for s, _ in outcomes] == [200] * 6 + [429] * 2, outcomes
         assert [r for _, r in outcomes[:6]] == ["5", "4", "3", "2", "1", "0"]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limiter(request: pytest.FixtureRequest, io_loop: Any) -> Iterator[RateLimiter]:
+    if request.param == "memory":
+        yield MemoryRateLimiter()
+        return
+    client = aioredis.from_url(request.getfixturevalue("redis_url"))
+    yield RedisRateLimiter(client, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    io_loop.run_sync(client.aclose)
+
+
+@pytest.mark.gen_test
+async def test_leases_cap_holders_free_on_release_and_expire_unless_renewed(limiter: RateLimiter) -> None:
+    """The store behind the socket caps: `limit` holders per key, re-acquiring is idempotent, release frees
+    a slot, and a holder not renewed within its ttl (its process died) stops counting."""
+    assert [await limiter.acquire("k", h, 2, 30) for h in ("a", "b", "c")] == [True, True, False]
+    assert await limiter.acquire("k", "a", 2, 30)  # already counted: no second slot
+    assert await limiter.acquire("other", "c", 2, 30)  # another key's cap
+    await limiter.release("k", "b")
+    assert await limiter.acquire("k", "c", 2, 30)
+    assert not await limiter.acquire("k", "d", 2, 30)
+    await limiter.release("k", "a")
+    await limiter.release("k", "c")
+    assert await limiter.acquire("k", "short", 1, 0.3)
+    assert await limiter.acquire("r", "renewed", 1, 0.3)
+    await asyncio.sleep(0.2)
+    await limiter.renew([("r", "renewed"), ("k", "never-acquired")], 30)
+    await asyncio.sleep(0.2)
+    assert await limiter.acquire("k", "next", 1, 30), "an expired holder must not count"
+    assert not await limiter.acquire("r", "next", 1, 30), "a renewed holder still counts"
+    assert not await limiter.acquire("k", "never-acquired", 1, 30)  # renew adds no holder

@@ -222,6 +222,7 @@ async def test_without_credentials_only_auth_is_accepted_and_only_for_a_while() 
     session = gateway.open_session(transport, JSON, credential=None)
     await session.open()
     session.receive(json.dumps({"type": "subscribe", "id": 1, "channel": "review:1"}))
+    await settle()  # checked when processed, in order behind any auth message
     assert transport.closed == (p.CLOSE_AUTH_FAILED, "authentication required")
     assert transport.messages()[0]["error"]["code"] == "AUTHENTICATION_FAILED"
 
