@@ -277,6 +277,7 @@ class Designs:
     # ------------------------------------------------------------------ upload flow
 
     async def create_upload(self, principal: Principal, data: UploadUrlIn, base_url: str) -> dict[str, Any]:
+        self.storage.require_usable()  # no URL this process could not honour
         filename = sanitize_filename(data.filename)
         fmt = format_for_filename(filename)
         if data.file_size > self.max_upload_bytes:
@@ -314,6 +315,7 @@ class Designs:
             raise PermissionDenied("The upload URL signature is not valid.")
         if int(expires) < utcnow().timestamp():
             raise PermissionDenied("The upload URL has expired.")
+        self.storage.require_usable()  # before the claim, so the same URL still works on a process that can store
         upload = await self.db[UPLOADS].find_one_and_update(
             {"_id": upload_id, "status": "PENDING"},
             {"$set": {"status": "RECEIVING", "receiving_at": utcnow()}},
