@@ -26,6 +26,7 @@ from models import units
 from models.audit import AuditTrail
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
+from models.cluster import EXIT_REFUSED, ClusterConfig, ClusterMember, ClusterRefused
 from models.commands import socket_commands
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
 from models.designs import Designs
@@ -136,6 +137,18 @@ def make_gateway(settings: Settings, services: Callable[[], Services | None]) ->
     )
 
 
+def cluster_config(settings: Settings) -> ClusterConfig:
+    return ClusterConfig(
+        storage_backend=settings.storage_backend,
+        files_dir=settings.files_dir.absolute(),
+        workers=settings.workers,
+        redis_prefix=settings.realtime_redis_prefix,
+        heartbeat_interval=settings.cluster_heartbeat_interval,
+        heartbeat_expiry=settings.cluster_heartbeat_expiry,
+        allow_unshared_broker=settings.allow_unshared_broker,
+    )
+
+
 def make_app(services: Services) -> tornado.web.Application:
     table = routes()
     missing = unmarked_methods(table)
@@ -173,14 +186,20 @@ class Runtime:
             uri = await self.embedded.start()
         mongo = connect(uri)
         db = mongo[settings.mongodb_database]
+        redis = None
+        storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
         try:
             await ensure_indexes(db)
             instance = await ensure_instance(db)
-            redis = None
             if settings.redis_url:
                 redis = aioredis.from_url(settings.redis_url)
                 await redis.ping()
+            # Before anything serves: a process that must not run beside its peers stops here (ClusterRefused).
+            cluster = ClusterMember(db, cluster_config(settings), storage, redis)
+            await cluster.join()
         except BaseException:
+            if redis is not None:
+                await redis.aclose()
             await mongo.close()
             if self.embedded:
                 self.embedded.stop()
@@ -200,7 +219,6 @@ class Runtime:
             ),
             publisher=publisher,
         )
-        storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
         series = Series(db)
         materials = Materials(db)
         orgs = Organizations(db, self_service=settings.self_service_organizations, publisher=publisher)
@@ -241,6 +259,7 @@ class Runtime:
             viewables=viewables,
             realtime=gateway,
             publisher=publisher,
+            cluster=cluster,
         )
         for name, command in socket_commands(reviews, markups).items():
             gateway.add_command(name, command)
@@ -272,9 +291,16 @@ class Runtime:
                 ),
             )
             await self.services.runner.start()
+        cluster.start()
         return self.services
 
+    async def leave_cluster(self) -> None:
+        """Drop out of the process registry: a stopping process is no peer for one starting meanwhile."""
+        if self.services is not None and self.services.cluster is not None:
+            await self.services.cluster.leave()
+
     async def stop(self) -> None:
+        await self.leave_cluster()
         services, self.services = self.services, None
         if services is not None:
             services.realtime.close_all()  # "going away" (1001): clients reconnect elsewhere with since
@@ -317,6 +343,7 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stopping.set)
         await stopping.wait()
         log.info("shutting down")
+        await runtime.leave_cluster()
         server.stop()  # stop accepting
         services.realtime.close_all()  # sockets leave with 1001 "going away" instead of holding the grace period
         try:
@@ -338,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     except DirectoryInUse as exc:
         log.error("%s", exc)
         return 1
+    except ClusterRefused as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
     return 0
 
 

@@ -23,6 +23,7 @@ from models import audit
 from models.audit import AuditTrail
 from models.bom import BomNodes
 from models.channels import ChannelPolicy
+from models.cluster import ClusterMember
 from models.database import Db, Mongo
 from models.designs import Designs
 from models.errors import (
@@ -109,6 +110,7 @@ class Services:
     redis: Redis | None = None  # when ENGINEL_REDIS_URL is set
     pool: ProcessPool | None = None  # when this process runs analysis workers
     runner: JobRunner | None = None  # likewise
+    cluster: ClusterMember | None = None  # this process's entry in the process registry
 
 
 def public(method: F) -> F:
