@@ -28,6 +28,7 @@ from models import units
 from models.audit import AuditTrail, label_legacy_entries
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
+from models.cluster import EXIT_REFUSED, ClusterConfig, ClusterMember, ClusterRefused
 from models.commands import socket_commands
 from models.content import ContentStore
 from models.database import EmbeddedMongo, connect, ensure_indexes, ensure_instance
@@ -151,6 +152,18 @@ def make_gateway(settings: Settings, limiter: RateLimiter, services: Callable[[]
     )
 
 
+def cluster_config(settings: Settings) -> ClusterConfig:
+    return ClusterConfig(
+        storage_backend=settings.storage_backend,
+        files_dir=settings.files_dir.absolute(),
+        workers=settings.workers,
+        redis_prefix=settings.realtime_redis_prefix,
+        heartbeat_interval=settings.cluster_heartbeat_interval,
+        heartbeat_expiry=settings.cluster_heartbeat_expiry,
+        allow_unshared_broker=settings.allow_unshared_broker,
+    )
+
+
 def make_app(services: Services) -> tornado.web.Application:
     table = routes()
     missing = unmarked_methods(table)
@@ -189,15 +202,21 @@ class Runtime:
             uri = await self.embedded.start()
         mongo = connect(uri)
         db = mongo[settings.mongodb_database]
+        redis = None
+        storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
         try:
             await ensure_indexes(db)
             instance = await ensure_instance(db)
             await label_legacy_entries(db)  # audit entries written before labels existed, once
-            redis = None
             if settings.redis_url:
                 redis = aioredis.from_url(settings.redis_url)
                 await redis.ping()
+            # Before anything serves: a process that must not run beside its peers stops here (ClusterRefused).
+            cluster = ClusterMember(db, cluster_config(settings), storage, redis)
+            await cluster.join()
         except BaseException:
+            if redis is not None:
+                await redis.aclose()
             await mongo.close()
             if self.embedded:
                 self.embedded.stop()
@@ -219,7 +238,6 @@ class Runtime:
             ),
             publisher=publisher,
         )
-        storage = make_storage(settings.storage_backend, root=settings.files_dir, db=db)
         contents = ContentStore(db, storage)
         series = Series(db)
         materials = Materials(db)
@@ -272,6 +290,7 @@ class Runtime:
             viewables=viewables,
             realtime=gateway,
             publisher=publisher,
+            cluster=cluster,
         )
         for name, command in socket_commands(reviews, markups).items():
             gateway.add_command(name, command)
@@ -307,6 +326,7 @@ class Runtime:
             )
             await self.services.runner.start()
         self._housekeeping = asyncio.create_task(self._housekeep(self.services))
+        cluster.start()
         return self.services
 
     async def _housekeep(self, services: Services) -> None:
@@ -322,7 +342,13 @@ class Runtime:
             except Exception:
                 log.exception("purging expired uploads failed; trying again next pass")
 
+    async def leave_cluster(self) -> None:
+        """Drop out of the process registry: a stopping process is no peer for one starting meanwhile."""
+        if self.services is not None and self.services.cluster is not None:
+            await self.services.cluster.leave()
+
     async def stop(self) -> None:
+        await self.leave_cluster()
         services, self.services = self.services, None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
@@ -370,6 +396,7 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stopping.set)
         await stopping.wait()
         log.info("shutting down")
+        await runtime.leave_cluster()
         server.stop()  # stop accepting
         services.realtime.close_all()  # sockets leave with 1001 "going away" instead of holding the grace period
         try:
@@ -391,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     except DirectoryInUse as exc:
         log.error("%s", exc)
         return 1
+    except ClusterRefused as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
     return 0
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -227,11 +227,39 @@ class Settings(BaseSettings):
         description="Prefix of the realtime keys and channels in Redis.",
     )
 
+    # --- several processes on one database (models/cluster.py)
+    cluster_heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds between this process's heartbeats in the database's process registry; each also "
+        "looks for new peers and re-checks the file store.",
+    )
+    cluster_heartbeat_expiry: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds after its last heartbeat that a process drops out of the registry (a crashed "
+        "process leaves the cluster); at least twice the interval.",
+    )
+    allow_unshared_broker: bool = Field(
+        False,
+        description="Single-process override: start even though other live processes on this database use no "
+        "Redis, or another Redis or prefix (this process then keeps its realtime events and rate limits to itself).",
+    )
+
     # --- operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="Seconds running work may take to finish on shutdown."
     )
+
+    @model_validator(mode="after")
+    def _expiry_outlasts_heartbeats(self) -> Settings:
+        if self.cluster_heartbeat_expiry < 2 * self.cluster_heartbeat_interval:
+            # One late heartbeat must not make a live process look dead to its peers.
+            raise ValueError("cluster_heartbeat_expiry must be at least twice cluster_heartbeat_interval")
+        return self
 
     @field_validator("bootstrap_admin")
     @classmethod

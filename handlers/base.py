@@ -28,6 +28,7 @@ from models import audit
 from models.audit import AuditTrail
 from models.bom import BomNodes
 from models.channels import ChannelPolicy
+from models.cluster import ClusterMember
 from models.database import Db, Mongo
 from models.designs import Designs
 from models.errors import (
@@ -121,6 +122,7 @@ class Services:
     pool: ProcessPool | None = None  # when this process runs analysis workers
     runner: JobRunner | None = None  # likewise
     health: CachedProbe = field(default_factory=CachedProbe)  # the detailed health check's recent result
+    cluster: ClusterMember | None = None  # this process's entry in the process registry
 
 
 def public(method: F) -> F:

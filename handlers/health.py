@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import APIHandler, public
+from handlers.base import SESSION_COOKIE, APIHandler, public
 from models.database import utcnow
+from models.errors import APIError
 from models.health import check_database, check_redis
 
 
@@ -20,7 +21,8 @@ class HealthHandler(APIHandler):
 
 
 class DetailedHealthHandler(APIHandler):
-    """GET: the database, Redis and analysis workers checked; 503 "degraded" when one is failing."""
+    """GET: the database, Redis, analysis workers and the cluster of processes checked; 503 "degraded" when one
+    is failing or the live processes disagree."""
 
     rate_limited = False
 
@@ -37,15 +39,22 @@ class DetailedHealthHandler(APIHandler):
         else:
             checks["workers"] = "disabled"
         healthy = all(value in ("ok", "disabled") for value in checks.values())
-        self.write_json(
-            {
-                "status": "healthy" if healthy else "degraded",
-                "checks": checks,
-                "checked_at": probed["checked_at"],
-                "timestamp": utcnow(),
-            },
-            status=200 if healthy else 503,
-        )
+        document: dict[str, Any] = {"status": "", "checks": checks, "checked_at": probed["checked_at"]}
+        if services.cluster is not None:
+            document["cluster"] = await services.cluster.report(staff=await self._staff_caller())
+            healthy = healthy and document["cluster"]["status"] == "ok"
+        document.update(status="healthy" if healthy else "degraded", timestamp=utcnow())
+        self.write_json(document, status=200 if healthy else 503)
+
+    async def _staff_caller(self) -> bool:
+        """Whether the caller is authenticated platform staff, who see hosts, pids and paths; anyone else,
+        a wrong credential included, gets the summary (the endpoint stays public for probes)."""
+        if not self.request.headers.get("Authorization") and not self.get_cookie(SESSION_COOKIE):
+            return False
+        try:
+            return (await self._authenticate()).is_staff
+        except APIError:
+            return False
 
     async def _probe_dependencies(self) -> dict[str, Any]:
         checks: dict[str, Any] = {"database": await check_database(self.services.db)}

@@ -27,7 +27,8 @@ MARKUPS = "markups"
 # The platform
 AUDIT_LOG = "audit_log"
 COUNTERS = "counters"  # one document per id sequence (models.database.next_id)
-META = "meta"  # the deployment's identity document
+META = "meta"  # the deployment's identity document and its file store's record
+PROCESSES = "processes"  # the live server processes, each with a heartbeat (models/cluster.py)
 CAD_FILES = "cadfiles"  # GridFS bucket prefix: <bucket>.files, .chunks, .uploads
 
 # Integer id sequences drawn by next_id(); a collection's own name where its documents use them.

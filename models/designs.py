@@ -362,6 +362,7 @@ class Designs:
     async def create_upload(self, principal: Principal, data: UploadUrlIn, base_url: str) -> dict[str, Any]:
         """Step 1: a signed, single-use URL for one file, issued only to someone who may add designs where it
         is going, and counted against that organization's storage quota until it is used or expires."""
+        self.storage.require_usable()  # no URL this process could not honour
         filename = sanitize_filename(data.filename)
         fmt = format_for_filename(filename)
         if data.file_size > self.max_upload_bytes:
@@ -443,6 +444,7 @@ class Designs:
         now = utcnow()
         if int(expires) < now.timestamp():
             raise PermissionDenied("The upload URL has expired.")
+        self.storage.require_usable()  # before the claim, so the same URL still works on a process that can store
         upload = await self.db[UPLOADS].find_one_and_update(
             {"_id": upload_id, "status": UploadStatus.PENDING.value},
             {

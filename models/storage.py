@@ -26,7 +26,7 @@ from pymongo.errors import DuplicateKeyError
 
 from models.collections import CAD_FILES
 from models.database import Db
-from models.errors import PayloadTooLarge, ValidationFailed
+from models.errors import PayloadTooLarge, ServiceUnavailable, ValidationFailed
 
 # Largest piece read() yields: enough to amortise a thread hop or a cursor batch, small enough to bound memory
 READ_CHUNK = 1 << 20
@@ -210,6 +210,18 @@ class Storage(ABC):
     """Immutable blobs keyed by SHA-256. Digests must be canonical (see check_sha256); anything else is a
     ValidationFailed (400), so a client-supplied string can never name a path or a query operator."""
 
+    # Why this process must not store or analyse files here, for the API's 503 (set by models/cluster.py when
+    # this process's store is not the deployment's); None when it may.
+    refusal: str | None = None
+
+    def refuse(self, reason: str | None) -> None:
+        self.refusal = reason
+
+    def require_usable(self) -> None:
+        """ServiceUnavailable (503) with the reason while this process refuses to store or analyse files."""
+        if self.refusal is not None:
+            raise ServiceUnavailable(self.refusal)
+
     @abstractmethod
     async def writer(self, max_size: int | None = None) -> StorageWriter:
         """A new upload; with max_size, a write past it aborts the upload and raises FileTooLarge (413)."""
@@ -310,6 +322,7 @@ class FileSystemStorage(Storage):
         return fd, tmp
 
     async def writer(self, max_size: int | None = None) -> StorageWriter:
+        self.require_usable()
         fd, tmp = await asyncio.to_thread(self._open_temp)
         return _FileSystemWriter(self, fd, tmp, max_size)
 
@@ -377,6 +390,7 @@ class FileSystemStorage(Storage):
 
     @contextlib.asynccontextmanager
     async def local_path(self, sha256: str) -> AsyncIterator[Path]:
+        self.require_usable()
         path = self._path(sha256)
         if not path.is_file():
             raise ContentNotFound(sha256)
@@ -514,6 +528,7 @@ class GridFSStorage(Storage):
             self._indexed = True
 
     async def writer(self, max_size: int | None = None) -> StorageWriter:
+        self.require_usable()
         await self.ensure_indexes()
         return _GridFSWriter(self, max_size)
 
@@ -568,6 +583,7 @@ class GridFSStorage(Storage):
 
     @contextlib.asynccontextmanager
     async def local_path(self, sha256: str) -> AsyncIterator[Path]:
+        self.require_usable()
         digest = check_sha256(sha256)
         if not await self.exists(digest):
             raise ContentNotFound(digest)

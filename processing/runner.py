@@ -20,6 +20,7 @@ from models.bom import BomNodes
 from models.collections import DESIGNS
 from models.database import Db
 from models.designs import Designs
+from models.errors import ServiceUnavailable
 from models.events import Publisher
 from models.jobs import (
     GEOMETRY_EXTRACTION_FAILED,
@@ -230,6 +231,11 @@ class JobRunner:
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
+            if self.storage.refusal is not None:
+                # This process's file store is not the deployment's (models/cluster.py): its workers would find
+                # no file, so the jobs are left to processes that can read them.
+                await self._idle()
+                continue
             await self._slots.acquire()
             try:
                 job = await self.queue.claim(self.max_retries)
@@ -337,6 +343,9 @@ class JobRunner:
                 )
         except ContentNotFound:
             await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The stored CAD file is missing.")
+        except ServiceUnavailable:
+            # The file store was refused after this claim (models/cluster.py): another process can run it.
+            await self._requeue(attempt, "Requeued: this process's file store is not the deployment's")
         except JobCancelled:
             await self._stopped(attempt)
         except (PoolClosed, PoolBusy) as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
+from models.cluster import STORE_MARKER
 from models.database import free_port, utcnow
 from models.events import Publisher
 from tests import cad_fixtures
@@ -261,6 +262,11 @@ async def upload(caller: Caller, series_id: str, filename: str, data: bytes, **f
     return {**created.json, "finalize": final.json}
 
 
+def stored_files(files: Path) -> list[Path]:
+    """Every file under a filesystem store's folder (content and uploads in progress) but its store marker."""
+    return [p for p in files.rglob("*") if p.is_file() and p.name != STORE_MARKER] if files.exists() else []
+
+
 def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes, str]:
     """A multipart/form-data body with `fields` and one file part named "file"; returns (body, content type)."""
     boundary = uuid.uuid4().hex
@@ -411,26 +417,82 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0
     raise AssertionError(f"server did not become healthy within {timeout:g} s")
 
 
-@contextlib.contextmanager
-def shared_servers(
-    mongo_uri: str, redis_url: str, data_dir: Path, count: int = 2, **settings: str
-) -> Iterator[list[int]]:
-    """`count` real server.py processes on one fresh database and one Redis, with a platform admin
-    `root`; yields their ports and stops them afterwards."""
+def server_env(
+    mongo_uri: str, data_dir: Path, *, database: str, redis_url: str | None = None, **settings: str
+) -> dict[str, str]:
+    """The environment of a real server.py process on `database`, with a platform admin `root` (created by the
+    first process to start), fast password hashing and no analysis workers unless `settings` say otherwise; no
+    ENGINEL_* variable of the caller's environment leaks in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINEL_")}
     env.update(
         ENGINEL_MONGODB_URI=mongo_uri,
-        ENGINEL_MONGODB_DATABASE="s" + uuid.uuid4().hex[:12],
-        ENGINEL_REDIS_URL=redis_url,
+        ENGINEL_MONGODB_DATABASE=database,
         ENGINEL_WORKERS="0",
         ENGINEL_BOOTSTRAP_ADMIN=f"root:{ROOT_PASSWORD}",
         ENGINEL_ARGON2_TIME_COST="1",
         ENGINEL_ARGON2_MEMORY_KIB="64",
         ENGINEL_LOG_LEVEL="WARNING",
         ENGINEL_DATA_DIR=str(data_dir),
-        ENGINEL_REALTIME_REDIS_PREFIX="s" + uuid.uuid4().hex[:8],
     )
+    if redis_url is not None:
+        env["ENGINEL_REDIS_URL"] = redis_url
     env.update({f"ENGINEL_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """A server.py child whose output goes to a file the test reads."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def exit_code(self, timeout: float = 60.0) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def launch_server(env: dict[str, str], log: Path) -> ServerProcess:
+    """Start server.py on a free port with `env`, its stdout and stderr in `log`; does not wait for it."""
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "server.py", "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    return ServerProcess(proc, port, log)
+
+
+@contextlib.contextmanager
+def shared_servers(
+    mongo_uri: str, redis_url: str, data_dir: Path, count: int = 2, **settings: str
+) -> Iterator[list[int]]:
+    """`count` real server.py processes on one fresh database and one Redis, with a platform admin
+    `root`; yields their ports and stops them afterwards."""
+    env = server_env(
+        mongo_uri,
+        data_dir,
+        database="s" + uuid.uuid4().hex[:12],
+        redis_url=redis_url,
+        realtime_redis_prefix="s" + uuid.uuid4().hex[:8],
+        **settings,
+    )
     ports = [free_port() for _ in range(count)]
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -14,7 +14,7 @@ import pytest
 from models.database import utcnow
 from tests import cad_fixtures, corpus
 from tests.cad_fixtures import CadFiles
-from tests.helpers import World, assert_envelope, cad, multipart, put_bytes, team, upload
+from tests.helpers import World, assert_envelope, cad, multipart, put_bytes, stored_files, team, upload
 
 # Every generated file the upload's format check accepts, one per format at least.
 UPLOADABLE = cad_fixtures.names(sniffs=True)
@@ -122,7 +122,7 @@ async def test_refused_multipart_uploads_store_nothing(world: World, settings: A
     liar = multipart({"series": series_id}, "w.step", data)
     wrong = await people["member"].api.post("/api/designs/", raw=liar[0], headers={"Content-Type": liar[1]})
     assert_envelope(wrong, 400, "INVALID_FILE_FORMAT")
-    assert [p for p in (settings.data_dir / "files").rglob("*") if p.is_file()] == []
+    assert stored_files(settings.data_dir / "files") == []
     assert await db.designs.count_documents({}) == 0
 
 
@@ -133,7 +133,7 @@ async def test_identical_content_is_stored_once_and_removed_with_its_last_design
     first = await upload(people["member"], series_id, "wire.brep", data)
     second = await upload(people["member"], series_id, "wire-copy.brep", data)
     root = settings.data_dir / "files"
-    stored = [p for p in root.rglob("*") if p.is_file() and "tmp" not in p.relative_to(root).parts]
+    stored = [p for p in stored_files(root) if "tmp" not in p.relative_to(root).parts]
     assert len(stored) == 1
     assert (await people["member"].api.delete(f"/api/designs/{first['id']}/")).status == 204
     assert stored[0].exists()
@@ -191,7 +191,7 @@ async def test_signed_url_refusals_leave_nothing_behind(world: World, settings: 
     # Shorter than declared.
     truncated = await fresh(size=len(data) + 10)
     assert_envelope(await put_bytes(api, truncated, data), 400, "VALIDATION_ERROR")
-    files = [p for p in (settings.data_dir / "files").rglob("*") if p.is_file()]
+    files = stored_files(settings.data_dir / "files")
     assert files == [], files
     # Single use: a URL that succeeded cannot be used again.
     ok = await fresh()
