@@ -285,7 +285,9 @@ def test_a_process_with_another_storage_backend_refuses_uploads(
     status, body = health(b.base_url)
     assert status == 503 and body["cluster"]["problems"] == [STORAGE_BACKEND_MISMATCH], body
     token = login(b.base_url)
-    wanted = {"filename": "box.step", "file_size": 100, "content_type": "application/step"}
+    status, org = call(a.base_url, "POST", "/api/organizations/", {"name": "One", "slug": "one"}, token=token)
+    assert status == 201, org
+    wanted = {"filename": "box.step", "file_size": 100, "content_type": "application/step", "organization": org["id"]}
     status, refused = call(b.base_url, "POST", "/api/designs/upload-url/", wanted, token=token)
     assert_refused_upload(status, refused, "its storage backend differs from the other processes'")
     assert call(a.base_url, "POST", "/api/designs/upload-url/", wanted, token=token)[0] == 201  # A, the older

@@ -24,6 +24,7 @@ from models.database import free_port
 from models.organizations import MemberIn
 from models.policy import Role
 from processing.runner import WorkerCall, analysis_call
+from tests import helpers
 from tests.helpers import (
     REPO,
     ROOT_PASSWORD,
@@ -46,9 +47,9 @@ MIB = 1024**2
 
 
 def stored_files(settings: Any) -> list[Path]:
-    """The content files of the filesystem storage (not its temporary folder)."""
+    """The content files of the filesystem storage (not its temporary folder, not its store marker)."""
     root = settings.data_dir / "files"
-    return [p for p in root.rglob("*") if p.is_file() and "tmp" not in p.relative_to(root).parts]
+    return [p for p in helpers.stored_files(root) if "tmp" not in p.relative_to(root).parts]
 
 
 async def join(world: World, org: dict[str, Any], caller: Caller, role: str) -> None:
