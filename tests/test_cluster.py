@@ -349,7 +349,12 @@ def fake_version(root: Path, version: str) -> dict[str, str]:
     dist = root / f"v{version}" / f"enginel-{version}.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: enginel\nVersion: {version}\n")
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(dist.parent), os.environ.get("PYTHONPATH")]))}
+    # PYTHONSAFEPATH: the script's folder is not put first on sys.path, where the checkout's own
+    # enginel.egg-info (written by `pip install -e .`) would answer before the fake.
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(dist.parent), os.environ.get("PYTHONPATH")])),
+        "PYTHONSAFEPATH": "1",
+    }
 
 
 def test_versions_must_share_major_and_minor(
