@@ -44,7 +44,8 @@ def _finite(value: Any) -> bool:
 def row_keys(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Each row's match key from its ``path``, ``part_name`` and ``part_number`` (rows of one tree).
 
-    A row is the same part in two revisions when the names from the root down to it and its part number agree;
+    A row is the same part in two revisions when the names from the root down to it and its part number agree
+    (case and runs of white space aside);
     the root always matches the root (files name it after themselves). Siblings sharing name and number are told
     apart by their order. The geometric diff and the markup carry use the same keys.
     """
@@ -67,7 +68,9 @@ def row_keys(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def _clean(value: Any) -> str:
-    return str(value or "").replace(_SEP, " ").replace("#", "＃").strip()
+    # Case does not make another part ("NUT" from one exporter is "nut" from another), as part numbers of a
+    # series are case-insensitive.
+    return " ".join(str(value or "").replace(_SEP, " ").replace("#", "＃").split()).casefold()
 
 
 def _name_path(rows_by_path: Mapping[str, Mapping[str, Any]], path: str) -> str:
