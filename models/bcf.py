@@ -101,7 +101,11 @@ def viewpoint(markup: Mapping[str, Any], node: Mapping[str, Any] | None, design_
 
 
 def topic(
-    markup: Mapping[str, Any], names: Mapping[int, str], reference: str, has_viewpoint: bool, design: Mapping[str, Any]
+    markup: Mapping[str, Any],
+    names: Mapping[int, str],
+    base_url: str,
+    has_viewpoint: bool,
+    design: Mapping[str, Any],
 ) -> bytes:
     """markup.bcf: the topic (title, severity, status, author, text) and its comments (the replies, then how it
     was resolved or dismissed), each comment pointing at the topic's viewpoint."""
@@ -112,7 +116,7 @@ def topic(
     file = _sub(files, "File", IsExternal="true")
     _sub(file, "Filename", design["filename"])
     _sub(file, "Date", _date(design["created_at"]))
-    _sub(file, "Reference", f"/api/designs/{design['_id']}/download/")
+    _sub(file, "Reference", f"{base_url}/api/designs/{design['_id']}/download/")
     element = _sub(
         root,
         "Topic",
@@ -122,7 +126,7 @@ def topic(
         TopicStatus=STATUS.get(markup["status"], "Open"),
     )
     links = _sub(element, "ReferenceLinks")
-    _sub(links, "ReferenceLink", reference)
+    _sub(links, "ReferenceLink", f"{base_url}/api/markups/{markup['_id']}/")
     _sub(element, "Title", _title(markup["annotation_text"]) or f"Markup {markup['_id']}")
     _sub(element, "Priority", PRIORITY.get(markup["severity"], markup["severity"].title()))
     _sub(element, "CreationDate", _date(markup["created_at"]))
@@ -217,9 +221,8 @@ class BcfExport:
                 bcf.writestr("extensions.xml", extensions(sorted(set(names.values()))))
                 for markup in markups:
                     folder = _guid("markup", markup["_id"])
-                    reference = f"{base_url}/api/markups/{markup['_id']}/"
                     has_viewpoint = True  # every topic gets one: its components even without a camera
-                    bcf.writestr(f"{folder}/markup.bcf", topic(markup, names, reference, has_viewpoint, design))
+                    bcf.writestr(f"{folder}/markup.bcf", topic(markup, names, base_url, has_viewpoint, design))
                     node = nodes.get(markup.get("bom_node"))
                     bcf.writestr(f"{folder}/viewpoint.bcfv", viewpoint(markup, node, design["_id"]))
             size = archive.tell()

@@ -542,6 +542,12 @@ class Revisions:
                 f"{design['classification']} version."
             )
         if offer.get("results") is None:
+            job = await self.db[JOBS].find_one({"_id": offer["job_id"]}, {"status": 1, "error_message": 1}) or {}
+            if job.get("status") in (JobStatus.FAILURE.value, JobStatus.CANCELLED.value):
+                raise Conflict(
+                    "The markups could not be re-anchored on this version: "
+                    + (job.get("error_message") or job["status"].lower())
+                )
             raise Conflict(f"The markups are still being re-anchored on this version (job {offer['job_id']}).")
         results = {r["id"]: r for r in offer["results"]}
         ids = [m["id"] for m in offer["markups"]] if wanted is True else list(dict.fromkeys(wanted))

@@ -155,7 +155,7 @@ async def test_compare_reports_exactly_the_changes_of_revision_b(world: World) -
 
 
 @pytest.mark.gen_test(timeout=300)
-async def test_geometric_diff_job_volumes_and_glb(world: World, db: Any) -> None:
+async def test_geometric_diff_job_volumes_and_glb(world: World, db: Any, services: Any) -> None:
     """The diff runs as a GEOMETRIC_DIFF job: 202 with the job while it computes, then the GLB with `added` and
     `removed` nodes; the plate's removed material is the hole's analytic volume within 1e-6, the rod-assembly
     nut row gained exactly one nut, the rod is removed whole; fetching the GLB is audited like a download."""
@@ -203,8 +203,14 @@ async def test_geometric_diff_job_volumes_and_glb(world: World, db: Any) -> None
         e async for e in db.audit_log.find({"action": "DOWNLOAD", "design_id": a["id"], "changes.artifact": "diff"})
     ]
     assert len(downloads) == 2 and downloads[0]["changes"]["other_design_id"] == b["id"]
-    # A viewer cannot start a job (read-only key rules aside, VIEWER reads): the stored diff is readable though.
+    # A VIEWER reads the stored diff like any other reader of both versions.
     assert (await p["viewer"].api.get(url)).status == 200
+    # Deleting a version takes its diff with it, and the diff GLB's content reference: the bytes are gone.
+    sha = glb.headers["ETag"].strip('"')
+    assert await services.storage.exists(sha)
+    assert (await p["author"].api.delete(f"/api/designs/{b['id']}/")).status == 204
+    assert await db.revision_diffs.count_documents({}) == 0
+    assert not await services.storage.exists(sha)
 
 
 def test_a_part_over_its_time_budget_is_reported_too_complex(tmp_path: Path) -> None:
