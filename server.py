@@ -23,9 +23,11 @@ from handlers import bom as bom_handlers
 from handlers import jobs as job_handlers
 from handlers import markups as markup_handlers
 from handlers import reviews as review_handlers
+from handlers import revisions as revision_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models import units
 from models.audit import AuditTrail, label_legacy_entries
+from models.bcf import BcfExport
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
 from models.cluster import EXIT_REFUSED, ClusterConfig, ClusterMember, ClusterRefused
@@ -36,6 +38,7 @@ from models.designs import Designs
 from models.embedded_db import DirectoryInUse
 from models.errors import APIError, ServiceUnavailable
 from models.events import Publisher
+from models.gates import Gates
 from models.identity import Identity, IdentityConfig
 from models.invitations import InvitationConfig, Invitations
 from models.jobs import Jobs
@@ -46,12 +49,15 @@ from models.policy import Principal
 from models.quota import StorageQuota
 from models.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, SocketLimits
 from models.reviews import Reviews
+from models.revisions import Revisions
 from models.series import Series
 from models.storage import make_storage
+from models.timeline import Timeline
 from models.users import Users
 from models.viewables import Viewables
+from processing.compare import compare_revisions
 from processing.pool import ProcessPool
-from processing.runner import JobRunner, ViewableOptions
+from processing.runner import JobRunner, RevisionOptions, ViewableOptions
 from realtime import Broker, BrokerConfig, Credential, Gateway, InProcessBroker, RealtimeConfig
 from realtime.redis_broker import RedisBroker
 
@@ -70,6 +76,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         *materials.routes,
         *audit_handlers.routes,
         *review_handlers.routes,
+        *revision_handlers.routes,
         *markup_handlers.routes,
         *job_handlers.routes,
         *bom_handlers.routes,
@@ -260,6 +267,12 @@ class Runtime:
         jobs = Jobs(db, designs, publisher)
         bom = BomNodes(db, designs, publisher)
         viewables = Viewables(db, designs, publisher, max_retries=settings.job_max_retries)
+        # Compare is a pure function of processing/ over stored figures; models/ get it handed in.
+        revisions = Revisions(db, designs, markups, publisher, compare_revisions, max_retries=settings.job_max_retries)
+        designs.dependants.append(revisions)
+        gates = Gates(db, revisions, reviews, publisher)
+        reviews.hooks = gates
+        timeline = Timeline(db, reviews)
         self.services = Services(
             settings=settings,
             mongo=mongo,
@@ -286,8 +299,12 @@ class Runtime:
             jobs=jobs,
             bom=bom,
             audit=AuditTrail(db),
-            channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=jobs, orgs=orgs),
+            channels=ChannelPolicy(designs=designs, reviews=reviews, jobs=jobs, orgs=orgs, timeline=timeline),
             viewables=viewables,
+            revisions=revisions,
+            gates=gates,
+            timeline=timeline,
+            bcf=BcfExport(db, reviews, designs),
             realtime=gateway,
             publisher=publisher,
             cluster=cluster,
@@ -304,7 +321,9 @@ class Runtime:
         if settings.workers > 0:
             # OpenCascade is imported once per worker at start, not inside the first job's timeout.
             self.services.pool = ProcessPool(
-                settings.workers, preload=("processing.cad",), memory_limit_mb=settings.worker_memory_mb
+                settings.workers,
+                preload=("processing.cad", "processing.geodiff"),
+                memory_limit_mb=settings.worker_memory_mb,
             )
             await self.services.pool.start()
             self.services.runner = JobRunner(
@@ -322,6 +341,12 @@ class Runtime:
                 viewable_options=ViewableOptions(
                     max_triangles=settings.viewable_max_triangles,
                     relative_deflection=settings.viewable_relative_deflection,
+                ),
+                revisions=revisions,
+                revision_options=RevisionOptions(
+                    part_seconds=settings.diff_part_seconds,
+                    tolerance_mm=settings.markup_carry_tolerance_mm,
+                    orphan_distance_mm=settings.markup_orphan_distance_mm,
                 ),
             )
             await self.services.runner.start()

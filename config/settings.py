@@ -129,6 +129,27 @@ class Settings(BaseSettings):
         le=0.1,
         description="Chord deflection of the viewer mesh as a fraction of the model's bounding-box diagonal.",
     )
+    diff_part_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds the geometric diff of two versions may spend on one part's boolean cuts; a part "
+        "over it is reported as too complex (the whole job stays within ENGINEL_JOB_TIMEOUT_SECONDS).",
+    )
+    markup_carry_tolerance_mm: float = Field(
+        0.01,
+        gt=0,
+        le=1000,
+        description="How far (mm) a markup carried to a new version may land from its old place and still count "
+        "as not moved.",
+    )
+    markup_orphan_distance_mm: float = Field(
+        5.0,
+        gt=0,
+        le=1_000_000,
+        description="A carried markup with none of its part's geometry within this distance (mm) of its old "
+        "place is orphaned.",
+    )
     download_recheck_bytes: int = Field(
         4 * 1024 * 1024,
         ge=65536,

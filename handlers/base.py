@@ -26,6 +26,7 @@ from tornado.iostream import StreamClosedError
 from config import Settings
 from models import audit
 from models.audit import AuditTrail
+from models.bcf import BcfExport
 from models.bom import BomNodes
 from models.channels import ChannelPolicy
 from models.cluster import ClusterMember
@@ -41,6 +42,7 @@ from models.errors import (
     field_errors_from,
 )
 from models.events import Publisher
+from models.gates import Gates
 from models.health import CachedProbe
 from models.identity import Identity
 from models.invitations import Invitations
@@ -51,9 +53,11 @@ from models.organizations import Organizations
 from models.policy import Principal, require_write
 from models.ratelimit import RateLimiter, caller_key, request_windows
 from models.reviews import Reviews
+from models.revisions import Revisions
 from models.schema import UUID_RE, json_default
 from models.series import Series
 from models.storage import Storage
+from models.timeline import Timeline
 from models.transfers import Transfer
 from models.users import Users
 from models.viewables import Viewables
@@ -116,6 +120,10 @@ class Services:
     audit: AuditTrail
     channels: ChannelPolicy
     viewables: Viewables
+    revisions: Revisions  # compare, geometric diff, carried markups
+    gates: Gates  # review rules on property deltas
+    timeline: Timeline  # a review's replay
+    bcf: BcfExport
     realtime: Gateway  # this process's sockets
     publisher: Publisher  # what the repositories announce through: the gateway (tests put a recorder in front)
     redis: Redis | None = None  # when ENGINEL_REDIS_URL is set

@@ -10,6 +10,7 @@ from models.jobs import Jobs
 from models.organizations import Organizations
 from models.policy import Classification, Principal, classification_allows, require
 from models.reviews import Reviews
+from models.timeline import Timeline
 
 
 class ChannelEvent(Protocol):
@@ -25,11 +26,14 @@ class ChannelEvent(Protocol):
 class ChannelPolicy:
     """The access policy applied to channels: the same repositories, hence the same rules, as REST."""
 
-    def __init__(self, *, designs: Designs, reviews: Reviews, jobs: Jobs, orgs: Organizations) -> None:
+    def __init__(
+        self, *, designs: Designs, reviews: Reviews, jobs: Jobs, orgs: Organizations, timeline: Timeline | None = None
+    ) -> None:
         self.designs = designs
         self.reviews = reviews
         self.jobs = jobs
         self.orgs = orgs
+        self.timeline = timeline
 
     async def authorize(self, principal: Principal, channel: str) -> None:
         """Raise the REST answer (404, 403 PERMISSION_DENIED or ITAR_VIOLATION) for a refused subscription."""
@@ -38,6 +42,9 @@ class ChannelPolicy:
             await self.designs.get_visible(principal, ident)
         elif kind == "review":
             await self.reviews.can_read(principal, ident)
+            if self.timeline is not None:
+                # Joining the room is part of the review's story: the first join of each user is kept.
+                await self.timeline.joined(principal, ident)
         elif kind == "job":
             await self.jobs.get_visible(principal, ident)
         elif kind == "org":

@@ -24,6 +24,12 @@ BOM_NODES = "bom_nodes"
 REVIEWS = "reviews"
 MARKUPS = "markups"
 
+# Revisions: compares, carried markups, review gates and the review room's durable joins
+REVISION_DIFFS = "revision_diffs"  # one geometric diff (and its GLB) per ordered pair of versions
+MARKUP_CARRIES = "markup_carries"  # per new version: the previous version's open markups, re-anchored
+REVIEW_GATE_RULES = "review_gate_rules"  # an organization's rules on property deltas
+REVIEW_JOINS = "review_joins"  # the first time each user joined each review room
+
 # The platform
 AUDIT_LOG = "audit_log"
 COUNTERS = "counters"  # one document per id sequence (models.database.next_id)

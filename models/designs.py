@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import Field
 from pymongo import IndexModel, ReturnDocument
@@ -296,6 +296,14 @@ class DirectUpload:
             await self.designs._drop_upload({"_id": self.upload["_id"], "status": UploadStatus.RECEIVING.value})
 
 
+class DesignDependant(Protocol):
+    """Another repository's records about designs (models.revisions: diffs between versions, carried markups)."""
+
+    async def design_removed(self, design_id: str) -> None: ...
+
+    async def design_relabelled(self, design_id: str) -> None: ...
+
+
 def _sign(secret: str, upload_id: str, expires: int) -> str:
     return hmac.new(secret.encode(), f"upload:{upload_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
@@ -329,6 +337,7 @@ class Designs:
         self.quota = quota
         self.upload_ttl = upload_ttl
         self.max_concurrent_uploads = max_concurrent_uploads
+        self.dependants: list[DesignDependant] = []  # told when a design goes or is relabelled
 
     # ------------------------------------------------------------------ visibility
 
@@ -982,6 +991,8 @@ class Designs:
                 )
             # So do the audit entries about it: who may read them follows the design's label from now on.
             await audit.relabel(self.db, design_id, changes["classification"]["new"])
+            for hook in self.dependants:
+                await hook.design_relabelled(design_id)
         action = (
             "DOWNGRADE_CLASSIFICATION"
             if "classification" in changes
@@ -1037,6 +1048,8 @@ class Designs:
         )
         for dependant in (BOM_NODES, REVIEWS, MARKUPS):
             await self.db[dependant].delete_many({"design_id": doc["_id"]})
+        for hook in self.dependants:
+            await hook.design_removed(doc["_id"])
         await self.quota.release(removed["organization_id"], int(removed.get("file_size_bytes") or 0))
         if removed.get("content_sha256"):
             await self.release_content(removed["content_sha256"])

@@ -45,6 +45,8 @@ class JobType(str, Enum):
     BOM_EXTRACTION = "BOM_EXTRACTION"
     EXPORT = "EXPORT"
     TESSELLATION = "TESSELLATION"  # the viewer's GLB of a design analysed before viewables existed
+    GEOMETRIC_DIFF = "GEOMETRIC_DIFF"  # material added and removed between two versions, and its GLB
+    MARKUP_CARRY = "MARKUP_CARRY"  # the previous version's open markups re-anchored on a new version
 
 
 FINAL = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILURE.value, JobStatus.CANCELLED.value})

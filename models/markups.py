@@ -145,6 +145,8 @@ MARKUP_FIELDS = frozenset(
         "dismissed_by",
         "dismissed_at",
         "reply_count",
+        "carried_from",
+        "carry",
         "created_at",
         "updated_at",
         "version",
@@ -614,6 +616,10 @@ def render_markup(doc: Mapping[str, Any], username: str | None) -> dict[str, Any
         "dismissed_by": doc.get("dismissed_by"),
         "dismissed_at": doc.get("dismissed_at"),
         "reply_count": doc.get("reply_count", 0),
+        # Set on a markup carried over from the previous version's review (models.revisions): where it came
+        # from, and how it landed on this version (moved, with the distance, or orphaned).
+        "carried_from": doc.get("carried_from"),
+        "carry": doc.get("carry"),
         "created_at": doc["created_at"],
         "updated_at": doc["updated_at"],
         "version": doc["version"],

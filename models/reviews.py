@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AwareDatetime, Field
 from pymongo import IndexModel, ReturnDocument
@@ -35,6 +35,7 @@ from models.policy import (
 from models.schema import Input, Text, Uuid, refuse_nulls
 
 MAX_REVIEWERS = 50
+MAX_CARRY_IDS = 500  # markup ids one review may name to carry over (models.revisions offers at most as many)
 MAX_DUE_AHEAD = timedelta(days=3660)
 # A wrong signing password is a guess at someone's password: bound the guesses like logins are bounded.
 MAX_SIGNATURE_FAILURES = 5
@@ -94,6 +95,24 @@ class RejectReason(str, Enum):
 
 UserId = Annotated[int, Field(ge=1, le=2**53)]
 Password = Annotated[str, Field(min_length=1, max_length=256)]
+MarkupId = Annotated[int, Field(ge=1, le=2**53)]
+# True: every markup the previous version's review left open (as re-anchored on this version); a list: those ids.
+CarryMarkups = bool | Annotated[list[MarkupId], Field(max_length=MAX_CARRY_IDS)]
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class RevisionHooks(Protocol):
+    """What reviews take from the revision features (models.gates implements it; server.py plugs it in)."""
+
+    async def gates_for(self, design: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def vote_basis(self, review: Mapping[str, Any], design: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def plan_carry(self, principal: Principal, design: Mapping[str, Any], wanted: bool | list[int]) -> Any: ...
+
+    async def apply_carry(
+        self, principal: Principal, review: Mapping[str, Any], plan: Any, actor: audit.Actor
+    ) -> list[int]: ...
 
 
 class ReviewIn(Input):
@@ -104,6 +123,7 @@ class ReviewIn(Input):
     decision_rule: DecisionRule = DecisionRule.ALL
     threshold: int | None = Field(None, ge=1, le=MAX_REVIEWERS)
     veto: bool = True  # any reject completes the session as rejected, whatever the rule
+    carry_markups: CarryMarkups = False
 
 
 class StartReviewIn(Input):
@@ -115,6 +135,7 @@ class StartReviewIn(Input):
     decision_rule: DecisionRule = DecisionRule.ALL
     threshold: int | None = Field(None, ge=1, le=MAX_REVIEWERS)
     veto: bool = True
+    carry_markups: CarryMarkups = False
 
     def for_design(self, design_id: str) -> ReviewIn:
         return ReviewIn(
@@ -125,6 +146,7 @@ class StartReviewIn(Input):
             decision_rule=self.decision_rule,
             threshold=self.threshold,
             veto=self.veto,
+            carry_markups=self.carry_markups,
         )
 
 
@@ -145,6 +167,9 @@ class VoteIn(Input):
     comments: Text = ""
     reason: RejectReason | None = None
     password: Password | None = None
+    # What the voter looked at: a vote given on other geometry or other deltas is refused (409), not counted.
+    file_hash: str | None = Field(None, max_length=80)
+    deltas_digest: Digest | None = None
 
 
 class ReviewVoteCommand(VoteIn):
@@ -159,6 +184,8 @@ class ApproveIn(Input):
     comments: Text = ""
     approved: bool = True
     password: Password | None = None
+    file_hash: str | None = Field(None, max_length=80)
+    deltas_digest: Digest | None = None
 
     def vote(self) -> VoteIn:
         if not self.approved:
@@ -166,7 +193,13 @@ class ApproveIn(Input):
                 "To reject, POST to reject/ with a reason.",
                 field_errors={"approved": ["Must be true here; use reject/ to reject."]},
             )
-        return VoteIn(decision=Decision.APPROVE, comments=self.comments, password=self.password)
+        return VoteIn(
+            decision=Decision.APPROVE,
+            comments=self.comments,
+            password=self.password,
+            file_hash=self.file_hash,
+            deltas_digest=self.deltas_digest,
+        )
 
 
 class RejectIn(Input):
@@ -175,9 +208,18 @@ class RejectIn(Input):
     comments: Text = ""
     reason: RejectReason
     password: Password | None = None
+    file_hash: str | None = Field(None, max_length=80)
+    deltas_digest: Digest | None = None
 
     def vote(self) -> VoteIn:
-        return VoteIn(decision=Decision.REJECT, comments=self.comments, reason=self.reason, password=self.password)
+        return VoteIn(
+            decision=Decision.REJECT,
+            comments=self.comments,
+            reason=self.reason,
+            password=self.password,
+            file_hash=self.file_hash,
+            deltas_digest=self.deltas_digest,
+        )
 
 
 class DesignApproveIn(Input):
@@ -185,9 +227,17 @@ class DesignApproveIn(Input):
 
     notes: Text = ""
     password: Password | None = None
+    file_hash: str | None = Field(None, max_length=80)
+    deltas_digest: Digest | None = None
 
     def vote(self) -> VoteIn:
-        return VoteIn(decision=Decision.APPROVE, comments=self.notes, password=self.password)
+        return VoteIn(
+            decision=Decision.APPROVE,
+            comments=self.notes,
+            password=self.password,
+            file_hash=self.file_hash,
+            deltas_digest=self.deltas_digest,
+        )
 
 
 class CancelIn(Input):
@@ -223,6 +273,7 @@ REVIEW_FIELDS = frozenset(
         "cancelled_at",
         "cancelled_by",
         "cancel_reason",
+        "gates",
         "version",
     }
 )
@@ -252,19 +303,37 @@ REVIEW_LIST = ListSpec(
 )
 
 
+def extra_approvals(doc: Mapping[str, Any]) -> int:
+    """Approvals the review's gates add to its decision rule (models.gates)."""
+    return int((doc.get("gates") or {}).get("extra_approvals") or 0)
+
+
 def required_approvals(doc: Mapping[str, Any]) -> int:
+    """Approvals that complete the session: the rule's, plus what its gates add. Under ALL every reviewer already
+    approves; there the gates make the panel bigger instead (see _check_rule)."""
     count = len(doc["reviewers"])
     rule = doc["decision_rule"]
     if rule == DecisionRule.ANY.value:
-        return 1
+        return 1 + extra_approvals(doc)
     if rule == DecisionRule.THRESHOLD.value:
-        return int(doc["threshold"])
+        return int(doc["threshold"]) + extra_approvals(doc)
     return count
+
+
+def is_stale(doc: Mapping[str, Any], vote: Mapping[str, Any]) -> bool:
+    """A vote cast on other property deltas than the ones the review's gates stand on now never counts."""
+    gates = doc.get("gates")
+    return bool(gates and vote.get("deltas_digest") and vote["deltas_digest"] != gates.get("deltas_digest"))
+
+
+def awaiting_override(doc: Mapping[str, Any]) -> bool:
+    gates = doc.get("gates") or {}
+    return bool(gates.get("override_required")) and not gates.get("override")
 
 
 def tally(doc: Mapping[str, Any]) -> dict[str, int]:
     reviewers = {str(r) for r in doc["reviewers"]}
-    current = [v for k, v in (doc.get("votes") or {}).items() if k in reviewers]
+    current = [v for k, v in (doc.get("votes") or {}).items() if k in reviewers and not is_stale(doc, v)]
     approved = sum(1 for v in current if v["decision"] == Decision.APPROVE.value)
     rejected = sum(1 for v in current if v["decision"] == Decision.REJECT.value)
     return {
@@ -283,7 +352,8 @@ def decide(doc: Mapping[str, Any]) -> Outcome | None:
     if t["rejected"] and doc.get("veto", True):
         return Outcome.REJECTED
     if t["approved"] >= t["required"]:
-        return Outcome.APPROVED
+        # A gate that needs an ADMIN's override holds the approval (a rejection is never held).
+        return None if awaiting_override(doc) else Outcome.APPROVED
     if t["rejected"] > t["reviewers"] - t["required"]:
         return Outcome.REJECTED  # the required approvals can no longer be reached
     return None
@@ -294,7 +364,20 @@ def is_overdue(doc: Mapping[str, Any], now: Any = None) -> bool:
     return bool(due is not None and doc["status"] in OPEN_STATUSES and due < (now or utcnow()))
 
 
-def _check_rule(rule: str, threshold: int | None, reviewers: Sequence[int]) -> None:
+def _check_rule(
+    rule: str, threshold: int | None, reviewers: Sequence[int], gates: Mapping[str, Any] | None = None
+) -> None:
+    extra = int((gates or {}).get("extra_approvals") or 0)
+    if extra:
+        base = {DecisionRule.ANY.value: 1, DecisionRule.THRESHOLD.value: threshold or 0}.get(rule, 1)
+        if base + extra > len(reviewers):
+            names = ", ".join(t["name"] for t in (gates or {}).get("tripped") or [] if t.get("extra_approvals"))
+            what = "reviewers on the panel" if rule == DecisionRule.ALL.value else "approvals"
+            raise ValidationFailed(
+                f"This version trips review rules ({names}) that need {extra} more approval(s): {base + extra} "
+                f"{what}, but the panel has {len(reviewers)} reviewers.",
+                field_errors={"reviewers": [f"At least {base + extra} reviewers are needed."]},
+            )
     if rule == DecisionRule.THRESHOLD.value:
         if threshold is None:
             raise ValidationFailed(
@@ -331,6 +414,8 @@ class Reviews:
         self.publisher = publisher
         self.designs = designs
         self.passwords = passwords
+        # The revision features (gates, carried markups); server.py plugs them in once they are built.
+        self.hooks: RevisionHooks | None = None
 
     # ------------------------------------------------------------------ visibility
 
@@ -383,10 +468,16 @@ class Reviews:
                 else f"Only a READY design can go to review; this one is {design['status']}."
             )
             raise Conflict(detail)
-        _check_rule(data.decision_rule.value, data.threshold, data.reviewers)
+        gates = await self.hooks.gates_for(design) if self.hooks is not None else None
+        _check_rule(data.decision_rule.value, data.threshold, data.reviewers, gates)
         _check_due(data.due_date)
         org = await self._org(org_id)
         await self._check_reviewers(data.reviewers, design, org)
+        carry_plan: Any = None
+        if data.carry_markups is not False:
+            if self.hooks is None:
+                raise Conflict("Carrying markups is not available on this server.")
+            carry_plan = await self.hooks.plan_carry(principal, design, data.carry_markups)
         now = utcnow()
         review_id = str(uuid.uuid4())
         claimed = await self.db[DESIGNS].find_one_and_update(
@@ -426,6 +517,8 @@ class Reviews:
             "cancel_reason": None,
             "version": 1,
         }
+        if gates is not None:
+            doc["gates"] = gates
         try:
             await self.db[REVIEWS].insert_one(doc)
         except DuplicateKeyError:
@@ -450,8 +543,18 @@ class Reviews:
                 "threshold": doc["threshold"],
                 "veto": doc["veto"],
                 "due_date": doc["due_date"],
+                **(
+                    {
+                        "gates_tripped": [t["name"] for t in gates["tripped"]],
+                        "deltas_digest": gates["deltas_digest"],
+                    }
+                    if gates
+                    else {}
+                ),
             },
         )
+        if carry_plan and self.hooks is not None:
+            await self.hooks.apply_carry(principal, doc, carry_plan, actor)
         await self._design_status(claimed, design["status"], review_id, actor)
         await self._announce(
             doc, "review.created", {"reviewers": doc["reviewers"], "created_by": principal.id}, status_change=True
@@ -559,7 +662,7 @@ class Reviews:
             if rule != DecisionRule.THRESHOLD.value and "threshold" not in values and doc["threshold"] is not None:
                 threshold = None
                 changes["threshold"] = {"old": doc["threshold"], "new": None}
-            _check_rule(rule, threshold, reviewers)
+            _check_rule(rule, threshold, reviewers, doc.get("gates"))
             if "reviewers" in changes:
                 design = await self.db[DESIGNS].find_one({"_id": doc["design_id"]})
                 if design is None:
@@ -681,6 +784,21 @@ class Reviews:
             raise PermissionDenied(
                 "You uploaded this design; your organization does not allow approving one's own design."
             )
+        if data.file_hash is not None and data.file_hash != design.get("file_hash"):
+            raise Conflict(
+                f"You voted on {data.file_hash}, but this review's design is {design.get('file_hash')}; reload it.",
+                field_errors={"file_hash": ["Not the file under review."]},
+            )
+        basis: dict[str, Any] = {"deltas_digest": None, "gates": None}
+        if self.hooks is not None:
+            full = await self.db[DESIGNS].find_one({"_id": doc["design_id"]})
+            if full is not None:
+                basis = await self.hooks.vote_basis(doc, full)
+        if data.deltas_digest is not None and data.deltas_digest != basis["deltas_digest"]:
+            raise Conflict(
+                "The property deltas changed since you loaded them; compare again before voting.",
+                field_errors={"deltas_digest": [f"Now {basis['deltas_digest']}."]},
+            )
         if org.get("require_password_to_sign"):
             await self._check_signature(principal, doc, data.password, actor)
         now = utcnow()
@@ -691,16 +809,19 @@ class Reviews:
             "comments": data.comments,
             "reason": data.reason.value if data.reason else None,
             "file_hash": design.get("file_hash"),
+            "deltas_digest": basis["deltas_digest"],
             "design_version": design.get("version"),
             "signed": bool(org.get("require_password_to_sign")),
             "voted_at": now,
         }
+        changes: dict[str, Any] = {f"votes.{key}": vote, "status": ReviewStatus.IN_PROGRESS.value, "updated_at": now}
+        if basis["gates"] is not None:
+            # The deltas moved under the review (a version or material changed): the gates are evaluated again
+            # and votes cast on the old deltas stop counting.
+            changes["gates"] = basis["gates"]
         after = await self.db[REVIEWS].find_one_and_update(
             {"_id": review_id, "status": {"$in": list(OPEN_STATUSES)}, "reviewers": principal.id},
-            {
-                "$set": {f"votes.{key}": vote, "status": ReviewStatus.IN_PROGRESS.value, "updated_at": now},
-                "$inc": {"version": 1},
-            },
+            {"$set": changes, "$inc": {"version": 1}},
             return_document=ReturnDocument.AFTER,
         )
         if after is None:
@@ -725,6 +846,17 @@ class Reviews:
                 "reason": vote["reason"],
                 "comments": vote["comments"],
                 "file_hash": vote["file_hash"],
+                "deltas_digest": vote["deltas_digest"],
+                **(
+                    {
+                        "gates_reevaluated": {
+                            "old": (doc.get("gates") or {}).get("deltas_digest"),
+                            "new": basis["deltas_digest"],
+                        }
+                    }
+                    if basis["gates"] is not None
+                    else {}
+                ),
                 "signed": vote["signed"],
                 "previous": previous
                 and {
@@ -796,6 +928,10 @@ class Reviews:
                 "The password is not correct; the vote was not signed.",
                 field_errors={"password": ["Incorrect password."]},
             )
+
+    async def settle(self, doc: dict[str, Any], actor: audit.Actor) -> dict[str, Any]:
+        """Complete the session if its rule is met now (after a vote, or an override of its gates)."""
+        return await self._settle(doc, actor)
 
     async def _settle(self, doc: dict[str, Any], actor: audit.Actor) -> dict[str, Any]:
         """Complete the session if its rule is met. The completion is guarded by the version the decision was
@@ -936,7 +1072,7 @@ class Reviews:
         }
         out = render_review(doc, names, utcnow())
         votes = doc.get("votes") or {}
-        out["votes"] = [render_vote(uid, names.get(uid), votes.get(str(uid))) for uid in doc["reviewers"]]
+        out["votes"] = [render_vote(uid, names.get(uid), votes.get(str(uid)), doc) for uid in doc["reviewers"]]
         by_status = {s: 0 for s in ("OPEN", "RESOLVED", "DISMISSED")}
         by_severity = {s: 0 for s in ("INFO", "MINOR", "MAJOR", "CRITICAL")}
         open_by_severity = dict(by_severity)
@@ -991,7 +1127,9 @@ def channels(design_id: str, org_id: str, classification: str, *, review_id: str
     return out
 
 
-def render_vote(user_id: int, username: str | None, vote: Mapping[str, Any] | None) -> dict[str, Any]:
+def render_vote(
+    user_id: int, username: str | None, vote: Mapping[str, Any] | None, review: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     if vote is None:
         return {
             "reviewer": user_id,
@@ -1000,6 +1138,8 @@ def render_vote(user_id: int, username: str | None, vote: Mapping[str, Any] | No
             "comments": None,
             "reason": None,
             "file_hash": None,
+            "deltas_digest": None,
+            "stale": False,
             "signed": None,
             "voted_at": None,
         }
@@ -1010,8 +1150,30 @@ def render_vote(user_id: int, username: str | None, vote: Mapping[str, Any] | No
         "comments": vote["comments"],
         "reason": vote.get("reason"),
         "file_hash": vote.get("file_hash"),
+        "deltas_digest": vote.get("deltas_digest"),
+        "stale": bool(review is not None and is_stale(review, vote)),
         "signed": vote.get("signed", False),
         "voted_at": vote["voted_at"],
+    }
+
+
+def render_gates(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Which rules this review's version trips and why (models.gates), and whether approval waits for an ADMIN."""
+    gates = doc.get("gates")
+    if not gates:
+        return None
+    return {
+        "previous_design": gates.get("previous_design_id"),
+        "previous_version_number": gates.get("previous_version_number"),
+        "file_hash": gates.get("file_hash"),
+        "deltas_digest": gates.get("deltas_digest"),
+        "evaluated_at": gates.get("evaluated_at"),
+        "tripped": list(gates.get("tripped") or []),
+        "not_evaluated": list(gates.get("not_evaluated") or []),
+        "extra_approvals": int(gates.get("extra_approvals") or 0),
+        "override_required": bool(gates.get("override_required")),
+        "override": gates.get("override"),
+        "awaiting_override": awaiting_override(doc),
     }
 
 
@@ -1044,5 +1206,6 @@ def render_review(doc: Mapping[str, Any], names: Mapping[int, str], now: Any) ->
         "cancelled_at": doc.get("cancelled_at"),
         "cancelled_by": doc.get("cancelled_by"),
         "cancel_reason": doc.get("cancel_reason"),
+        "gates": render_gates(doc),
         "version": doc["version"],
     }

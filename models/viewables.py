@@ -118,7 +118,7 @@ class Viewables:
             raise Conflict("The upload of this design is not finalized yet.")
         record = doc.get("viewable")
         if record and await self.designs.storage.exists(record["sha256"]):
-            modified = not _etag_matches(if_none_match, record["sha256"])
+            modified = not etag_matches(if_none_match, record["sha256"])
             await audit.record(
                 self.db,
                 actor,
@@ -190,7 +190,7 @@ class Viewables:
         return True
 
 
-def _etag_matches(header: str | None, sha256: str) -> bool:
+def etag_matches(header: str | None, sha256: str) -> bool:
     if not header:
         return False
     tags = [t.strip() for t in header.split(",")]

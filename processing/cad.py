@@ -51,6 +51,7 @@ __all__ = [
     "UnsupportedFormat",
     "analyze_file",
     "detect_format",
+    "parse_scene",
     "tessellate_to_glb",
 ]
 
@@ -269,6 +270,19 @@ def tessellate_to_glb(
     glb = _write_glb(loaded, walk, bom[0], out_path, _bounding_box(loaded.shape), max_triangles, relative_deflection)
     report(3, 3, "Done")
     return glb
+
+
+def parse_scene(
+    path: str, fmt: str | None = None, *, display_name: str | None = None
+) -> tuple[TopoDS_Shape, dict[str, Any], ScenePart]:
+    """Parse ``path`` into its whole shape, its BOM tree (named and numbered exactly as the analysis names them)
+    and the viewer's scene of those rows: each row's own faces and the placements of its children. The revision
+    diff and the markup carry (processing.geodiff) work on this."""
+    kind = detect_format(path, fmt)
+    _quiet_occt()
+    loaded = _load(path, kind)
+    bom, _, walk = _bom(loaded, display_name or Path(path).stem or Path(path).name, None, _Issues())
+    return loaded.shape, bom[0], _scene(walk, bom[0], loaded.shape)
 
 
 # -- parsing -----------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from models.jobs import (
     progress_doc,
     status_event,
 )
+from models.revisions import Revisions
 from models.storage import ContentNotFound, Storage
 from models.viewables import Viewables, viewable_record
 from processing.pool import JobCancelled, JobTimeout, PoolBusy, PoolClosed, ProcessPool, WorkerCrashed, WorkerError
@@ -69,6 +70,63 @@ class ViewableOptions:
 
     max_triangles: int = 500_000
     relative_deflection: float = 0.001
+
+
+@dataclass(frozen=True)
+class RevisionOptions:
+    """How versions are diffed and markups carried (ENGINEL_DIFF_* and ENGINEL_MARKUP_* settings)."""
+
+    part_seconds: float = 60.0
+    tolerance_mm: float = 0.01
+    orphan_distance_mm: float = 5.0
+
+
+def revision_call(
+    job: dict[str, Any],
+    design: dict[str, Any],
+    path: str,
+    other: dict[str, Any],
+    other_path: str,
+    markups: list[dict[str, Any]],
+    options: RevisionOptions,
+    viewable: ViewableOptions,
+) -> WorkerCall:
+    """A job over two versions. GEOMETRIC_DIFF: from the job's design to the other, writing the diff GLB.
+    MARKUP_CARRY: the other (previous) version's markups onto the job's design."""
+    names = {
+        "old_name": Path(design.get("filename") or "").stem or None,
+        "new_name": Path(other.get("filename") or "").stem or None,
+    }
+    if job.get("job_type") == JobType.GEOMETRIC_DIFF.value:
+        glb = os.path.join(
+            tempfile.gettempdir(), f"enginel-diff-{job['_id']}-{job.get('task_id') or uuid.uuid4().hex}.glb"
+        )
+        return WorkerCall(
+            "processing.geodiff:geometric_diff",
+            (path, design["file_format"], other_path, other["file_format"], glb),
+            {
+                **names,
+                "part_seconds": options.part_seconds,
+                "max_triangles": viewable.max_triangles,
+                "relative_deflection": viewable.relative_deflection,
+            },
+            outputs=(glb,),
+        )
+    snap = ((other.get("viewable") or {}).get("linear_deflection_mm") or 0.0) * 2 or None
+    return WorkerCall(
+        "processing.geodiff:carry_markups",
+        (other_path, other["file_format"], path, design["file_format"], markups),
+        {
+            "old_name": names["new_name"],
+            "new_name": names["old_name"],
+            "tolerance_mm": options.tolerance_mm,
+            "orphan_distance_mm": options.orphan_distance_mm,
+            "snap_distance_mm": snap,
+        },
+    )
+
+
+REVISION_JOBS = frozenset({JobType.GEOMETRIC_DIFF.value, JobType.MARKUP_CARRY.value})
 
 
 def analysis_call(
@@ -133,6 +191,8 @@ class JobRunner:
         name: str | None = None,
         viewables: Viewables,
         viewable_options: ViewableOptions = ViewableOptions(),
+        revisions: Revisions | None = None,
+        revision_options: RevisionOptions = RevisionOptions(),
     ) -> None:
         self.db = db
         self.pool = pool
@@ -150,6 +210,9 @@ class JobRunner:
         self.viewables = viewables
         # Tests swap this for crashing or sleeping functions; it decides what a worker runs for each attempt.
         self.make_call: MakeCall = functools.partial(analysis_call, options=viewable_options)
+        self.revisions = revisions
+        self.revision_options = revision_options
+        self.viewable_options = viewable_options
         self._attempts: dict[str, _Attempt] = {}  # task id -> attempt running here
         self._tasks: set[asyncio.Task[None]] = set()
         self._claimer: asyncio.Task[None] | None = None
@@ -326,12 +389,34 @@ class JobRunner:
         if job.get("cancel_requested"):
             await self._cancelled(attempt, "Analysis cancelled on request.")
             return
+        other: dict[str, Any] | None = None
+        if job.get("job_type") in REVISION_JOBS:
+            other = await self.db[DESIGNS].find_one({"_id": job.get("other_design_id")})
+            if other is None or self.revisions is None:
+                await self._cancelled(attempt, "The other version was deleted.")
+                return
         call: WorkerCall | None = None
         try:
-            async with self.storage.local_path(design["content_sha256"]) as path:
+            async with contextlib.AsyncExitStack() as files:
+                path = await files.enter_async_context(self.storage.local_path(design["content_sha256"]))
                 if attempt.stop_reason is not None:
                     raise JobCancelled("stopped before it started")
-                call = self.make_call(job, str(path), design)
+                if other is None:
+                    call = self.make_call(job, str(path), design)
+                else:
+                    assert self.revisions is not None
+                    other_path = await files.enter_async_context(self.storage.local_path(other["content_sha256"]))
+                    markups = await self.revisions.carry_input(job)
+                    call = revision_call(
+                        job,
+                        design,
+                        str(path),
+                        other,
+                        str(other_path),
+                        markups,
+                        self.revision_options,
+                        self.viewable_options,
+                    )
                 on_progress = functools.partial(self._on_progress, attempt) if call.progress else None
                 result = await self.pool.run(
                     call.target,
@@ -386,6 +471,12 @@ class JobRunner:
         if job.get("job_type") == JobType.TESSELLATION.value:
             await self._succeed_viewable(attempt, result)
             return
+        if job.get("job_type") == JobType.GEOMETRIC_DIFF.value:
+            await self._succeed_diff(attempt, result)
+            return
+        if job.get("job_type") == JobType.MARKUP_CARRY.value:
+            await self._succeed_carry(attempt, result)
+            return
         if not isinstance(result, dict) or not isinstance(result.get("geometry"), dict):
             await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The analysis returned no result.")
             return
@@ -407,6 +498,58 @@ class JobRunner:
         done = await self.queue.succeed(job, attempt.task_id, summary)
         if done is not None:
             log.info("job %s: SUCCESS in %ss", attempt.job_id, done.get("duration_seconds"))
+            await announce_job(self.publisher, done, "job.progress", done["progress"])
+            await announce_job(self.publisher, done, "job.status", status_event(done))
+            if applied is not None and self.revisions is not None:
+                await self._offer_markups(applied)
+
+    async def _offer_markups(self, design: dict[str, Any]) -> None:
+        """A new version is analysed: the previous version's open markups are re-anchored on it by a job."""
+        assert self.revisions is not None
+        try:
+            if await self.revisions.analysed(design) is not None:
+                self.wake()
+        except Exception:
+            log.exception("design %s: could not offer the previous version's markups", design["_id"])
+
+    async def _succeed_diff(self, attempt: _Attempt, result: Any) -> None:
+        """Store the diff GLB the way a viewer GLB is stored, then the per-part figures on the pair's record."""
+        job = attempt.job
+        assert self.revisions is not None
+        if not isinstance(result, dict) or not isinstance(result.get("glb"), dict):
+            await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The geometric diff returned no model.")
+            return
+        glb = await self._store_glb(attempt, result["glb"])
+        if glb is None:
+            await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The diff model could not be stored.")
+            return
+        figures = {k: v for k, v in result.items() if k != "glb"}
+        if not await self.revisions.attach_diff(job, glb, figures):
+            await self.designs.release_content(glb["sha256"])
+            await self._cancelled(attempt, "A version of the pair was deleted.")
+            return
+        done = await self.queue.succeed(job, attempt.task_id, {**result["totals"], "glb_bytes": glb["bytes"]})
+        if done is not None:
+            log.info("job %s: diff stored in %ss", attempt.job_id, done.get("duration_seconds"))
+            await announce_job(self.publisher, done, "job.progress", done["progress"])
+            await announce_job(self.publisher, done, "job.status", status_event(done))
+
+    async def _succeed_carry(self, attempt: _Attempt, result: Any) -> None:
+        job = attempt.job
+        assert self.revisions is not None
+        if not isinstance(result, list):
+            await self._fail(attempt, GEOMETRY_EXTRACTION_FAILED, "The markup carry returned no positions.")
+            return
+        if not await self.revisions.attach_carry(job, result):
+            await self._cancelled(attempt, "The offer was replaced or its version deleted.")
+            return
+        summary = {
+            "markups": len(result),
+            "moved": sum(1 for r in result if r.get("moved")),
+            "orphaned": sum(1 for r in result if r.get("orphaned")),
+        }
+        done = await self.queue.succeed(job, attempt.task_id, summary)
+        if done is not None:
             await announce_job(self.publisher, done, "job.progress", done["progress"])
             await announce_job(self.publisher, done, "job.status", status_event(done))
 

@@ -54,6 +54,11 @@ ROD = (4.0, 100.0)
 NUT = (5.0, 5.0, 3.0)  # hexagon circumradius (= side), height, bore radius
 LOOSE_FACE = (40.0, 25.0)  # the single planar face of plate.igs
 WIRE = ((0.0, 0.0, 0.0), (40.0, 0.0, 0.0), (40.0, 25.0, 0.0), (0.0, 25.0, 10.0))  # a closed polyline
+# Revision B of the assembly: a hole through the base plate (radius, centre x, y; through its thickness), the rod
+# removed from the rod assembly, and a third nut on it. Revision B of the box: 10 % longer in x.
+HOLE = (5.0, 100.0, 60.0)
+ROD_NUTS_B = (10.0, 50.0, 85.0)
+LONG_BOX = (11.0, 20.0, 30.0)
 
 
 def box_volume(a: float, b: float, c: float) -> float:
@@ -203,9 +208,35 @@ PART_AREAS = {
     "rod": cylinder_area(*ROD),
 }
 PART_FACES = {"base-plate": 6, "bracket": 6, "bolt": 3, "nut": 9, "rod": 3}  # a hexagonal nut: 6 sides, 2 caps, bore
-ASSEMBLY_INSTANCES = {part.name: 0 for part, _ in ASSEMBLY_BOM.leaves()}
-for _part, _count in ASSEMBLY_BOM.leaves():
-    ASSEMBLY_INSTANCES[_part.name] += _count
+
+
+def instances(bom: Part) -> dict[str, int]:
+    """How many times each leaf part occurs in the whole product."""
+    counts: dict[str, int] = {}
+    for part, count in bom.leaves():
+        counts[part.name] = counts.get(part.name, 0) + count
+    return counts
+
+
+ASSEMBLY_INSTANCES = instances(ASSEMBLY_BOM)
+
+# Revision B (see HOLE): the changes a revision compare must report, and nothing else.
+HOLE_VOLUME = cylinder_volume(HOLE[0], PLATE[2])
+ASSEMBLY_B_BOM = replace(
+    ASSEMBLY_BOM,
+    children=(
+        ASSEMBLY_BOM.children[0],
+        ASSEMBLY_BOM.children[1],
+        replace(ASSEMBLY_BOM.children[2], children=(_nut_row(("nut_1", "nut_2", "nut_3")),)),
+    ),
+)
+PART_VOLUMES_B = {**PART_VOLUMES, "base-plate": box_volume(*PLATE) - HOLE_VOLUME}
+PART_AREAS_B = {
+    **PART_AREAS,
+    "base-plate": box_area(*PLATE) - 2 * math.pi * HOLE[0] ** 2 + 2 * math.pi * HOLE[0] * PLATE[2],
+}
+PART_FACES_B = {**PART_FACES, "base-plate": 7}  # the hole's wall is one more face
+ASSEMBLY_B_INSTANCES = instances(ASSEMBLY_B_BOM)
 
 _BOX_CENTRE = (BOX[0] / 2, BOX[1] / 2, BOX[2] / 2)
 BOX_SOLID = Expected(
@@ -278,6 +309,26 @@ FILES: dict[str, Expected] = {
         valid=True,
         unit="millimetre",
         bom=ASSEMBLY_BOM,
+    ),
+    "assembly-b.step": Expected(
+        "STEP",
+        solids=sum(ASSEMBLY_B_INSTANCES.values()),
+        shells=sum(ASSEMBLY_B_INSTANCES.values()),
+        faces=sum(PART_FACES_B[name] * n for name, n in ASSEMBLY_B_INSTANCES.items()),
+        volume_mm3=sum(PART_VOLUMES_B[name] * n for name, n in ASSEMBLY_B_INSTANCES.items()),
+        surface_area_mm2=sum(PART_AREAS_B[name] * n for name, n in ASSEMBLY_B_INSTANCES.items()),
+        valid=True,
+        unit="millimetre",
+        bom=ASSEMBLY_B_BOM,
+    ),
+    "box-long.step": replace(
+        BOX_SOLID,
+        volume_mm3=box_volume(*LONG_BOX),
+        surface_area_mm2=box_area(*LONG_BOX),
+        center_of_mass=(LONG_BOX[0] / 2, LONG_BOX[1] / 2, LONG_BOX[2] / 2),
+        bbox_max=LONG_BOX,
+        unit="millimetre",
+        bom=Part("box", "BX-10-20-30"),
     ),
     # The box without its top face. OpenCascade still integrates a "volume" over an open shell; that figure is
     # an artefact of its formula, so only the area is asserted.
@@ -485,13 +536,22 @@ def _open_shell() -> TopoDS_Shape:
     return shell
 
 
-def _assembly() -> _Document:
+def _plate_with_hole() -> TopoDS_Shape:
+    radius, x, y = HOLE
+    drill = BRepPrimAPI_MakeCylinder(radius, PLATE[2]).Shape().Moved(_location(x, y, 0.0))
+    cut = BRepAlgoAPI_Cut(_box(*PLATE), drill)
+    cut.Build()
+    assert cut.IsDone()
+    return cut.Shape()
+
+
+def _assembly(revision: str = "A") -> _Document:
+    """The demo assembly; revision "B" drills HOLE through the plate, drops the rod and puts three nuts on."""
     doc = _Document()
-    plate = doc.part("base-plate", _box(*PLATE), "PL-120-80")
+    plate = doc.part("base-plate", _box(*PLATE) if revision == "A" else _plate_with_hole(), "PL-120-80")
     bracket = doc.part("bracket", _box(*BRACKET), "BR-40-30")
     bolt = doc.part("bolt", _cylinder(*BOLT), "BT-M6-30")
     nut = doc.part("nut", _nut(*NUT), "NT-M6")
-    rod = doc.part("rod", _cylinder(*ROD), "RD-8-100")
     # Each bolt passes up through the plate and its bracket, and its nut sits on the bracket: every part shows in
     # a view from above (the viewer tests colour each BOM row's instances and look for them).
     bolt_assembly = doc.assembly("bolt-assembly", "BL-300", (bolt, (0, 0, 0)), (nut, (0, 0, 25)))
@@ -502,7 +562,11 @@ def _assembly() -> _Document:
         (bolt_assembly, (10, 15, -20)),
         (bolt_assembly, (30, 15, -20)),
     )
-    rod_assembly = doc.assembly("rod-assembly", "RA-400", (rod, (0, 0, 0)), (nut, (0, 0, 10)), (nut, (0, 0, 85)))
+    if revision == "A":
+        rod = doc.part("rod", _cylinder(*ROD), "RD-8-100")
+        rod_assembly = doc.assembly("rod-assembly", "RA-400", (rod, (0, 0, 0)), (nut, (0, 0, 10)), (nut, (0, 0, 85)))
+    else:
+        rod_assembly = doc.assembly("rod-assembly", "RA-400", *((nut, (0, 0, z)) for z in ROD_NUTS_B))
     doc.assembly(
         "demo-assembly",
         "DA-100",
@@ -535,6 +599,10 @@ def build(folder: Path) -> None:
         Interface_Static.SetCVal_s("write.step.unit", previous)
     write_brep(_cylinder(*CYLINDER), folder / "cylinder.brep")
     assembly = _assembly().write_step(folder / "assembly.step")
+    _assembly("B").write_step(folder / "assembly-b.step")
+    long_box = _Document()
+    long_box.part("box", _box(*LONG_BOX), "BX-10-20-30")
+    long_box.write_step(folder / "box-long.step")
     write_brep(_open_shell(), folder / "open-shell.brep")
     face = _Document()
     face.part(

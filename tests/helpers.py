@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -315,6 +316,25 @@ async def open_review(creator: Caller, design_id: str, reviewers: list[Caller], 
     )
     assert resp.status == 201, resp.body
     return resp.json  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- models
+
+
+def read_glb(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """The JSON chunk and the binary chunk of a GLB, checking the container as a loader would."""
+    magic, version, length = struct.unpack_from("<III", data, 0)
+    assert (magic, version, length) == (0x46546C67, 2, len(data))
+    json_length, json_type = struct.unpack_from("<II", data, 12)
+    assert json_type == 0x4E4F534A and json_length % 4 == 0
+    doc = json.loads(data[20 : 20 + json_length])
+    rest = data[20 + json_length :]
+    binary = b""
+    if rest:
+        bin_length, bin_type = struct.unpack_from("<II", rest, 0)
+        assert bin_type == 0x004E4942
+        binary = rest[8 : 8 + bin_length]
+    return doc, binary
 
 
 # ---------------------------------------------------------------- jobs

@@ -45,7 +45,7 @@ HUGE_FLOAT = "1e400"
 # Reads the API audits by design: a download, a viewer model or an export that succeeded (the junk in its query
 # being ignored) leaves exactly one entry of these.
 AUDITED_READS = {"DOWNLOAD", "EXPORT"}
-AUDITED_READ_ROUTES = ("/download/", "/viewable/", "/audit-logs/export/")
+AUDITED_READ_ROUTES = ("/download/", "/viewable/", "/audit-logs/export/", "/bcf/")
 
 BAD_QUERIES = [
     "search=%ff",
@@ -126,6 +126,11 @@ async def seed(world: World, db: Any, api: Api) -> Seed:
     outsider = await world.user("bad-input-outsider")
     invitation = await owner.api.post(f"/api/organizations/{org['_id']}/add_member/", {"user_id": outsider.id})
     assert invitation.status == 202, invitation.body
+    rule = await owner.api.post(
+        f"/api/organizations/{org['_id']}/review-rules/",
+        {"name": "Mass", "metric": "mass_kg", "threshold": 5, "effect": "ADMIN_OVERRIDE"},
+    )
+    assert rule.status == 201, rule.body
     first_entry = await db.audit_log.find_one({}, sort=[("_id", 1)])
     ids = {
         "organizations": [org["_id"]],
@@ -141,6 +146,7 @@ async def seed(world: World, db: Any, api: Api) -> Seed:
         "audit-logs": [first_entry["_id"]],
         "sessions": [other["session_id"]],
         "api-keys": [key.json["id"]],
+        "review-rules": [rule.json["id"]],
     }
     return Seed(owner, ids)
 
@@ -162,7 +168,7 @@ def fill(pattern: str, values: list[Any]) -> str:
 
 
 # Path segments whose id is another resource's: an organization's members are users.
-ID_OF_SEGMENT = {"members": "users"}
+ID_OF_SEGMENT = {"members": "users", "compare": "designs"}
 
 
 def ids_for(pattern: str, seed: Seed) -> list[Any]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +12,13 @@ import pytest
 from processing.cad import analyze_file, tessellate_to_glb
 from tests import cad_fixtures
 from tests.cad_fixtures import CadFiles
-from tests.helpers import RUNNING, World, assert_envelope, team, upload, wait_job
+from tests.helpers import RUNNING, World, assert_envelope, read_glb, team, upload, wait_job
 from tests.realtime.client import Client
 
 ASSEMBLY = "assembly.step"
 # (BOM path, row, instances in the whole product) of the generated assembly: the GLB's nodes, one per instance.
 OCCURRENCES = list(cad_fixtures.ASSEMBLY_BOM.occurrences())
 NUTS = cad_fixtures.ASSEMBLY_INSTANCES["nut"]  # 6, over 2 BOM rows
-
-
-def read_glb(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """The JSON chunk and the binary chunk of a GLB, checking the container as a loader would."""
-    magic, version, length = struct.unpack_from("<III", data, 0)
-    assert (magic, version, length) == (0x46546C67, 2, len(data))
-    json_length, json_type = struct.unpack_from("<II", data, 12)
-    assert json_type == 0x4E4F534A and json_length % 4 == 0
-    doc = json.loads(data[20 : 20 + json_length])
-    rest = data[20 + json_length :]
-    binary = b""
-    if rest:
-        bin_length, bin_type = struct.unpack_from("<II", rest, 0)
-        assert bin_type == 0x004E4942
-        binary = rest[8 : 8 + bin_length]
-    return doc, binary
 
 
 def occurrence_nodes(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -147,6 +147,82 @@ export interface Review {
   created_at: string;
   completed_at: string | null;
   votes?: Vote[];
+  gates?: Gates | null;
+}
+
+/** Review rules a version's deltas tripped (GET /api/reviews/{id}/: gates). */
+export interface Gates {
+  previous_version_number: number | null;
+  tripped: { rule_id: string; name: string; effect: string; reason: string }[];
+  extra_approvals: number;
+  override_required: boolean;
+  awaiting_override: boolean;
+  override: { username: string; reason: string; at: string } | null;
+  deltas_digest: string;
+}
+
+export interface Delta {
+  from: number | null;
+  to: number | null;
+  absolute: number | null;
+  relative: number | null;
+}
+
+export interface BomChange {
+  name_path: string;
+  part_number: string;
+  quantity: number | Delta;
+}
+
+export interface DiffPart {
+  name_path: string;
+  status: string;
+  added_volume_mm3: number | null;
+  removed_volume_mm3: number | null;
+  message?: string;
+}
+
+/** GET /api/designs/{id}/compare/?to= */
+export interface Compare {
+  from: { id: string; version_number: number };
+  to: { id: string; version_number: number };
+  bom: {
+    counts: { added: number; removed: number; quantity_changed: number; unchanged: number };
+    added: BomChange[];
+    removed: BomChange[];
+    quantity_changed: (BomChange & { quantity: Delta })[];
+  };
+  properties: {
+    volume_mm3: Delta;
+    surface_area_mm2: Delta;
+    mass_kg: Delta;
+    center_of_mass: { shift_mm: number | null };
+    topology: Record<string, Delta>;
+    validity: { errors: { appeared: { code: string }[]; disappeared: { code: string }[] } };
+  };
+  digest: string;
+  geometric_diff: {
+    status: string;
+    viewable_url: string;
+    job_id: string | null;
+    error_message: string | null;
+    result: { parts: DiffPart[]; unmatched: { added: DiffPart[]; removed: DiffPart[] } } | null;
+  };
+}
+
+/** GET /api/designs/{id}/carried-markups/ */
+export interface CarryOffer {
+  status: string;
+  from_design?: { version_number: number };
+  markups: { markup: { id: number; annotation_text: string }; carry: Carry | null }[];
+  carried_into?: string | null;
+}
+
+export interface Carry {
+  moved: boolean;
+  orphaned: boolean;
+  distance_mm: number | null;
+  reason: string | null;
 }
 
 export interface Camera {
@@ -173,6 +249,8 @@ export interface Markup {
   resolution_notes: string | null;
   dismiss_reason: string | null;
   reply_count: number;
+  carried_from?: { markup_id: number; review_id: string; design_id: string } | null;
+  carry?: Carry | null;
   created_at: string;
   updated_at: string;
   version: number;

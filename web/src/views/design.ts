@@ -6,6 +6,8 @@ import {
   query,
   viewable,
   type BomNode,
+  type CarryOffer,
+  type Compare,
   type Design,
   type Member,
   type PendingViewable,
@@ -450,13 +452,92 @@ export function designView(app: App, designId: string, initialTab: Tab | null): 
                 statusPill(v.status),
                 " ",
                 badge(v.classification),
+                v.id !== d.id
+                  ? h("button", { type: "button", class: "btn tiny", onclick: () => void showCompare(v, d) }, `Changes v${v.version_number} → v${d.version_number}`)
+                  : null,
                 h("div", { class: "sub" }, `${v.filename} · ${when(v.created_at)} · ${v.uploaded_by_username ?? ""}`),
               ),
             ),
         ),
+        compareBox,
       );
     } catch {
       replace(panels.versions, h("p", { class: "muted" }, "Versions are not available."));
+    }
+  };
+
+  // The compare of two versions (GET /api/designs/{id}/compare/?to=), and the geometric diff on request.
+  const compareBox = h("div", { class: "compare", id: "compare", "aria-live": "polite" });
+  const pct = (r: number | null) => (r === null ? "" : ` (${r >= 0 ? "+" : ""}${(100 * r).toFixed(2)} %)`);
+  const showCompare = async (from: Design, to: Design) => {
+    replace(compareBox, h("p", { class: "muted" }, "Comparing…"));
+    try {
+      const c = await get<Compare>(`/api/designs/${from.id}/compare/` + query({ to: to.id }));
+      const p = c.properties;
+      const row = (name: string, text: string) => h("tr", null, h("th", { scope: "row" }, name), h("td", null, text));
+      const change = (label: string, delta: { absolute: number | null; relative: number | null }, unit: string, digits: number) =>
+        row(label, delta.absolute === null ? "—" : `${delta.absolute >= 0 ? "+" : ""}${num(delta.absolute, digits)} ${unit}${pct(delta.relative)}`);
+      const list = (title: string, items: string[]) => (items.length ? h("div", null, h("p", { class: "strong" }, title), h("ul", null, items.map((t) => h("li", null, t)))) : null);
+      const diff = c.geometric_diff;
+      const diffPanel = h("div", { class: "diff" });
+      const renderDiff = () => {
+        const result = diff.result;
+        if (!result) {
+          const button = h("button", { type: "button", class: "btn small" }, diff.status === "NOT_STARTED" ? "Compute the geometric diff" : `Geometric diff: ${diff.status.toLowerCase()}`);
+          button.addEventListener("click", async () => {
+            button.disabled = true;
+            const pending = await get<{ job_id?: string }>(diff.viewable_url).catch(() => null);
+            button.textContent = pending?.job_id ? "Computing the geometric diff…" : "Geometric diff ready";
+            setTimeout(() => void showCompare(from, to), 2000);
+          });
+          replace(diffPanel, button, diff.error_message ? h("p", { class: "form-error" }, diff.error_message) : null);
+          return;
+        }
+        replace(
+          diffPanel,
+          h("p", { class: "strong" }, "Material removed and added, per part"),
+          h(
+            "ul",
+            null,
+            result.parts
+              .filter((part) => part.status !== "identical" && part.status !== "unchanged")
+              .map((part) =>
+                h(
+                  "li",
+                  null,
+                  part.name_path,
+                  part.status === "compared"
+                    ? ` — removed ${num(part.removed_volume_mm3 ?? 0, 1)} mm³, added ${num(part.added_volume_mm3 ?? 0, 1)} mm³`
+                    : ` — ${part.status.replace("_", " ")}${part.message ? `: ${part.message}` : ""}`,
+                ),
+              ),
+          ),
+        );
+      };
+      renderDiff();
+      replace(
+        compareBox,
+        h("h4", null, `v${c.from.version_number} → v${c.to.version_number}`),
+        h(
+          "table",
+          { class: "compare-table" },
+          change("Volume", p.volume_mm3, "mm³", 1),
+          change("Mass", p.mass_kg, "kg", 4),
+          change("Surface area", p.surface_area_mm2, "mm²", 1),
+          row("Centre of mass", p.center_of_mass.shift_mm === null ? "—" : `moved ${num(p.center_of_mass.shift_mm, 3)} mm`),
+          change("Faces", p.topology.faces, "", 0),
+        ),
+        list("Parts added", c.bom.added.map((r) => `${r.name_path} (${r.part_number})`)),
+        list("Parts removed", c.bom.removed.map((r) => `${r.name_path} (${r.part_number})`)),
+        list(
+          "Quantity changed",
+          c.bom.quantity_changed.map((r) => `${r.name_path}: ${r.quantity.from} → ${r.quantity.to}`),
+        ),
+        list("Validation errors that appeared", p.validity.errors.appeared.map((e) => e.code)),
+        diffPanel,
+      );
+    } catch (err) {
+      replace(compareBox, h("p", { class: "muted" }, err instanceof ApiError ? err.detail : "The versions cannot be compared."));
     }
   };
 
@@ -518,6 +599,24 @@ export function designView(app: App, designId: string, initialTab: Tab | null): 
     thresholdField.hidden = true;
     rule.addEventListener("change", () => (thresholdField.hidden = rule.value !== "THRESHOLD"));
     const notes = h("textarea", { id: "review-notes", rows: 2, maxlength: 5000 });
+    // The previous version's open markups, re-anchored on this one, may come along.
+    const carry = h("input", { type: "checkbox", id: "review-carry" }) as HTMLInputElement;
+    const carryField = h("div", { class: "field" }, h("label", { class: "check", for: "review-carry" }, carry, " "), h("span", { class: "muted" }));
+    carryField.hidden = true;
+    void get<CarryOffer>(`/api/designs/${d.id}/carried-markups/`)
+      .then((offer) => {
+        if (offer.status !== "READY" || !offer.markups.length || offer.carried_into) return;
+        const moved = offer.markups.filter((m) => m.carry?.moved).length;
+        const orphaned = offer.markups.filter((m) => m.carry?.orphaned).length;
+        replace(
+          carryField,
+          h("label", { class: "check", for: "review-carry" }, carry, ` Carry ${offer.markups.length} open markup(s) from v${offer.from_design?.version_number ?? "?"}`),
+          h("span", { class: "muted small" }, ` (${moved} moved, ${orphaned} orphaned)`),
+        );
+        carry.checked = true;
+        carryField.hidden = false;
+      })
+      .catch(() => undefined);
     const start = h("button", { type: "submit", class: "btn primary", id: "start-review" }, "Start review");
     const form = h(
       "form",
@@ -527,6 +626,7 @@ export function designView(app: App, designId: string, initialTab: Tab | null): 
       h("div", { class: "field" }, h("label", { for: "review-rule" }, "Decision rule"), rule),
       thresholdField,
       h("div", { class: "field" }, h("label", { for: "review-notes" }, "Notes for reviewers"), notes),
+      carryField,
       error,
       start,
     );
@@ -567,6 +667,7 @@ export function designView(app: App, designId: string, initialTab: Tab | null): 
           decision_rule: rule.value,
           ...(rule.value === "THRESHOLD" ? { threshold: Number(threshold.value) } : {}),
           notes: notes.value,
+          ...(carry.checked && !carryField.hidden ? { carry_markups: true } : {}),
         });
         await loadReview(true);
       } catch (err) {

@@ -1,5 +1,5 @@
 // The review room: markups on the model, their threads, votes and the tally, and who else is in the room.
-import { all, ApiError, get, post, type BomNode, type Camera, type Design, type Markup, type Reply, type Review } from "../api";
+import { all, ApiError, get, post, type BomNode, type Camera, type Carry, type Design, type Markup, type Reply, type Review } from "../api";
 import type { App } from "../app";
 import { h, replace, throttle } from "../dom";
 import { stamp, titleCase, when } from "../format";
@@ -442,6 +442,22 @@ export class ReviewRoom {
       h("div", { class: "row" }, h("h3", null, "Review"), statusPill(r.status), r.outcome ? statusPill(r.outcome) : null),
       h("p", { class: "muted small", id: "decision-rule" }, `Decision: ${rule}${r.veto ? "; any rejection rejects" : ""}. Started by ${r.created_by_username ?? "—"} ${when(r.created_at)}.`),
       r.notes ? h("p", { class: "notes" }, r.notes) : null,
+      this.gatesNote(r),
+      h("p", { class: "small" }, h("a", { href: `/api/reviews/${r.id}/bcf/`, download: "" }, "Export markups (BCF 3.0)")),
+    );
+  }
+
+  /** The review rules this version's deltas tripped, and why; whether approval waits for an ADMIN. */
+  private gatesNote(r: Review): HTMLElement | null {
+    const gates = r.gates;
+    if (!gates || !gates.tripped.length) return null;
+    return h(
+      "div",
+      { class: "gates", id: "review-gates", role: "note" },
+      h("p", { class: "strong" }, `Review rules tripped since v${gates.previous_version_number ?? "?"}`),
+      h("ul", null, gates.tripped.map((t) => h("li", null, h("span", { class: "strong" }, t.name), ` — ${t.reason}`))),
+      gates.awaiting_override ? h("p", { class: "form-error" }, "Approval waits for an ADMIN override.") : null,
+      gates.override ? h("p", { class: "muted small" }, `Overridden by ${gates.override.username}: ${gates.override.reason}`) : null,
     );
   }
 
@@ -616,6 +632,7 @@ export class ReviewRoom {
         `${titleCase(m.severity)} · ${m.author_username ?? "—"} · ${when(m.created_at)}${part ? ` · ${part}` : ""}`,
         m.status !== "OPEN" ? h("span", { class: `status st-${m.status.toLowerCase()}` }, m.status.toLowerCase()) : null,
       ),
+      m.carry ? h("p", { class: "small carried" }, carriedText(m.carry)) : null,
       m.resolution_notes ? h("p", { class: "small" }, `Resolution: ${m.resolution_notes}`) : null,
       m.dismiss_reason ? h("p", { class: "small" }, `Dismissed: ${m.dismiss_reason}`) : null,
       h("div", { class: "row actions" }, actions),
@@ -733,4 +750,11 @@ export class ReviewRoom {
     this.renderMarkups();
     this.list.querySelector<HTMLElement>(`[data-markup="${id}"]`)?.scrollIntoView({ block: "nearest" });
   }
+}
+
+/** How a markup carried from the previous version landed on this one. */
+function carriedText(c: Carry): string {
+  if (c.orphaned) return c.reason === "part_removed" ? "Carried over: orphaned (its part is gone)" : "Carried over: orphaned (nothing near)";
+  if (c.moved) return `Carried over: moved ${(c.distance_mm ?? 0).toFixed(2)} mm`;
+  return "Carried over: in place";
 }
