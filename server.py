@@ -26,7 +26,7 @@ from handlers import reviews as review_handlers
 from handlers import revisions as revision_handlers
 from handlers.base import NotFoundHandler, Services, unmarked_methods
 from models import units
-from models.audit import AuditTrail, label_legacy_entries
+from models.audit import AuditTrail, index_legacy_entries, label_legacy_entries
 from models.bcf import BcfExport
 from models.bom import BomNodes
 from models.channels import ChannelPolicy, event_visible
@@ -215,6 +215,7 @@ class Runtime:
             await ensure_indexes(db)
             instance = await ensure_instance(db)
             await label_legacy_entries(db)  # audit entries written before labels existed, once
+            await index_legacy_entries(db)  # and before search_text existed, once
             if settings.redis_url:
                 redis = aioredis.from_url(settings.redis_url)
                 await redis.ping()

@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from handlers.base import APIHandler, authenticated, dumps
+from handlers.base import LIST, APIHandler, authenticated, dumps
 from models import audit
 
 CSV_COLUMNS = [
@@ -62,6 +62,8 @@ class AuditBase(APIHandler):
 class AuditListHandler(AuditBase):
     """GET: the entries the caller may see, filtered, searched and paged like every list."""
 
+    query_params = LIST
+
     @authenticated
     async def get(self) -> None:
         page = await self.trail.list_visible(
@@ -72,6 +74,8 @@ class AuditListHandler(AuditBase):
 
 class AuditSearchHandler(AuditBase):
     """GET /search/?q=: the list's search under its other name."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:
@@ -91,6 +95,8 @@ class AuditEntryHandler(AuditBase):
 
 class AuditExportHandler(AuditBase):
     """GET ?format=csv|json: the caller's visible entries, streamed; the export is itself audited."""
+
+    query_params = LIST  # the list's filters, validated by the trail, with format, start_date and end_date
 
     @authenticated
     async def get(self) -> None:

@@ -47,6 +47,7 @@ from models.health import CachedProbe
 from models.identity import Identity
 from models.invitations import Invitations
 from models.jobs import Jobs
+from models.listing import Page, parse_fields, project_answer, refuse_unknown
 from models.markups import Markups
 from models.materials import Materials
 from models.organizations import Organizations
@@ -79,6 +80,10 @@ SESSION_COOKIE = "enginel_session"
 XSRF_COOKIE = "enginel_xsrf"
 XSRF_HEADER = "X-XSRF-Token"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# The query parameters a GET takes (APIHandler.query_params). DETAIL: only `fields`, which picks the answer's keys.
+# LIST: a list; the list layer (models/listing.py) validates its page, filters, search, ordering and fields.
+DETAIL = frozenset({"fields"})
+LIST = frozenset({"<list>"})
 # Errors that can only come from what the client sent (a body or query that does not parse): a 400, never a 500.
 INPUT_ERRORS = (tornado.httputil.HTTPInputError, UnicodeDecodeError)
 _STATUS_CODES = {
@@ -249,6 +254,10 @@ class APIHandler(BaseHandler):
 
     principal: Principal | None = None
     rate_limited: bool = True  # health probes opt out
+    # What the GET's query string may hold: DETAIL, LIST, or the handler's own names (with "fields" among them when
+    # its answer is JSON to pick keys from). Anything else is a 400 before the handler runs.
+    query_params: frozenset[str] = DETAIL
+    _answer_fields: list[str] | None = None  # `fields=` of a GET that is not a list
 
     async def prepare(self) -> None:
         length = self.request.headers.get("Content-Length")
@@ -268,6 +277,10 @@ class APIHandler(BaseHandler):
             self.principal = await self._authenticate()
         if self.rate_limited:
             await self._rate_limit()
+        if implemented and self.request.method in SAFE_METHODS and self.query_params is not LIST:
+            args = self.request.query_arguments
+            refuse_unknown(args, self.query_params)
+            self._answer_fields = parse_fields(args) if "fields" in self.query_params else None
 
     async def _authenticate(self) -> Principal:
         """Token or ApiKey header, else the session cookie (which alone needs the XSRF header to write)."""
@@ -366,6 +379,11 @@ class APIHandler(BaseHandler):
             raise ValidationFailed("The request body is not valid.", field_errors=field_errors_from(exc)) from None
 
     def write_json(self, value: Any, status: int = 200) -> None:
+        if isinstance(value, Page):
+            for name, header in value.headers.items():
+                self.set_header(name, header)
+        elif self._answer_fields is not None and 200 <= status < 300:
+            value = project_answer(value, self._answer_fields)
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(dumps(value))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.base import UUID, APIHandler, authenticated
+from handlers.base import LIST, UUID, APIHandler, authenticated
 from models.bom import BomNodeIn, BomNodePatch, BomNodes, render_node
 
 
@@ -16,6 +16,8 @@ class BomBase(APIHandler):
 
 class BomNodesHandler(BomBase):
     """GET: the BOM nodes the caller may see; POST: a manual correction (a node added under a parent)."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import tornado.ioloop
 from pydantic import ValidationError
 
-from handlers.base import UUID, APIHandler, authenticated, public
+from handlers.base import LIST, UUID, APIHandler, authenticated, public
 from handlers.multipart import Event, FieldPart, FileData, FileStart, MultipartReader
 from models.designs import (
     CONTENT_TYPES,
@@ -53,6 +53,8 @@ class DesignsBase(APIHandler):
 
 class SeriesListHandler(APIHandler):
     """GET: the series the caller may see; POST: a new series (a part number) in one of their organizations."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:
@@ -113,6 +115,8 @@ class DesignsHandler(DesignsBase):
     """GET: the designs the caller may see; POST: a design from a finished upload, or a one-request multipart
     upload, streamed: authorized before the file's first byte (from ``?series=`` before the body, else from the
     form fields, which must precede the file part), stored as it arrives, never held in memory."""
+
+    query_params = LIST
 
     _form: MultipartReader | None = None
     _direct: DirectUpload | None = None
@@ -342,6 +346,8 @@ class FinalizeHandler(DesignsBase):
 
 class DownloadHandler(DesignsBase):
     """GET: the original bytes, whole or one byte range, streamed and re-authorized as they go; audited."""
+
+    query_params: frozenset[str] = frozenset()  # bytes, not JSON: nothing to pick
 
     @authenticated
     async def get(self, design_id: str) -> None:

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import re
 
-from handlers.base import UUID, APIHandler, authenticated
+from handlers.base import DETAIL, LIST, UUID, APIHandler, authenticated
 from models.errors import ValidationFailed
 from models.jobs import MAX_FAILURE_DAYS, JobCancelIn, Jobs, JobType, render_job, render_progress, render_status
 
 
 class JobsBase(APIHandler):
-    """The jobs repository, and refusing query parameters a non-list endpoint does not take."""
+    """The jobs repository."""
 
     @property
     def jobs(self) -> Jobs:
         return self.services.jobs
 
-    def only_params(self, *allowed: str) -> None:
-        """Non-list endpoints refuse parameters they do not understand, as lists do."""
-        unknown = sorted(set(self.request.query_arguments) - set(allowed))
-        if unknown:
-            raise ValidationFailed(
-                f"Unknown query parameter '{unknown[0]}'.",
-                field_errors={name: ["Unknown query parameter."] for name in unknown},
-            )
-
 
 class JobListHandler(JobsBase):
     """GET: the analysis jobs the caller may see (exactly those of the designs they may see)."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:
@@ -104,16 +97,16 @@ class ActiveJobsHandler(JobsBase):
 
     @authenticated
     async def get(self) -> None:
-        self.only_params()
         self.write_json(await self.jobs.active(self.require_principal()))
 
 
 class JobMetricsHandler(JobsBase):
     """GET: counts per status and durations, per job type and overall."""
 
+    query_params = DETAIL | {"job_type"}
+
     @authenticated
     async def get(self) -> None:
-        self.only_params("job_type")
         job_type = self.get_query_argument("job_type", "") or None
         if job_type is not None and job_type not in JobType.__members__:
             raise ValidationFailed(
@@ -126,9 +119,10 @@ class JobMetricsHandler(JobsBase):
 class JobFailuresHandler(JobsBase):
     """GET ?days=: the most frequent errors and the latest failures."""
 
+    query_params = DETAIL | {"days"}
+
     @authenticated
     async def get(self) -> None:
-        self.only_params("days")
         raw = self.get_query_argument("days", "7")
         if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_FAILURE_DAYS:
             raise ValidationFailed(

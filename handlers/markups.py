@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import LIST, APIHandler, authenticated
 from models.markups import DismissIn, MarkupIn, MarkupPatch, Markups, ReplyIn, ResolveIn
 
 MARKUP_ID = r"([1-9][0-9]{0,15})"
@@ -24,6 +24,8 @@ class MarkupsBase(APIHandler):
 
 class MarkupsHandler(MarkupsBase):
     """GET: the markups the caller may see; POST: a markup in an open review session."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import DETAIL, APIHandler, authenticated
 from models.errors import ValidationFailed
 from models.materials import MaterialIn
 from models.units import convert
@@ -10,6 +10,8 @@ from models.units import convert
 
 class ConvertUnitsHandler(APIHandler):
     """GET ?value=&from_unit=&to_unit=: a length, area, volume or mass in another unit."""
+
+    query_params = DETAIL | {"value", "from_unit", "to_unit"}
 
     @authenticated
     async def get(self) -> None:

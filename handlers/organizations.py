@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import UUID, APIHandler, authenticated
+from handlers.base import LIST, UUID, APIHandler, authenticated
 from models.invitations import render_added
 from models.organizations import MemberIn, MemberPatch, OrganizationIn, OrganizationPatch
 
 
 class OrganizationsHandler(APIHandler):
     """GET: the caller's organizations; POST: a new one (platform staff, or anyone with self-service)."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import UUID, APIHandler, authenticated
+from handlers.base import LIST, UUID, APIHandler, authenticated
 from models.reviews import ApproveIn, CancelIn, DesignApproveIn, RejectIn, ReviewIn, ReviewPatch, Reviews, StartReviewIn
 
 
@@ -22,6 +22,8 @@ class ReviewsBase(APIHandler):
 
 class ReviewsHandler(ReviewsBase):
     """GET: the review sessions the caller may see; POST: open one on a READY design."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:

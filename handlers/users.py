@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import APIHandler, authenticated
+from handlers.base import LIST, APIHandler, authenticated
 from models.policy import Principal
 from models.users import UserAdminPatch, UserCreate, Users
 
 
 class UsersHandler(APIHandler):
     """GET: the users who share an organization with the caller; POST: create a user (staff, ADMIN/OWNER)."""
+
+    query_params = LIST
 
     @authenticated
     async def get(self) -> None:

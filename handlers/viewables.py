@@ -11,6 +11,10 @@ GLB_TYPE = "model/gltf-binary"
 
 
 class ViewableHandler(APIHandler):
+    """GET: the GLB (or 202 and the job making it); bytes, so no `fields`."""
+
+    query_params: frozenset[str] = frozenset()
+
     @property
     def viewables(self) -> Viewables:
         return self.services.viewables

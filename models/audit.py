@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from pymongo import DESCENDING, IndexModel
@@ -13,7 +14,7 @@ from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError
 
 from models.collections import AUDIT_LOG, BOM_NODES, DESIGNS, JOBS, MARKUPS, META, REVIEWS
-from models.database import Db, register_indexes, utcnow
+from models.database import Db, register_indexes, to_millis, utcnow
 from models.errors import NotFound, PermissionDenied, ValidationFailed
 from models.listing import Filter, Kind, ListSpec, QueryArgs, each, parse_list_query, run_list
 from models.policy import Principal, can, classification_filter, combine
@@ -23,12 +24,16 @@ MAX_APPEND_RETRIES = 50
 # Fields kept outside the hashed content: `label` is the classification that governs who may read an entry
 # now (its design's current one), `design_id` what keeps it current. Reclassifying a design rewrites them
 # without breaking the chain; `classification`, as written, stays hashed.
-UNHASHED = frozenset({"hash", "label", "design_id"})
+UNHASHED = frozenset({"hash", "label", "design_id", "search_text"})
 # Every entry is bounded whatever a caller sends: strings, lists and nesting in `changes`, and each field.
 MAX_TEXT = 1000
 MAX_ITEMS = 100
 MAX_DEPTH = 6
 LABELS_MARKER = "audit_labels"  # meta document: entries written before labels existed have been labelled
+# `search_text`: the text values of an entry's changes (a filename, a part number, a comment), kept unhashed beside
+# it so /search/ finds them with one bounded regex instead of walking every entry's nested changes.
+MAX_SEARCH_TEXT = 2000
+SEARCH_TEXT_MARKER = "audit_search_text"  # meta document: entries written before search_text existed have theirs
 
 register_indexes(
     AUDIT_LOG,
@@ -40,6 +45,54 @@ register_indexes(
         IndexModel([("design_id", 1)], sparse=True),
     ],
 )
+
+
+class AuditAction(str, Enum):
+    """Every `action` an entry may record; `?action=` refuses anything else. The reference's five first."""
+
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    APPROVE = "APPROVE"  # a reviewer's approving vote (ReviewSession; the vote's details in `changes`)
+    REJECT = "REJECT"  # a reviewer's rejecting vote, likewise
+    # Designs and uploads
+    FINALIZE = "FINALIZE"  # an upload's hash confirmed and its analysis queued
+    DOWNLOAD = "DOWNLOAD"  # the original file or the viewer model (`changes.artifact`)
+    DOWNLOAD_REVOKED = "DOWNLOAD_REVOKED"  # a download ended mid-stream by a re-check of the policy
+    DOWNGRADE_CLASSIFICATION = "DOWNGRADE_CLASSIFICATION"  # an UPDATE that lowered a design's classification
+    STATUS_CHANGE = "STATUS_CHANGE"  # a design's status moved by its review (IN_REVIEW, APPROVED, REJECTED, READY)
+    # Reviews and markups
+    COMPLETE = "COMPLETE"  # a review session's decision rule was met (`changes.outcome`)
+    CANCEL = "CANCEL"  # a review session or an analysis job cancelled
+    SIGNATURE_FAILED = "SIGNATURE_FAILED"  # a vote whose password signature was wrong
+    VOTE = "VOTE"  # votes written before APPROVE/REJECT existed (entries are hashed: never rewritten)
+    RESOLVE = "RESOLVE"
+    DISMISS = "DISMISS"
+    REOPEN = "REOPEN"
+    REPLY = "REPLY"
+    # Materials and the trail itself
+    UPSERT = "UPSERT"  # an organization's material added or redefined
+    EXPORT = "EXPORT"  # an audit export
+    # Identity
+    LOGIN = "LOGIN"
+    LOGIN_FAILED = "LOGIN_FAILED"
+    LOGIN_LOCKED = "LOGIN_LOCKED"  # an attempt on an account locked for that address
+    LOCKOUT = "LOCKOUT"  # the failure that locked it
+    LOGOUT = "LOGOUT"
+    END_SESSION = "END_SESSION"
+    TOKEN_REUSE = "TOKEN_REUSE"  # a spent refresh token came back: the session was ended
+    PASSWORD_CHANGE = "PASSWORD_CHANGE"
+    PASSWORD_CHANGE_DENIED = "PASSWORD_CHANGE_DENIED"
+    UPDATE_PRIVILEGES = "UPDATE_PRIVILEGES"  # clearance, US-person status or activation changed
+    ESCALATION_DENIED = "ESCALATION_DENIED"  # a refused attempt to change those
+    # Organizations and invitations
+    ADD_MEMBER = "ADD_MEMBER"
+    CHANGE_ROLE = "CHANGE_ROLE"
+    REMOVE_MEMBER = "REMOVE_MEMBER"
+    INVITE_MEMBER = "INVITE_MEMBER"
+    ACCEPT_INVITATION = "ACCEPT_INVITATION"
+    DECLINE_INVITATION = "DECLINE_INVITATION"
+    REVOKE_INVITATION = "REVOKE_INVITATION"
 
 
 @dataclass(frozen=True)
@@ -86,7 +139,7 @@ def bounded(value: Any, depth: int = 0) -> Any:
     if isinstance(value, datetime):
         # As MongoDB will keep it (UTC, milliseconds): the hash is of what is stored, or the chain breaks.
         aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).replace(microsecond=aware.microsecond // 1000 * 1000)
+        return to_millis(aware.astimezone(UTC))
     if isinstance(value, dict):
         if depth >= MAX_DEPTH:
             return bounded_text(value)
@@ -106,10 +159,33 @@ def bounded(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def search_text(changes: Any) -> str:
+    """The text values of `changes` (depth first, keys left out), joined and cut to MAX_SEARCH_TEXT."""
+    parts: list[str] = []
+    size = 0
+
+    def walk(value: Any) -> None:
+        nonlocal size
+        if size >= MAX_SEARCH_TEXT:
+            return
+        if isinstance(value, str):
+            parts.append(value)
+            size += len(value) + 1
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(changes)
+    return " ".join(parts)[:MAX_SEARCH_TEXT]
+
+
 async def record(
     db: Db,
     actor: Actor,
-    action: str,
+    action: AuditAction | str,
     resource_type: str,
     resource_id: Any,
     *,
@@ -122,9 +198,11 @@ async def record(
     concurrent writers: whoever loses the race re-reads the head and tries the next position.
 
     An entry about a design or anything of it (review, markup, job, BOM node) names `design_id`: its
-    readability then follows the design's current classification (see relabel())."""
-    now = utcnow()
-    timestamp = now.replace(microsecond=now.microsecond // 1000 * 1000)  # what MongoDB keeps
+    readability then follows the design's current classification (see relabel()).
+    `action` must be one of AuditAction: the vocabulary is documented and filterable, so a new kind of entry is
+    added there first (an unknown one is a programming error, refused before anything is written)."""
+    action = AuditAction(action).value
+    timestamp = utcnow()  # at MongoDB's precision, so the hash is of what is stored
     for _ in range(MAX_APPEND_RETRIES):
         head = await db[AUDIT_LOG].find_one({}, sort=[("_id", DESCENDING)], projection={"hash": 1})
         entry: dict[str, Any] = {
@@ -135,7 +213,7 @@ async def record(
             "actor_username": bounded_text(actor.username, 150),
             "ip_address": bounded_text(actor.ip_address, 64),
             "user_agent": bounded_text(actor.user_agent or None, 512),
-            "action": bounded_text(action, 64),
+            "action": action,
             "resource_type": bounded_text(resource_type, 64),
             "resource_id": bounded_text(resource_id, 200),
             "organization_id": organization_id,
@@ -144,6 +222,7 @@ async def record(
         }
         entry["hash"] = entry_hash(entry)
         entry["label"] = classification
+        entry["search_text"] = search_text(entry["changes"])
         if design_id is not None:
             entry["design_id"] = design_id
         try:
@@ -197,6 +276,21 @@ async def label_legacy_entries(db: Db) -> int:
         done += 1
     await db[META].update_one({"_id": LABELS_MARKER}, {"$set": {"at": utcnow()}}, upsert=True)
     return int(done)
+
+
+async def index_legacy_entries(db: Db) -> int:
+    """Give entries written before search_text existed theirs, once, at start-up; returns how many. A marker in the
+    meta collection makes later start-ups skip the scan."""
+    if await db[META].find_one({"_id": SEARCH_TEXT_MARKER}) is not None:
+        return 0
+    done = 0
+    async for entry in db[AUDIT_LOG].find({"search_text": {"$exists": False}}, projection={"changes": 1}):
+        await db[AUDIT_LOG].update_one(
+            {"_id": entry["_id"]}, {"$set": {"search_text": search_text(entry.get("changes") or {})}}
+        )
+        done += 1
+    await db[META].update_one({"_id": SEARCH_TEXT_MARKER}, {"$set": {"at": utcnow()}}, upsert=True)
+    return done
 
 
 async def _design_of(db: Db, entry: dict[str, Any]) -> str | None:
@@ -303,14 +397,16 @@ def render(entry: dict[str, Any]) -> dict[str, Any]:
 AUDIT_LIST = ListSpec(
     filters={
         "actor_id": Filter(Kind.INT, "actor_id"),
-        "action": Filter(Kind.STR, "action"),
+        "action": Filter(Kind.ENUM, "action", choices=frozenset(a.value for a in AuditAction)),
         "resource_type": Filter(Kind.STR, "resource_type"),
         "resource_id": Filter(Kind.STR, "resource_id"),
         "organization": Filter(Kind.UUID, "organization_id"),
         "design": Filter(Kind.UUID, "design_id"),  # the design and everything of it: reviews, markups, jobs
         "timestamp": Filter(Kind.DATETIME, "timestamp", ranges=True),
     },
-    search=("action", "resource_type", "resource_id", "actor_username"),
+    # What an entry says and what it changed (search_text: a filename, a part number, a comment), never more than
+    # the caller may see: the search runs inside the same visibility filter as the list.
+    search=("action", "resource_type", "resource_id", "actor_username", "search_text"),
     ordering={"timestamp": "_id", "id": "_id"},
     default_ordering="-id",
     fields=AUDIT_FIELDS,

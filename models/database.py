@@ -239,7 +239,7 @@ async def ensure_indexes(db: Db) -> None:
 
 async def ensure_instance(db: Db) -> dict[str, Any]:
     """The deployment's identity document, created on first start and kept across restarts."""
-    now = datetime.now(UTC)
+    now = utcnow()
     doc = await db[META].find_one_and_update(
         {"_id": "instance"},
         # The secret signs cookies and upload URLs; every process of the deployment reads the same one.
@@ -264,4 +264,11 @@ async def next_id(db: Db, sequence: str) -> int:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, in UTC, at MongoDB's precision (milliseconds): a document answered from memory right after a write shows
+    the same time as a later read of what was stored."""
+    return to_millis(datetime.now(UTC))
+
+
+def to_millis(value: datetime) -> datetime:
+    """`value` cut to whole milliseconds, as MongoDB stores it (it truncates, it does not round)."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)

@@ -165,6 +165,7 @@ DESIGN_FIELDS = frozenset(
         "is_valid_geometry",
         "validation_errors",
         "warnings",
+        "validation_findings",
         "bounding_box",
         "volume_cubic_mm",
         "surface_area_sq_mm",
@@ -923,8 +924,9 @@ class Designs:
             if not analysed
             else {
                 "is_valid": doc.get("is_valid_geometry"),
-                "errors": doc.get("validation_errors", []),
-                "warnings": doc.get("warnings", []),
+                "errors": messages(doc.get("validation_errors")),
+                "warnings": messages(doc.get("warnings")),
+                "findings": findings(doc),
             },
         }
 
@@ -1173,6 +1175,26 @@ def _mass(volume_mm3: float | None, density: float | None) -> float | None:
     return mass_kg(volume_mm3, density)
 
 
+class FindingSeverity(str, Enum):
+    ERROR = "ERROR"  # the geometry is not valid (is_valid_geometry is false)
+    WARNING = "WARNING"  # worth knowing, not invalid (a unitless format, a mesh-only file)
+
+
+def messages(items: list[Any] | None) -> list[str]:
+    """Findings in the reference's shape: their messages, as strings."""
+    return [item["message"] if isinstance(item, dict) else str(item) for item in items or []]
+
+
+def findings(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every finding of the analysis in the structured shape, errors first: {code, message, severity}."""
+    out = []
+    for severity, key in ((FindingSeverity.ERROR, "validation_errors"), (FindingSeverity.WARNING, "warnings")):
+        for item in doc.get(key) or []:
+            code, message = (item.get("code"), item.get("message")) if isinstance(item, dict) else (None, str(item))
+            out.append({"code": code, "message": message, "severity": severity.value})
+    return out
+
+
 def render_design(doc: dict[str, Any], series_name: str | None, username: str | None) -> dict[str, Any]:
     return {
         "id": doc["_id"],
@@ -1189,8 +1211,9 @@ def render_design(doc: dict[str, Any], series_name: str | None, username: str | 
         "classification": doc["classification"],
         "status": doc["status"],
         "is_valid_geometry": doc.get("is_valid_geometry"),
-        "validation_errors": doc.get("validation_errors", []),
-        "warnings": doc.get("warnings", []),
+        "validation_errors": messages(doc.get("validation_errors")),
+        "warnings": messages(doc.get("warnings")),
+        "validation_findings": findings(doc),
         "bounding_box": doc.get("bounding_box"),
         "volume_cubic_mm": doc.get("volume_cubic_mm"),
         "surface_area_sq_mm": doc.get("surface_area_sq_mm"),

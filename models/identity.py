@@ -184,7 +184,6 @@ class Identity:
             field = "email" if "email" in str(exc) else "username"
             raise Conflict(
                 f"A user with this {field} already exists.",
-                code="VALIDATION_ERROR",
                 field_errors={field: [f"A user with this {field} already exists."]},
             ) from None
         return doc
@@ -349,6 +348,11 @@ class Identity:
         )
         if session is not None:
             return self._tokens(session, access, new_refresh)
+        lapsed = await self.db[SESSIONS].find_one(
+            {"refresh_hash": digest, "revoked_at": None}, projection={"refresh_expires_at": 1}
+        )
+        if lapsed is not None and lapsed["refresh_expires_at"] <= now:
+            raise TokenExpired("The refresh token has expired; sign in again.")
         stolen = await self.db[SESSIONS].find_one({"used_refresh_hashes": digest})
         if stolen is not None:
             # A spent token came back: someone holds a copy. End the whole chain.
@@ -364,7 +368,7 @@ class Identity:
                 "Session",
                 stolen["_id"],
             )
-        raise TokenExpired("The refresh token is expired, revoked or unknown.")
+        raise AuthenticationFailed("The refresh token is not valid: unknown, already used, or its session has ended.")
 
     async def revoke_session(self, user_id: int, session_id: str, reason: str) -> None:
         result = await self.db[SESSIONS].update_one(
@@ -477,8 +481,12 @@ class Identity:
     async def authenticate_token(self, token: str) -> Principal:
         now = utcnow()
         session = await self.db[SESSIONS].find_one({"access_hash": sha256(token)})
-        if session is None or session.get("revoked_at") is not None or session["access_expires_at"] <= now:
-            raise TokenExpired("The access token is expired, revoked or unknown.")
+        # TOKEN_EXPIRED tells a client to refresh: only for a token we issued whose time is up. Anything else (never
+        # issued, malformed, replaced by a refresh, its session ended) is AUTHENTICATION_FAILED: sign in again.
+        if session is None or session.get("revoked_at") is not None:
+            raise AuthenticationFailed("The access token is not valid: unknown, replaced, or its session has ended.")
+        if session["access_expires_at"] <= now:
+            raise TokenExpired("The access token has expired; refresh it or sign in again.")
         if (now - session["last_used_at"]).total_seconds() > 60:  # bounded write rate per session
             await self.db[SESSIONS].update_one({"_id": session["_id"]}, {"$set": {"last_used_at": now}})
         principal = await self.principal_for(session["user_id"], via="token")
@@ -509,8 +517,10 @@ class Identity:
         now = utcnow()
         if old.session_id is not None:
             session = await self.db[SESSIONS].find_one({"_id": old.session_id})
-            if session is None or session.get("revoked_at") is not None or session["access_expires_at"] <= now:
-                raise TokenExpired("The session has ended.")
+            if session is None or session.get("revoked_at") is not None:
+                raise AuthenticationFailed("The session has ended.")
+            if session["access_expires_at"] <= now:
+                raise TokenExpired("The session's access token has expired.")
         if old.api_key_id is not None:
             key = await self.db[API_KEYS].find_one({"_id": old.api_key_id})
             if (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -43,7 +43,23 @@ class Filter:
     choices: frozenset[str] = frozenset()
     ranges: bool = False  # also accept <name>__gte / <name>__lte
     nullable: bool = False  # accept "null" to match a missing/None value
+    # STR only. case_insensitive: any case matches (an anchored, escaped regex). lowered: `path` holds the value
+    # lower-cased (a uniqueness key, indexed), so the input is lower-cased and compared exactly; it implies
+    # case_insensitive. Either way `?part_number=TB-002` finds "tb-002" and "TB-002" alike.
     case_insensitive: bool = False
+    lowered: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.case_insensitive or self.lowered) and self.kind is not Kind.STR:
+            raise ValueError("only text filters compare case-insensitively")
+
+    def condition(self, value: Any) -> Any:
+        """What the stored field must match for an exact (not range) value of this filter."""
+        if isinstance(value, str) and self.lowered:
+            return value.lower()
+        if isinstance(value, str) and self.case_insensitive:
+            return {"$regex": "^" + re.escape(value) + "$", "$options": "i"}
+        return value
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,7 @@ class ListQuery:
     page: int
     page_size: int
     fields: list[str] | None
+    page_size_capped: bool = False  # the client asked for more than MAX_PAGE_SIZE
 
     @property
     def skip(self) -> int:
@@ -86,19 +103,14 @@ def _one(args: QueryArgs, name: str) -> str:
     return value
 
 
-def _positive_int(name: str, raw: str, default: int, maximum: int | None = None) -> int:
+def _positive_int(name: str, raw: str, default: int) -> int:
     if raw == "":
         return default
     if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < 1:
         raise ValidationFailed(
             f"'{name}' must be a positive integer.", field_errors={name: ["Must be a positive integer."]}
         )
-    value = int(raw)
-    if maximum is not None and value > maximum:
-        raise ValidationFailed(
-            f"'{name}' must be at most {maximum}.", field_errors={name: [f"Must be at most {maximum}."]}
-        )
-    return value
+    return int(raw)
 
 
 def parse_datetime(raw: str) -> datetime:
@@ -159,16 +171,18 @@ def parse_list_query(spec: ListSpec, args: QueryArgs) -> ListQuery:
             )
         converted = _convert(name, fspec, value)
         if op:
+            if fspec.lowered and isinstance(converted, str):
+                converted = converted.lower()
             filters.setdefault(fspec.path, {})
             if not isinstance(filters[fspec.path], dict):
                 filters[fspec.path] = {"$eq": filters[fspec.path]}
             filters[fspec.path]["$" + op] = converted
-        elif fspec.case_insensitive and isinstance(converted, str):
-            conditions.append({fspec.path: {"$regex": "^" + re.escape(converted) + "$", "$options": "i"}})
+        elif isinstance(condition := fspec.condition(converted), dict):
+            conditions.append({fspec.path: condition})
         elif fspec.path in filters and isinstance(filters[fspec.path], dict):
-            filters[fspec.path]["$eq"] = converted
+            filters[fspec.path]["$eq"] = condition
         else:
-            filters[fspec.path] = converted
+            filters[fspec.path] = condition
 
     search = _one(args, "search").strip() if "search" in args else ""
     if search:
@@ -181,19 +195,14 @@ def parse_list_query(spec: ListSpec, args: QueryArgs) -> ListQuery:
 
     sort = parse_ordering(spec, _one(args, "ordering") if "ordering" in args else "")
     page = _positive_int("page", _one(args, "page") if "page" in args else "", 1)
-    page_size = _positive_int(
-        "page_size", _one(args, "page_size") if "page_size" in args else "", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-    )
+    requested = _positive_int("page_size", _one(args, "page_size") if "page_size" in args else "", DEFAULT_PAGE_SIZE)
+    # Above the maximum is served at the maximum, as list APIs written to the reference expect, and said so in a
+    # header (see Page) rather than refused.
+    page_size = min(requested, MAX_PAGE_SIZE)
 
-    fields: list[str] | None = None
-    if "fields" in args and _one(args, "fields").strip():
-        fields = [f.strip() for f in _one(args, "fields").split(",") if f.strip()]
-        unknown = [f for f in fields if f not in spec.fields]
-        if unknown:
-            raise ValidationFailed(
-                "Unknown field in 'fields': " + ", ".join(unknown) + ".",
-                field_errors={"fields": [f"Unknown field '{f}'." for f in unknown]},
-            )
+    fields = parse_fields(args)
+    if fields is not None:
+        check_fields(fields, spec.fields)
 
     query: dict[str, Any] = dict(filters)
     if conditions:
@@ -202,7 +211,54 @@ def parse_list_query(spec: ListSpec, args: QueryArgs) -> ListQuery:
             if query
             else ({"$and": conditions} if len(conditions) > 1 else conditions[0])
         )
-    return ListQuery(filter=query, sort=sort, page=page, page_size=page_size, fields=fields)
+    return ListQuery(
+        filter=query, sort=sort, page=page, page_size=page_size, fields=fields, page_size_capped=requested > page_size
+    )
+
+
+def parse_fields(args: QueryArgs) -> list[str] | None:
+    """The output fields `fields=a,b` names, in order; None when it is absent or blank."""
+    if "fields" not in args or not _one(args, "fields").strip():
+        return None
+    return [f.strip() for f in _one(args, "fields").split(",") if f.strip()]
+
+
+def check_fields(fields: list[str], allowed: Collection[str]) -> None:
+    unknown = [f for f in fields if f not in allowed]
+    if unknown:
+        raise ValidationFailed(
+            "Unknown field in 'fields': " + ", ".join(unknown) + ".",
+            field_errors={"fields": [f"Unknown field '{f}'." for f in unknown]},
+        )
+
+
+def refuse_unknown(args: QueryArgs, allowed: Collection[str]) -> None:
+    """A request that is not a list refuses parameters it does not take, as lists do: a misspelt parameter must
+    never be silently ignored."""
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown query parameter '{unknown[0]}'.",
+            field_errors={name: ["Unknown query parameter."] for name in unknown},
+        )
+    for name in args:
+        _one(args, name)  # each once, UTF-8, bounded, as on lists
+
+
+def project_answer(answer: Any, fields: list[str]) -> Any:
+    """`fields` applied to a JSON answer that is not a paged list: the keys of an object, or of each object of an
+    array or of a `results` array. A name none of them has is a 400, as on lists."""
+    items = answer if isinstance(answer, list) else answer.get("results") if isinstance(answer, dict) else None
+    if isinstance(items, list):
+        objects = [item for item in items if isinstance(item, dict)]
+        if objects:
+            check_fields(fields, {k for item in objects for k in item})
+        projected = [project(item, fields) if isinstance(item, dict) else item for item in items]
+        return projected if isinstance(answer, list) else {**answer, "results": projected}
+    if isinstance(answer, dict):
+        check_fields(fields, answer.keys())
+        return project(answer, fields)
+    return answer
 
 
 def parse_ordering(spec: ListSpec, raw: str) -> list[tuple[str, int]]:
@@ -232,8 +288,13 @@ def project(item: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
 
 
 def page_links(base_url: str, args: QueryArgs, page: int, page_size: int, count: int) -> tuple[str | None, str | None]:
-    """Absolute next/previous URLs that keep every other parameter the client sent."""
-    kept = [(k, (v.decode() if isinstance(v, bytes) else v)) for k, vs in args.items() if k != "page" for v in vs]
+    """Absolute next/previous URLs that keep every other parameter the client sent (page_size as served)."""
+    kept = [
+        (k, str(page_size) if k == "page_size" else (v.decode() if isinstance(v, bytes) else v))
+        for k, vs in args.items()
+        if k != "page"
+        for v in vs
+    ]
 
     def link(target: int) -> str:
         return base_url + "?" + urlencode(kept + [("page", str(target))])
@@ -243,6 +304,18 @@ def page_links(base_url: str, args: QueryArgs, page: int, page_size: int, count:
     prev = link(min(page - 1, last)) if page > 1 else None
     return nxt, prev
 
+
+class Page(dict[str, Any]):
+    """A list's envelope ({count, next, previous, results}) and the response headers that describe it; handlers
+    write both (APIHandler.write_json)."""
+
+    def __init__(self, envelope: dict[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(envelope)
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+# The response header that says a list was served at MAX_PAGE_SIZE although the client asked for more.
+PAGE_SIZE_CAPPED = "X-Page-Size-Capped"
 
 PageRenderer = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 
@@ -255,7 +328,7 @@ async def run_list(
     render: PageRenderer,
     base_url: str,
     args: QueryArgs,
-) -> dict[str, Any]:
+) -> Page:
     """Run a validated query inside `base_filter` (the caller's visibility) and build the page envelope.
 
     The access filter is combined with $and so a client filter can only narrow what the policy allows.
@@ -267,7 +340,8 @@ async def run_list(
     docs = [doc async for doc in cursor]
     results = [project(item, query.fields) for item in await render(docs)]
     nxt, prev = page_links(base_url, args, query.page, query.page_size, count)
-    return {"count": count, "next": nxt, "previous": prev, "results": results}
+    headers = {PAGE_SIZE_CAPPED: str(query.page_size)} if query.page_size_capped else {}
+    return Page({"count": count, "next": nxt, "previous": prev, "results": results}, headers)
 
 
 def each(render: Callable[[dict[str, Any]], dict[str, Any]]) -> PageRenderer:

@@ -165,7 +165,6 @@ class Organizations:
         except DuplicateKeyError:
             raise Conflict(
                 "An organization with this slug already exists.",
-                code="VALIDATION_ERROR",
                 field_errors={"slug": ["Already taken."]},
             ) from None
         await self._insert_member(doc["_id"], principal.id, Role.OWNER)
@@ -201,7 +200,6 @@ class Organizations:
         except DuplicateKeyError:
             raise Conflict(
                 "An organization with this slug already exists.",
-                code="VALIDATION_ERROR",
                 field_errors={"slug": ["Already taken."]},
             ) from None
         if updated is None:

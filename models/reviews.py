@@ -835,7 +835,8 @@ class Reviews:
         await audit.record(
             self.db,
             actor,
-            "VOTE",
+            # The reference's vocabulary: an approving vote is APPROVE, a rejecting one REJECT.
+            audit.AuditAction.APPROVE if data.decision is Decision.APPROVE else audit.AuditAction.REJECT,
             "ReviewSession",
             review_id,
             organization_id=doc["organization_id"],

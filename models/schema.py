@@ -62,7 +62,9 @@ def json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        # Always milliseconds (2025-12-16T10:30:45.123Z), MongoDB's precision, truncated as it truncates: a value
+        # shows the same before it is stored and after it is read back, and every timestamp has one shape.
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, uuid.UUID):

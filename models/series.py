@@ -44,7 +44,7 @@ class SeriesPatch(Input):
 SERIES_LIST = ListSpec(
     filters={
         "organization": Filter(Kind.UUID, "organization_id"),
-        "part_number": Filter(Kind.STR, "part_number_lower", case_insensitive=False),
+        "part_number": Filter(Kind.STR, "part_number_lower", lowered=True),
         "category": Filter(Kind.STR, "category", case_insensitive=True),
         "created_by": Filter(Kind.INT, "created_by"),
         "created_at": Filter(Kind.DATETIME, "created_at", ranges=True),
@@ -80,7 +80,6 @@ SERIES_LIST = ListSpec(
 def _duplicate() -> Conflict:
     return Conflict(
         "A series with this part number already exists in the organization.",
-        code="VALIDATION_ERROR",
         field_errors={"part_number": ["Already used in this organization (case-insensitive)."]},
     )
 

@@ -158,8 +158,7 @@ class Viewables:
                 and utcnow() - job["completed_at"] < FAILED_RETRY_AFTER
             ):
                 raise Conflict(
-                    "The viewer model could not be generated: " + (job.get("error_message") or "unknown error."),
-                    code="VIEWABLE_FAILED",
+                    "The viewer model could not be generated: " + (job.get("error_message") or "unknown error.")
                 )
         job = new_job(doc, JobType.TESSELLATION, created_by=principal.id, max_retries=self.max_retries)
         # Requests racing for the same missing GLB derive the same job id, so exactly one insert wins.

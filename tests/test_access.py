@@ -145,7 +145,7 @@ async def test_create_organization_rules(world: World, api: Any) -> None:
     created = await admin.post("/api/organizations/", {**body, "is_us_organization": True})
     assert created.status == 201 and created.json["is_us_organization"] is True
     assert created.json["member_count"] == 1 and created.json["storage_used_gb"] == 0
-    assert_envelope(await admin.post("/api/organizations/", body), 409, "VALIDATION_ERROR")
+    assert "slug" in assert_envelope(await admin.post("/api/organizations/", body), 409, "CONFLICT")["field_errors"]
     bad = await admin.post("/api/organizations/", {"name": "X", "slug": "Bad Slug!"})
     assert "slug" in assert_envelope(bad, 400, "VALIDATION_ERROR")["field_errors"]
 

@@ -135,7 +135,7 @@ async def test_entries_follow_the_designs_current_classification(world: World, d
     ids = {design["id"], review["id"], str(made.json["id"]), str(later.json["id"])}
     about = [e for e in owner_view["results"] if e["resource_id"] in ids]
     kinds = {(e["resource_type"], e["action"]) for e in about}
-    assert {("DesignAsset", "CREATE"), ("ReviewSession", "CREATE"), ("ReviewSession", "VOTE")} <= kinds
+    assert {("DesignAsset", "CREATE"), ("ReviewSession", "CREATE"), ("ReviewSession", "APPROVE")} <= kinds
     assert {("Markup", "CREATE"), ("Markup", "REPLY"), ("DesignAsset", "UPDATE")} <= kinds
     seen = await _every_read(admin, about)
     for secret in ("XJ9", "xj9-blade", design["id"], review["id"]):
@@ -221,3 +221,81 @@ async def test_entry_fields_are_bounded(db: Any) -> None:
     assert len(stored["user_agent"]) <= 512 and len(stored["resource_id"]) <= 200
     assert len(stored["changes"]["text"]) <= audit.MAX_TEXT and len(stored["changes"]["many"]) <= audit.MAX_ITEMS + 1
     assert await audit.verify_chain(db) == (True, None)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_search_finds_what_an_entry_changed_within_what_the_caller_may_see(world: World, db: Any) -> None:
+    """Issue 20: the reference's own example (`?q=turbine&resource_type=DesignAsset`) finds the CREATE whose changes
+    hold `filename: turbine_blade_v3...`; a design above the searcher's clearance keeps its filename out of their
+    results and count, and a reclassification moves it in or out at once."""
+    _, people, series_id = await team(world)
+    data = cad("wire.brep")
+    shown = await upload(people["member"], series_id, "turbine_blade_v3.brep", data)
+    hidden = await upload(people["owner"], series_id, "turbine_core_xq.brep", data, classification="TOP_SECRET")
+    admin, owner = people["admin"].api, people["owner"].api  # the ADMIN is cleared for SECRET, the OWNER for all
+
+    found = await admin.get("/api/audit-logs/search/?q=turbine&resource_type=DesignAsset")
+    assert found.status == 200, found.body
+    assert [(e["action"], e["resource_id"]) for e in found.json["results"]] == [("CREATE", shown["id"])]
+    assert found.json["count"] == 1 and found.json["results"][0]["changes"]["filename"] == "turbine_blade_v3.brep"
+    assert "turbine_core_xq" not in found.body.decode() and hidden["id"] not in found.body.decode()
+    assert (await admin.get("/api/audit-logs/?search=core_xq")).json["count"] == 0
+    assert (await admin.get("/api/audit-logs/search/?q=TURBINE_BLADE")).json["count"] == 1  # any case
+    everything = (await owner.get("/api/audit-logs/search/?q=turbine&resource_type=DesignAsset")).json
+    assert {e["resource_id"] for e in everything["results"]} == {shown["id"], hidden["id"]}
+    # A regex is text here, not a pattern.
+    assert (await owner.get("/api/audit-logs/search/?q=turbine.*v3")).json["count"] == 0
+
+    lowered = await owner.patch(f"/api/designs/{hidden['id']}/", {"classification": "UNCLASSIFIED"})
+    assert lowered.status == 200, lowered.body
+    assert (await admin.get("/api/audit-logs/search/?q=core_xq&resource_type=DesignAsset")).json["count"] >= 1
+    raised = await owner.patch(f"/api/designs/{shown['id']}/", {"classification": "TOP_SECRET"})
+    assert raised.status == 200, raised.body
+    gone = await admin.get("/api/audit-logs/search/?q=turbine_blade")
+    assert gone.json["count"] == 0 and "turbine_blade" not in gone.body.decode()
+    # The searchable text sits outside the hashed content: the chain still verifies.
+    assert await audit.verify_chain(db) == (True, None)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_entries_written_before_search_text_get_it_once(db: Any) -> None:
+    await audit.record(db, audit.Actor(1, "t"), "CREATE", "DesignAsset", "d1", changes={"filename": "impeller.step"})
+    await db.audit_log.update_many({}, {"$unset": {"search_text": ""}})
+    await db.meta.delete_one({"_id": audit.SEARCH_TEXT_MARKER})  # as on the first start after the upgrade
+    assert await audit.index_legacy_entries(db) == 1
+    assert (await db.audit_log.find_one({"resource_id": "d1"}))["search_text"] == "impeller.step"
+    assert await audit.index_legacy_entries(db) == 0
+    assert await audit.verify_chain(db) == (True, None)
+    # Bounded whatever the changes hold.
+    many = {f"k{i}": "x" * 900 for i in range(50)}
+    entry = await audit.record(db, audit.Actor(1, "t"), "UPDATE", "DesignAsset", "d1", changes=many)
+    assert len(entry["search_text"]) == audit.MAX_SEARCH_TEXT
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_votes_are_recorded_as_approve_and_reject_and_the_vocabulary_is_closed(world: World, db: Any) -> None:
+    """Issue 20: `?action=APPROVE` finds an approval (it was recorded as VOTE), REJECT a rejection, each with the
+    vote in `changes`; an action outside the documented vocabulary is refused as a filter and as an entry."""
+    _, p, series_id = await review_team(world)
+    design = await ready_design(db, p["author"], series_id)
+    review = await open_review(p["author"], design["_id"], [p["r1"], p["r2"]], decision_rule="ALL")
+    assert (await p["r1"].api.post(f"/api/reviews/{review['id']}/approve/", {"comments": "fine"})).status == 200
+    rejected = await p["r2"].api.post(f"/api/reviews/{review['id']}/reject/", {"reason": "OTHER", "comments": "no"})
+    assert rejected.status == 200, rejected.body
+    owner = p["owner"].api
+    approvals = (await owner.get(f"/api/audit-logs/?action=APPROVE&design={design['_id']}")).json["results"]
+    assert [(e["actor_id"], e["resource_type"], e["action_display"]) for e in approvals] == [
+        (p["r1"].id, "ReviewSession", "Approve")
+    ]
+    assert approvals[0]["changes"]["decision"] == "APPROVE" and approvals[0]["changes"]["comments"] == "fine"
+    rejections = (await owner.get("/api/audit-logs/?action=REJECT&resource_type=ReviewSession")).json["results"]
+    assert [(e["actor_id"], e["changes"]["reason"]) for e in rejections] == [(p["r2"].id, "OTHER")]
+    assert (await owner.get("/api/audit-logs/?action=VOTE")).json["count"] == 0  # documented, for older entries
+
+    for bad in ("approve", "MAYBE", "VOTES"):
+        body = assert_envelope(await owner.get(f"/api/audit-logs/?action={bad}"), 400, "VALIDATION_ERROR")
+        assert "APPROVE" in body["field_errors"]["action"][0]
+    before = await db.audit_log.count_documents({})
+    with pytest.raises(ValueError):
+        await audit.record(db, audit.Actor(1, "t"), "FROBNICATE", "DesignAsset", "x")
+    assert await db.audit_log.count_documents({}) == before

@@ -73,9 +73,11 @@ async def test_token_bearer_and_missing_credentials(world: World, api: Api) -> N
         resp = await api.get("/api/users/me/", headers={"Authorization": f"{scheme} {alice.token}"})
         assert resp.status == 200 and resp.json["username"] == "alice"
     assert_envelope(await api.get("/api/users/me/"), 401, "AUTHENTICATION_FAILED")
-    assert_envelope(
-        await api.get("/api/users/me/", headers={"Authorization": "Token eat_forged"}), 401, "TOKEN_EXPIRED"
-    )
+    # Issue 20: a token never issued is not an expired one (TOKEN_EXPIRED would tell the client to refresh).
+    for forged in ("eat_forged", "not-even-our-format", "x" * 500):
+        assert_envelope(
+            await api.get("/api/users/me/", headers={"Authorization": f"Token {forged}"}), 401, "AUTHENTICATION_FAILED"
+        )
     assert_envelope(
         await api.get("/api/users/me/", headers={"Authorization": "Basic abc"}), 401, "AUTHENTICATION_FAILED"
     )
@@ -101,12 +103,13 @@ async def test_several_sessions_and_logout_ends_only_one(world: World, api: Api)
     assert {"phone", "laptop"} <= devices
     assert sum(1 for s in sessions["results"] if s["current"]) == 1
     assert (await a.post("/api/auth/logout/")).status == 204
-    assert_envelope(await a.get("/api/users/me/"), 401, "TOKEN_EXPIRED")
+    # Ended, not expired: refreshing would not help, so AUTHENTICATION_FAILED (sign in again).
+    assert_envelope(await a.get("/api/users/me/"), 401, "AUTHENTICATION_FAILED")
     assert (await b.get("/api/users/me/")).status == 200
     # Ending another of one's own sessions by id.
     third = (await login(api, "carol")).json
     assert (await b.delete(f"/api/auth/sessions/{third['session_id']}/")).status == 204
-    assert_envelope(await api.as_token(third["access_token"]).get("/api/users/me/"), 401, "TOKEN_EXPIRED")
+    assert_envelope(await api.as_token(third["access_token"]).get("/api/users/me/"), 401, "AUTHENTICATION_FAILED")
 
 
 @pytest.mark.gen_test
@@ -127,17 +130,29 @@ async def test_refresh_rotates_and_reuse_revokes_the_chain(world: World, api: Ap
     assert rotated.status == 200
     second = rotated.json
     assert second["refresh_token"] != first["refresh_token"] and second["access_token"] != first["access_token"]
-    assert_envelope(await api.as_token(first["access_token"]).get("/api/users/me/"), 401, "TOKEN_EXPIRED")
+    # The replaced access token is no longer known: AUTHENTICATION_FAILED, not TOKEN_EXPIRED.
+    assert_envelope(await api.as_token(first["access_token"]).get("/api/users/me/"), 401, "AUTHENTICATION_FAILED")
     assert (await api.as_token(second["access_token"]).get("/api/users/me/")).status == 200
     # The first refresh token comes back (stolen copy): the whole session ends, legitimate holder included.
     replay = await api.post("/api/auth/refresh/", {"refresh_token": first["refresh_token"]})
-    assert_envelope(replay, 401, "TOKEN_EXPIRED")
-    assert_envelope(await api.as_token(second["access_token"]).get("/api/users/me/"), 401, "TOKEN_EXPIRED")
+    assert_envelope(replay, 401, "AUTHENTICATION_FAILED")
+    assert_envelope(await api.as_token(second["access_token"]).get("/api/users/me/"), 401, "AUTHENTICATION_FAILED")
     assert_envelope(
-        await api.post("/api/auth/refresh/", {"refresh_token": second["refresh_token"]}), 401, "TOKEN_EXPIRED"
+        await api.post("/api/auth/refresh/", {"refresh_token": second["refresh_token"]}), 401, "AUTHENTICATION_FAILED"
     )
     assert await db.audit_log.count_documents({"action": "TOKEN_REUSE"}) == 1
-    assert_envelope(await api.post("/api/auth/refresh/", {"refresh_token": "ert_never-issued"}), 401, "TOKEN_EXPIRED")
+    never = await api.post("/api/auth/refresh/", {"refresh_token": "ert_never-issued"})
+    assert_envelope(never, 401, "AUTHENTICATION_FAILED")
+
+
+@pytest.mark.gen_test
+async def test_expired_refresh_token_is_token_expired(world: World, api: Api, db: Any) -> None:
+    """Issue 20: TOKEN_EXPIRED only for a token Enginel issued whose time is up, the refresh token included."""
+    await world.user("erin")
+    first = (await login(api, "erin")).json
+    await db.auth_sessions.update_many({}, {"$set": {"refresh_expires_at": utcnow() - timedelta(seconds=1)}})
+    lapsed = await api.post("/api/auth/refresh/", {"refresh_token": first["refresh_token"]})
+    assert_envelope(lapsed, 401, "TOKEN_EXPIRED")
 
 
 @pytest.mark.gen_test

@@ -389,7 +389,7 @@ async def test_series_crud_and_part_number_uniqueness(world: World) -> None:
     org, people, series_id = await team(world)
     api = people["member"].api
     dup = await api.post("/api/series/", {"organization": org["_id"], "part_number": "tb-001", "name": "x"})
-    assert "part_number" in assert_envelope(dup, 409, "VALIDATION_ERROR")["field_errors"]
+    assert "part_number" in assert_envelope(dup, 409, "CONFLICT")["field_errors"]
     assert_envelope(
         await people["viewer"].api.post(
             "/api/series/", {"organization": org["_id"], "part_number": "V-1", "name": "x"}
@@ -399,6 +399,12 @@ async def test_series_crud_and_part_number_uniqueness(world: World) -> None:
     )
     listed = (await people["viewer"].api.get("/api/series/?search=turbine")).json
     assert listed["count"] == 1 and listed["results"][0]["organization_name"] == "Acme"
+    # Issue 20: the part-number filter matches as uniqueness does, whatever the case (the upper-case value, as the
+    # reference sends it, found nothing: the filter compared the lower-cased stored key with the raw input).
+    for given in ("TB-001", "tb-001", "Tb-001"):
+        found = (await people["viewer"].api.get(f"/api/series/?part_number={given}")).json
+        assert [s["id"] for s in found["results"]] == [series_id], given
+    assert (await people["viewer"].api.get("/api/series/?part_number=TB-00")).json["count"] == 0  # exact
     renamed = await api.patch(f"/api/series/{series_id}/", {"name": "Blade"})
     assert renamed.status == 200 and renamed.json["name"] == "Blade"
     outsider = await world.user("nosy-user")

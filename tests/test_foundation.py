@@ -6,13 +6,15 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 from typing import Any
 
 import pytest
+import tornado.web
 from tornado.httpclient import HTTPRequest
 
-from handlers.base import APIHandler, authenticated, public, unmarked_methods
+from handlers.base import LIST, APIHandler, authenticated, public, unmarked_methods
 from models.errors import APIError
 from models.listing import Filter, Kind, ListSpec, each, parse_list_query, run_list
 from models.schema import Input
@@ -40,6 +42,8 @@ class WidgetIn(Input):
 
 class WidgetsHandler(APIHandler):
     """A list endpoint that exists only in these tests, to exercise the shared layer end to end."""
+
+    query_params = LIST
 
     @public
     async def get(self) -> None:
@@ -288,7 +292,7 @@ async def test_page_past_the_end_is_empty_with_previous_link(api: Any, db: Any) 
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
     "query",
-    ["page_size=0", "page_size=101", "page_size=abc", "page=0", "page=-1", "page=1.5", "page_size=", "page=1&page=2"],
+    ["page_size=0", "page_size=abc", "page=0", "page=-1", "page=1.5", "page_size=", "page=1&page=2"],
 )
 async def test_invalid_paging_is_400(api: Any, query: str) -> None:
     resp = await api.get("/test/widgets/?" + query)
@@ -303,6 +307,23 @@ async def test_page_size_100_is_allowed(api: Any, db: Any) -> None:
     await seed_widgets(db)
     resp = await api.get("/test/widgets/?page_size=100")
     assert resp.status == 200 and len(resp.json["results"]) == 100
+    assert "X-Page-Size-Capped" not in resp.headers
+
+
+@pytest.mark.gen_test
+async def test_page_size_above_100_is_served_at_100_and_says_so(api: Any, db: Any, base_url: str) -> None:
+    """Issue 20: the reference's "max: 100" is a cap, not a refusal (it answered 400); the header tells the client,
+    and the links page on at the size served."""
+    await seed_widgets(db)
+    resp = await api.get("/test/widgets/?page_size=500&colour=red")
+    assert resp.status == 200, resp.body
+    assert resp.headers["X-Page-Size-Capped"] == "100"
+    assert resp.json["count"] == 61 and len(resp.json["results"]) == 61 and resp.json["next"] is None
+    whole = await api.get("/test/widgets/?page_size=999999999")
+    assert whole.status == 200 and len(whole.json["results"]) == 100
+    assert whole.json["next"] == base_url + "/test/widgets/?page_size=100&page=2"
+    second = await api.get(whole.json["next"])
+    assert len(second.json["results"]) == 21 and "X-Page-Size-Capped" not in second.headers
 
 
 @pytest.mark.gen_test
@@ -441,3 +462,103 @@ class TestWithAnalysisWorkers:
         resp = await api.get("/api/health/detailed/")
         assert resp.status == 503 and resp.json["status"] == "degraded"
         assert resp.json["checks"] == {"database": "ok", "workers": "no live analysis workers"}
+
+
+def every_list_spec() -> dict[str, ListSpec]:
+    """Every list the API serves, by its module and name (the ListSpec constants in models/)."""
+    import importlib
+    import pkgutil
+
+    import models
+
+    specs = {}
+    for info in pkgutil.iter_modules(models.__path__):
+        module = importlib.import_module(f"models.{info.name}")
+        specs.update({f"{info.name}.{k}": v for k, v in vars(module).items() if isinstance(v, ListSpec)})
+    return specs
+
+
+# Text filters that match exactly on purpose: identifiers the API itself writes, in one spelling.
+EXACT_TEXT_FILTERS = {("audit.AUDIT_LIST", "resource_type"), ("audit.AUDIT_LIST", "resource_id")}
+
+
+@pytest.mark.gen_test
+async def test_every_text_filter_matches_whatever_the_case(db: Any) -> None:
+    """Issue 20: `?part_number=TB-002` found nothing on series (the filter compared the lower-cased stored key with
+    the raw input). Every text filter of every list is checked here against a stored value as its repository writes
+    it: a case-insensitive one matches any case, exactly (not a prefix); the rest are the listed exact ones."""
+    specs = every_list_spec()
+    assert {"series.SERIES_LIST", "designs.DESIGN_LIST", "bom.BOM_LIST", "audit.AUDIT_LIST"} <= set(specs)
+    exact, checked = set(), []
+    for spec_name, spec in specs.items():
+        for name, fspec in spec.filters.items():
+            if fspec.kind is not Kind.STR:
+                continue
+            if not (fspec.case_insensitive or fspec.lowered):
+                exact.add((spec_name, name))
+                continue
+            stored = "Tb-002 Ä.*" if not fspec.lowered else "tb-002 ä.*"
+            await db.scratch.delete_many({})
+            await db.scratch.insert_one({fspec.path: stored})
+            for given in ("TB-002 Ä.*", "tb-002 ä.*", "Tb-002 Ä.*"):
+                query = parse_list_query(spec, {name: [given.encode()]})
+                assert await db.scratch.count_documents(query.filter) == 1, (spec_name, name, given)
+            for miss in ("TB-002", "TB-002 Ä.*x", "TB-002 ÄX*"):
+                query = parse_list_query(spec, {name: [miss.encode()]})
+                assert await db.scratch.count_documents(query.filter) == 0, (spec_name, name, miss)
+            checked.append((spec_name, name))
+    assert exact == EXACT_TEXT_FILTERS
+    assert ("series.SERIES_LIST", "part_number") in checked and len(checked) >= 5
+
+
+def _route_path(pattern: str) -> str:
+    """A route pattern with each group filled with a well-formed id (a UUID, else 1)."""
+    return (
+        re.sub(
+            r"\(([^()]*)\)", lambda m: "0f8fad5b-d9cb-469f-a165-70867728950e" if "a-f" in m.group(1) else "1", pattern
+        )
+        .replace("{{", "{")
+        .replace("}}", "}")
+    )
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_every_get_refuses_unknown_query_parameters(world: Any) -> None:
+    """Issue 20: detail endpoints ignored their query strings, contradicting the rule lists follow. Every GET of the
+    API now refuses a parameter it does not take with a 400 naming it, before it looks anything up."""
+    staff = await world.staff_principal()
+    token = (await world.services.identity.open_session(staff.user, device="t", ip=None))["access_token"]
+    api = world.api.as_token(token)
+    checked = 0
+    for pattern, handler in routes():
+        if not issubclass(handler, APIHandler) or handler.get is tornado.web.RequestHandler.get:
+            continue
+        path = _route_path(pattern)
+        resp = await api.get(path + "?zz_misspelt=1")
+        body = assert_envelope(resp, 400, "VALIDATION_ERROR")
+        assert body["field_errors"] == {"zz_misspelt": ["Unknown query parameter."]}, (pattern, body)
+        checked += 1
+    assert checked >= 40
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_fields_on_detail_endpoints(world: Any) -> None:
+    """Issue 20: `fields` picks an answer's keys on detail endpoints as on lists (an object's keys, or each item's
+    in an array or a `results` list); a name the answer does not have is a 400; a binary answer takes no fields."""
+    user = await world.user("pick-fields")
+    org = await world.org("pick-org", members={user: "OWNER"})
+    me = await user.api.get("/api/users/me/?fields=id,username")
+    assert me.status == 200 and me.json == {"id": user.id, "username": "pick-fields"}
+    one = await user.api.get(f"/api/organizations/{org['_id']}/?fields=slug,member_count")
+    assert one.json == {"slug": "pick-org", "member_count": 1}
+    members = await user.api.get(f"/api/organizations/{org['_id']}/members/?fields=username,role")
+    assert members.json == [{"username": "pick-fields", "role": "OWNER"}]
+    sessions = await user.api.get("/api/auth/sessions/?fields=id")
+    assert sessions.json["count"] == 1 and list(sessions.json["results"][0]) == ["id"]
+    unknown = assert_envelope(await user.api.get("/api/users/me/?fields=id,password_hash"), 400, "VALIDATION_ERROR")
+    assert unknown["field_errors"] == {"fields": ["Unknown field 'password_hash'."]}
+    whole = await user.api.get("/api/users/me/?fields=")
+    assert whole.status == 200 and "email" in whole.json  # blank means everything, as on lists
+    design = "/api/designs/0f8fad5b-d9cb-469f-a165-70867728950e"
+    for binary in (f"{design}/download/?fields=id", f"{design}/viewable/?fields=id"):
+        assert_envelope(await user.api.get(binary), 400, "VALIDATION_ERROR")

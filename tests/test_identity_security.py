@@ -322,7 +322,7 @@ async def test_password_change_ends_every_other_session_and_its_sockets(world: W
     )
     assert changed.status == 200, changed.body
     assert changed.json["sessions_ended"] == 1
-    assert_envelope(await pat.api.get("/api/users/me/"), 401, "TOKEN_EXPIRED")
+    assert_envelope(await pat.api.get("/api/users/me/"), 401, "AUTHENTICATION_FAILED")  # ended, not expired
     while await socket.read_message() is not None:
         pass
     assert socket.close_code == 4001

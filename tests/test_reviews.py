@@ -121,9 +121,9 @@ async def test_all_rule_three_reviewers_approve(world: World, db: Any, recorder:
     assert actions[-7:] == [
         ("CREATE", "ReviewSession"),
         ("STATUS_CHANGE", "DesignAsset"),
-        ("VOTE", "ReviewSession"),
-        ("VOTE", "ReviewSession"),
-        ("VOTE", "ReviewSession"),
+        ("APPROVE", "ReviewSession"),
+        ("APPROVE", "ReviewSession"),
+        ("APPROVE", "ReviewSession"),
         ("COMPLETE", "ReviewSession"),
         ("STATUS_CHANGE", "DesignAsset"),
     ]
@@ -253,8 +253,10 @@ async def test_threshold_two_of_three_with_a_changed_vote(world: World, db: Any)
     assert next(v for v in done.json["votes"] if v["reviewer"] == p["r3"].id)["decision"] is None
     assert_envelope(await p["r3"].api.post(f"/api/reviews/{rid}/approve/", {}), 409, "CONFLICT")
     assert await design_status(db, design["_id"]) == "APPROVED"
-    history = [e["changes"] async for e in db.audit_log.find({"resource_id": rid, "action": "VOTE"}, sort=[("_id", 1)])]
-    assert history[1]["previous"]["decision"] == "REJECT" and history[1]["decision"] == "APPROVE"
+    votes_of = {"resource_id": rid, "action": {"$in": ["APPROVE", "REJECT"]}}
+    history = [(e["action"], e["changes"]) async for e in db.audit_log.find(votes_of, sort=[("_id", 1)])]
+    assert [action for action, _ in history[:2]] == ["REJECT", "APPROVE"]
+    assert history[1][1]["previous"]["decision"] == "REJECT" and history[1][1]["decision"] == "APPROVE"
 
     # The default veto: under the same 2-of-3 rule one rejection ends it.
     second = await ready_design(db, p["author"], series_id)
@@ -539,7 +541,7 @@ async def test_socket_commands_share_the_rules(world: World, db: Any, services: 
         r1, {"review_id": review["id"], "decision": "REJECT", "reason": "MATERIAL_ISSUE", "comments": "via socket"}
     )
     assert result["status"] == "IN_PROGRESS" and result["tally"]["rejected"] == 1
-    audit_entry = await db.audit_log.find_one({"action": "VOTE", "resource_id": review["id"]})
+    audit_entry = await db.audit_log.find_one({"action": "REJECT", "resource_id": review["id"]})
     assert audit_entry["user_agent"] == "websocket"
     await services.reviews.can_read(r1, review["id"])
     outsider = await services.identity.principal_for(p["outsider"].id)

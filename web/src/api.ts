@@ -35,8 +35,9 @@ export interface Member {
 }
 
 export interface Finding {
-  code: string;
+  code: string | null;
   message: string;
+  severity: "ERROR" | "WARNING";
 }
 
 export interface Design {
@@ -53,8 +54,9 @@ export interface Design {
   classification: string;
   status: string;
   is_valid_geometry: boolean | null;
-  validation_errors: Finding[];
-  warnings: Finding[];
+  validation_errors: string[];
+  warnings: string[];
+  validation_findings: Finding[];
   bounding_box: { min: Vec3; max: Vec3 } | null;
   volume_cubic_mm: number | null;
   surface_area_sq_mm: number | null;

@@ -234,10 +234,7 @@ export function designView(app: App, designId: string, initialTab: Tab | null): 
     const row = (k: string, v: string | Node) => [h("dt", null, k), h("dd", null, v)];
     const box = d.bounding_box;
     const size = box ? `${num(box.max.x - box.min.x)} × ${num(box.max.y - box.min.y)} × ${num(box.max.z - box.min.z)} mm` : "—";
-    const findings = [
-      ...d.validation_errors.map((f) => ({ ...f, level: "error" })),
-      ...d.warnings.map((f) => ({ ...f, level: "warning" })),
-    ];
+    const findings = d.validation_findings.map((f) => ({ ...f, level: f.severity === "ERROR" ? "error" : "warning" }));
     replace(
       panels.details,
       h(
@@ -264,7 +261,7 @@ export function designView(app: App, designId: string, initialTab: Tab | null): 
               "ul",
               { class: "findings", id: "findings" },
               findings.map((f) =>
-                h("li", { class: f.level }, h("span", { class: "code" }, f.code), h("span", null, f.message)),
+                h("li", { class: f.level }, h("span", { class: "code" }, f.code ?? f.severity), h("span", null, f.message)),
               ),
             ),
     );
