@@ -70,6 +70,8 @@ class AuditAction(str, Enum):
     DISMISS = "DISMISS"
     REOPEN = "REOPEN"
     REPLY = "REPLY"
+    JOIN = "JOIN"  # a user's first entry into a review room (the timeline's "who joined")
+    OVERRIDE = "OVERRIDE"  # an ADMIN released an approval held by a review rule
     # Materials and the trail itself
     UPSERT = "UPSERT"  # an organization's material added or redefined
     EXPORT = "EXPORT"  # an audit export
